@@ -1,0 +1,127 @@
+"""The Faust edge: a consumer-group worker that feeds the pipeline and acks in order.
+
+The agent runs with concurrency 1 and manual acks (``stream.noack()``); concurrency
+comes from the OrderedAcker, which runs up to ``max_in_flight`` events at once and
+acks each partition's events in offset order only after ``Pipeline.process`` has
+stored them. Exceptions never escape the agent body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+from faust.types import EventT, StreamT
+
+from .acking import OrderedAcker
+from .cache import ResultCache
+from .events import Envelope
+from .model import Classifier
+from .pipeline import Pipeline, Record
+from .settings import Settings
+from .store import PostgresStore
+
+log = logging.getLogger(__name__)
+
+
+class FaustPublisher:
+    """Publishes through the app's producer and waits for every broker acknowledgement."""
+
+    def __init__(self, app: faust.App) -> None:
+        self._app = app
+
+    async def publish(self, records: Sequence[Record]) -> None:
+        producer = self._app.producer
+        futures = [await producer.send(topic, key, value, None, None, None) for topic, key, value in records]
+        await asyncio.gather(*futures)
+
+
+def create_app(settings: Settings, classifier: Classifier) -> tuple[faust.App, Pipeline]:
+    """Build the Faust app and the pipeline it feeds; nothing connects until the worker starts."""
+    app = faust.App(
+        settings.consumer_group,
+        broker=settings.broker_url,
+        datadir=tempfile.mkdtemp(prefix="processor-worker-"),  # several workers per host never share it
+        web_enabled=False,
+        autodiscover=False,
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.broker_session_timeout_s,
+        broker_heartbeat_interval=settings.broker_heartbeat_interval_s,
+        broker_rebalance_timeout=max(settings.broker_session_timeout_s * 2, 10.0),
+        broker_commit_interval=settings.broker_commit_interval_s,
+        broker_commit_every=10_000,
+        stream_buffer_maxsize=max(settings.max_in_flight, 256),
+        producer_acks=-1,
+        producer_linger=0.005,
+        stream_wait_empty=False,
+        logging_config=None,
+    )
+    store = PostgresStore(settings.postgres_dsn, settings.postgres_table)
+    cache = ResultCache(settings.redis_url, f"{classifier.info.name}:{classifier.info.version}",
+                        settings.cache_ttl_s)
+    pipeline = Pipeline(settings, classifier, store, cache, FaustPublisher(app))
+    source = app.topic(settings.input_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+                       value_serializer="raw", partitions=settings.topic_partitions)
+    sinks = [app.topic(t, partitions=settings.topic_partitions) for t in (settings.output_topic,
+                                                                            settings.dlq_topic)]
+
+    @app.on_partitions_assigned.connect
+    async def _assigned(_app: faust.App, assigned: set[Any], **_kw: Any) -> None:
+        log.info("partitions assigned: %d (%s)", len(assigned), ", ".join(sorted(f"{tp.topic}/{tp.partition}"
+                                                                             for tp in assigned)))
+
+    @app.agent(source, concurrency=1, name="classify")
+    async def classify(stream: StreamT[bytes]) -> None:
+        manual = stream.noack()
+        acker: OrderedAcker[EventT] = OrderedAcker(manual.ack, settings.max_in_flight,
+                                                    settings.max_in_flight * 8)
+        await store.start()
+        await store.migrate()
+        for topic in sinks:
+            await topic.maybe_declare()
+        await pipeline.start()
+        log.info("worker consuming %s as group %s", settings.input_topic, settings.consumer_group)
+        try:
+            async for event in manual.events():
+                envelope = _envelope(event)
+                await acker.submit(event.message.tp, event, lambda env=envelope: pipeline.process(env))
+        finally:
+            drained = await acker.wait(settings.shutdown_grace_s)
+            log.info("worker stopping: %d acked, in-flight %s", acker.acked,
+                     "drained" if drained else "abandoned (will be replayed)")
+            await pipeline.stop()
+            await store.close()
+
+    return app, pipeline
+
+
+def _envelope(event: EventT) -> Envelope:
+    message = event.message
+    value: Any = event.value
+    return Envelope(
+        value=value if isinstance(value, bytes) else bytes(value or b""),
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
+        received_at=time.time(),
+    )
+
+
+def run_worker(settings: Settings) -> None:
+    """Load the model, then run a Faust worker until SIGINT/SIGTERM."""
+    classifier = Classifier(settings.model_dir, settings.banner_threshold)
+    app, _pipeline = create_app(settings, classifier)
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr="0.0.0.0")
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()

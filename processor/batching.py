@@ -1,0 +1,120 @@
+"""Async micro-batching: one future per item, one batch call per group of items.
+
+A batch closes when it holds ``max_size`` items or ``max_delay_s`` after its first
+item arrived, whichever comes first. Only one batch runs at a time, so under load the
+next batch fills while the current one runs (full batches), and when idle a lone item
+waits at most ``max_delay_s``. The batch function must return one result per item, in
+order; when it raises, the batch is split in halves and retried so that one bad item
+fails alone (``split_on_error``). Cancelled callers are dropped before the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from . import metrics
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(slots=True)
+class BatchStats:
+    """Counts for benchmarks and the demo summary."""
+
+    batches: int = 0
+    items: int = 0
+    sizes: Counter[int] = field(default_factory=Counter)
+    closed: Counter[str] = field(default_factory=Counter)  # full | timeout | drain
+
+
+class MicroBatcher(Generic[T, R]):
+    """Groups concurrent ``submit()`` calls into calls of ``fn(list) -> list``."""
+
+    def __init__(self, fn: Callable[[list[T]], Awaitable[list[R]]], max_size: int, max_delay_s: float,
+                 *, split_on_error: bool = True, name: str = "batch") -> None:
+        self._fn = fn
+        self.max_size = max_size
+        self.max_delay_s = max_delay_s
+        self._split = split_on_error
+        self._name = name
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.stats = BatchStats()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"{self._name}-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        while not self._queue.empty():
+            _, fut = self._queue.get_nowait()
+            if not fut.done():
+                fut.cancel()
+
+    async def submit(self, item: T) -> R:
+        """Queue one item and wait for its result (or its exception)."""
+        if self._task is None or self._task.done():
+            raise RuntimeError(f"{self._name} batcher is not running")
+        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        await self._queue.put((item, fut))
+        return await fut
+
+    async def _run(self) -> None:
+        while True:
+            batch, reason = await self._collect()
+            self.stats.batches += 1
+            self.stats.items += len(batch)
+            self.stats.sizes[len(batch)] += 1
+            self.stats.closed[reason] += 1
+            if self._name == "inference":
+                metrics.BATCH_SIZE.observe(len(batch))
+                metrics.BATCH_CLOSED.labels(reason=reason).inc()
+            await self._call(batch)
+
+    async def _collect(self) -> tuple[list[tuple[T, asyncio.Future[R]]], str]:
+        batch = [await self._queue.get()]
+        deadline = time.monotonic() + self.max_delay_s
+        while len(batch) < self.max_size:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return batch, "timeout"
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                return batch, "timeout"
+        return batch, "full"
+
+    async def _call(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        live = [(item, fut) for item, fut in batch if not fut.done()]
+        if not live:
+            return
+        try:
+            results = await self._fn([item for item, _ in live])
+            if len(results) != len(live):
+                raise RuntimeError(f"{self._name}: batch function returned {len(results)} results "
+                                   f"for {len(live)} items")
+        except Exception as exc:  # routed to the callers: split, or fail the lone item
+            if self._split and len(live) > 1:
+                half = len(live) // 2
+                await self._call(live[:half])
+                await self._call(live[half:])
+                return
+            for _, fut in live:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for (_, fut), result in zip(live, results, strict=True):
+            if not fut.done():
+                fut.set_result(result)

@@ -1,0 +1,113 @@
+"""Redis cache of results by URL and by content hash; the processor runs on without it.
+
+Keys carry the model name and version, so a new model never serves an old result.
+Any Redis failure is logged, counted, and turns the cache off for ``cooldown_s``
+rather than slowing every event down with timeouts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from . import metrics
+
+log = logging.getLogger(__name__)
+KEY_PREFIX = "lip"
+
+
+@dataclass(frozen=True, slots=True)
+class CachedResult:
+    """What is needed to re-emit a classification without fetching or inferring."""
+
+    content_hash: str
+    banner_score: float
+    position_scores: dict[str, float]
+    width: int
+    height: int
+
+    def dumps(self) -> bytes:
+        return orjson.dumps({"h": self.content_hash, "b": self.banner_score, "p": self.position_scores,
+                             "w": self.width, "ht": self.height})
+
+    @classmethod
+    def loads(cls, raw: bytes) -> CachedResult:
+        d = orjson.loads(raw)
+        return cls(d["h"], float(d["b"]), {k: float(v) for k, v in d["p"].items()}, int(d["w"]), int(d["ht"]))
+
+
+class ResultCache:
+    """Async Redis cache; every method swallows Redis errors (and says so)."""
+
+    def __init__(self, url: str, model_key: str, ttl_s: int, cooldown_s: float = 5.0) -> None:
+        self._url = url
+        self._model_key = model_key
+        self._ttl_s = ttl_s
+        self._cooldown_s = cooldown_s
+        self._client: aioredis.Redis | None = None
+        self._down_until = 0.0
+
+    async def start(self) -> None:
+        if self._url:
+            self._client = aioredis.Redis.from_url(self._url, socket_timeout=1.0, socket_connect_timeout=1.0)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def url_key(self, url: str) -> str:
+        return f"{KEY_PREFIX}:url:{self._model_key}:{hashlib.sha256(url.encode()).hexdigest()}"
+
+    def hash_key(self, content_hash: str) -> str:
+        return f"{KEY_PREFIX}:hash:{self._model_key}:{content_hash}"
+
+    @property
+    def available(self) -> bool:
+        return self._client is not None and time.monotonic() >= self._down_until
+
+    async def get_url(self, url: str) -> CachedResult | None:
+        return await self._get(self.url_key(url))
+
+    async def get_hash(self, content_hash: str) -> CachedResult | None:
+        return await self._get(self.hash_key(content_hash))
+
+    async def _get(self, key: str) -> CachedResult | None:
+        if not self.available:
+            metrics.CACHE.labels(result="skipped").inc()
+            return None
+        assert self._client is not None
+        try:
+            raw = await self._client.get(key)
+        except (RedisError, OSError) as exc:
+            self._failed("get", exc)
+            return None
+        metrics.CACHE.labels(result="hit" if raw else "miss").inc()
+        return CachedResult.loads(raw) if raw else None
+
+    async def put_many(self, entries: list[tuple[str, CachedResult]]) -> None:
+        """Store results under their URL and content-hash keys in one pipeline."""
+        if not entries or not self.available:
+            return
+        assert self._client is not None
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for url, result in entries:
+                    value = result.dumps()
+                    pipe.set(self.url_key(url), value, ex=self._ttl_s)
+                    pipe.set(self.hash_key(result.content_hash), value, ex=self._ttl_s)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._failed("put", exc)
+
+    def _failed(self, op: str, exc: Any) -> None:
+        metrics.CACHE_ERRORS.inc()
+        log.warning("redis %s failed, cache off for %.0f s: %s", op, self._cooldown_s, exc)
+        self._down_until = time.monotonic() + self._cooldown_s

@@ -1,0 +1,206 @@
+"""``processor demo``: the whole system on the embedded stack, with a summary checked against storage."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from tqdm import tqdm
+
+from .imageserver import ImageServer, generate_listings
+from .settings import Settings
+from .stack import EmbeddedStack
+from .store import PostgresStore
+from .topics import ensure_topics, produce_lines, read_topic
+
+READY_MARK = "partitions assigned"
+BROKEN_EVERY = 50  # one event in 50 points at a missing image: it must end in the DLQ
+
+
+def run_demo(images: int, listings: int, workers: int, timeout_s: float, progress: bool) -> dict[str, Any]:
+    """Start everything, stream ``images`` events through ``workers`` workers, summarise, stop."""
+    with EmbeddedStack() as stack:
+        assert stack.urls is not None
+        settings = Settings(broker_url=stack.urls.broker_url, postgres_dsn=stack.urls.postgres_dsn,
+                            redis_url=stack.urls.redis_url, allow_networks="127.0.0.1/32",
+                            consumer_group=f"demo-{uuid.uuid4().hex[:8]}")
+        return asyncio.run(_run(settings, stack.root, images, listings, workers, timeout_s, progress))
+
+
+async def _run(settings: Settings, root: Path, images: int, listings: int, workers: int,
+               timeout_s: float, progress: bool) -> dict[str, Any]:
+    say = _printer(progress)
+    say(f"generating {images} listing photos over {listings} listings ...")
+    catalogue, blobs = await asyncio.to_thread(generate_listings, images, listings)
+    server = ImageServer(images=blobs)
+    await server.start()
+    procs: list[subprocess.Popen[bytes]] = []
+    store = PostgresStore(settings.postgres_dsn, settings.postgres_table)
+    try:
+        await ensure_topics(settings.broker_url, [settings.input_topic, settings.output_topic,
+                                                  settings.dlq_topic], settings.topic_partitions)
+        say(f"starting {workers} worker(s) ...")
+        procs = [start_worker(settings, root / f"worker-{i}.log") for i in range(workers)]
+        await wait_until_ready([root / f"worker-{i}.log" for i in range(workers)], procs, 120.0)
+        await store.start()
+        await store.migrate()
+        events = build_events(catalogue, server)
+        started = time.time()
+        await produce_lines(settings.broker_url, settings.input_topic, [orjson.dumps(e) for e in events])
+        done = await wait_for_outcomes(store, len(events), timeout_s, progress)
+        elapsed = time.time() - started
+        return await summarise(settings, store, events, catalogue, done, elapsed)
+    finally:
+        stop_workers(procs, settings.shutdown_grace_s + 10)
+        await store.close()
+        await server.close()
+
+
+def _printer(enabled: bool) -> Any:
+    return (lambda msg: print(msg, file=sys.stderr, flush=True)) if enabled else (lambda msg: None)
+
+
+def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    """A ``processor worker`` subprocess configured by environment variables."""
+    env = {**os.environ, **{f"PROCESSOR_{k.upper()}": _env_value(v) for k, v in settings.model_dump().items()
+                            if v is not None}}
+    with log_path.open("wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "processor", "worker"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, tuple | list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+async def wait_until_ready(logs: list[Path], procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
+    """Wait until every worker logged its partition assignment."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for proc, log in zip(procs, logs, strict=True):
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        if all(READY_MARK in log.read_text(errors="replace") for log in logs):
+            return
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"workers not consuming after {timeout_s} s; see {logs[0]}")
+
+
+def stop_workers(procs: list[subprocess.Popen[bytes]], grace_s: float) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def build_events(catalogue: list[Any], server: ImageServer) -> list[dict[str, Any]]:
+    events, n = [], 0
+    for listing in catalogue:
+        for index, (name, _position, _banner) in enumerate(listing.photos):
+            n += 1
+            url = server.url(name) if n % BROKEN_EVERY else server.url(f"missing-{name}")
+            events.append({"image_id": f"{listing.listing_id}-{index:02d}", "listing_id": listing.listing_id,
+                           "url": url, "position_index": index,
+                           "event_time": datetime.now(UTC).isoformat()})
+    return events
+
+
+async def count_outcomes(store: PostgresStore) -> tuple[int, int]:
+    row = await store.pool.fetchrow(
+        f'SELECT (SELECT count(*) FROM "{store.table}") AS c, (SELECT count(*) FROM image_dead_letters) AS d')
+    assert row is not None
+    return int(row["c"]), int(row["d"])
+
+
+async def wait_for_outcomes(store: PostgresStore, expected: int, timeout_s: float, progress: bool) -> int:
+    """Poll Postgres until every event is a row or a dead letter; return how many are."""
+    deadline = time.monotonic() + timeout_s
+    with tqdm(total=expected, unit="img", disable=not progress, file=sys.stderr) as bar:
+        done = 0
+        while time.monotonic() < deadline:
+            classified, dead = await count_outcomes(store)
+            bar.update(classified + dead - done)
+            done = classified + dead
+            if done >= expected:
+                break
+            await asyncio.sleep(0.25)
+    return done
+
+
+async def summarise(settings: Settings, store: PostgresStore, events: list[dict[str, Any]],
+                    catalogue: list[Any], done: int, elapsed_s: float) -> dict[str, Any]:
+    rows = await store.fetch_all()
+    dead = await store.fetch_dead_letters()
+    outputs = await read_topic(settings.broker_url, settings.output_topic, expected=len(rows))
+    dlq = await read_topic(settings.broker_url, settings.dlq_topic, expected=len(dead))
+    ids = {e["image_id"] for e in events}
+    stored = {r["image_id"] for r in rows} | {d["image_id"] for d in dead}
+    latencies = sorted((r["classified_at"] - r["event_time"]).total_seconds() * 1000 for r in rows)
+    heroes = {}
+    for listing in catalogue:
+        mine = sorted((r for r in rows if r["listing_id"] == listing.listing_id and not r["has_banner"]),
+                      key=lambda r: r["position_index"])
+        heroes[listing.listing_id] = mine[0]["image_id"] if mine else None
+    truth = {f"{lst.listing_id}-{i:02d}": banner for lst in catalogue for i, (_, _, banner) in enumerate(lst.photos)}
+    agree = sum(1 for r in rows if r["has_banner"] == truth.get(r["image_id"]))
+    return {
+        "events": len(events),
+        "classified": len(rows),
+        "dead_letters": len(dead),
+        "dead_letter_kinds": dict(Counter(d["error_kind"] for d in dead)),
+        "banners": sum(1 for r in rows if r["has_banner"]),
+        "banner_agreement_with_generator": round(agree / len(rows), 4) if rows else None,
+        "positions": dict(Counter(r["position"] for r in rows)),
+        "listings": len(catalogue),
+        "hero_images": heroes,
+        "images_per_s": round(done / elapsed_s, 1) if elapsed_s > 0 else None,
+        "latency_ms": {"p50": _pct(latencies, 50), "p95": _pct(latencies, 95)},
+        "model": {"name": rows[0]["model_name"], "version": rows[0]["model_version"]} if rows else None,
+        "output_topic_records": len(outputs),
+        "dlq_topic_records": len(dlq),
+        "accounted": ids == stored and len(rows) + len(dead) == len(events)
+        and {o["image_id"] for o in outputs} == {r["image_id"] for r in rows}
+        and len(dlq) >= len(dead),
+    }
+
+
+def _pct(values: list[float], pct: float) -> float | None:
+    if not values:
+        return None
+    return round(values[min(len(values) - 1, int(len(values) * pct / 100))], 1)
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    heroes = s["hero_images"]
+    print(f"\nevents in:        {s['events']}")
+    print(f"classified:       {s['classified']}  (output topic: {s['output_topic_records']} records)")
+    print(f"dead letters:     {s['dead_letters']}  {s['dead_letter_kinds']}  (DLQ topic: {s['dlq_topic_records']})")
+    print(f"banners found:    {s['banners']}  (agreement with the generator's labels: "
+          f"{s['banner_agreement_with_generator']})")
+    print(f"positions:        {s['positions']}")
+    print(f"throughput:       {s['images_per_s']} images/s")
+    print(f"latency:          p50 {s['latency_ms']['p50']} ms, p95 {s['latency_ms']['p95']} ms (event to stored)")
+    print(f"model:            {s['model']}")
+    print(f"hero images:      {sum(1 for h in heroes.values() if h)} of {len(heroes)} listings have one")
+    for listing, hero in list(heroes.items())[:10]:
+        print(f"  {listing}: {hero or '(every photo has a banner)'}")
+    if len(heroes) > 10:
+        print(f"  ... and {len(heroes) - 10} more (--json shows all)")
+    print("every event accounted for: " + ("yes" if s["accounted"] else "NO"))

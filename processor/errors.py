@@ -1,0 +1,65 @@
+"""The processor's exception tree.
+
+Each error says whether retrying can help (``retriable``) and which dead-letter
+``kind`` it ends as when it does not::
+
+    ProcessorError
+    ├── InvalidEvent          invalid_event     the event is not a valid image event
+    ├── BlockedUrl            blocked_url       scheme or address the processor may not fetch
+    ├── FetchFailed           fetch_failed      HTTP 4xx, too many redirects, network errors
+    │   └── TransientFetchError (retriable)     5xx, 429, timeouts, connection resets
+    ├── TooLarge              too_large         byte or pixel cap exceeded
+    ├── NotAnImage            not_an_image      body is not a decodable image
+    ├── ModelError            model_error       the model failed on this image alone
+    └── StorageError (retriable)                Postgres or broker refused a write
+"""
+
+from __future__ import annotations
+
+
+class ProcessorError(Exception):
+    """Base of every error the processor raises on purpose."""
+
+    kind = "internal_error"
+    retriable = False
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidEvent(ProcessorError):
+    kind = "invalid_event"
+
+
+class BlockedUrl(ProcessorError):
+    kind = "blocked_url"
+
+
+class FetchFailed(ProcessorError):
+    kind = "fetch_failed"
+
+
+class TransientFetchError(FetchFailed):
+    retriable = True
+
+    def __init__(self, detail: str, retry_after_s: float | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
+class TooLarge(ProcessorError):
+    kind = "too_large"
+
+
+class NotAnImage(ProcessorError):
+    kind = "not_an_image"
+
+
+class ModelError(ProcessorError):
+    kind = "model_error"
+
+
+class StorageError(ProcessorError):
+    kind = "storage_error"
+    retriable = True

@@ -1,0 +1,147 @@
+"""Downloads with one shared aiohttp session: bounded, timed out, size-capped, re-checked per hop."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+import aiohttp
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_base
+from yarl import URL
+
+from . import __version__, metrics
+from .errors import BlockedUrl, FetchFailed, TooLarge, TransientFetchError
+from .settings import Settings
+from .urlguard import GuardedResolver, check_url
+
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+CHUNK_BYTES = 64 * 1024
+MAX_RETRY_AFTER_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Download:
+    """A fetched body."""
+
+    data: bytes
+    url: str  # after redirects
+    attempts: int
+    elapsed_s: float
+
+
+class _WaitBackoffOrRetryAfter(wait_base):
+    """Exponential backoff with jitter, or the server's Retry-After when it gave one."""
+
+    def __init__(self, first_s: float) -> None:
+        self.first_s = first_s
+
+    def __call__(self, retry_state: object) -> float:
+        outcome = getattr(retry_state, "outcome", None)
+        exc = outcome.exception() if outcome is not None else None
+        if isinstance(exc, TransientFetchError) and exc.retry_after_s is not None:
+            return min(exc.retry_after_s, MAX_RETRY_AFTER_S)
+        attempt = getattr(retry_state, "attempt_number", 1)
+        return self.first_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
+
+
+class Fetcher:
+    """Fetches image bytes; create once, ``start()``, ``close()``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        connector = aiohttp.TCPConnector(limit=s.fetch_concurrency, resolver=GuardedResolver(s.allow_networks),
+                                         ttl_dns_cache=30)
+        timeout = aiohttp.ClientTimeout(total=s.fetch_total_timeout_s, sock_connect=s.fetch_connect_timeout_s,
+                                        sock_read=s.fetch_read_timeout_s)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=False, trust_env=False,
+            headers={"User-Agent": f"listing-image-processor/{__version__}", "Accept": "image/*"})
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def fetch(self, url: str) -> Download:
+        """Fetch with retries for transient failures; raise a ProcessorError subclass."""
+        started = time.perf_counter()
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.settings.fetch_attempts),
+            wait=_WaitBackoffOrRetryAfter(self.settings.fetch_backoff_s),
+            retry=retry_if_exception(lambda e: getattr(e, "retriable", False)),
+            reraise=True,
+        )
+        attempts = 0
+        async for attempt in retrying:
+            with attempt:
+                attempts += 1
+                data, final = await self._fetch_once(url)
+        return Download(data, final, attempts, time.perf_counter() - started)
+
+    async def _fetch_once(self, url: str) -> tuple[bytes, str]:
+        assert self._session is not None, "Fetcher.start() was not called"
+        allowed = self.settings.allow_networks
+        target = check_url(url, allowed)
+        for _hop in range(self.settings.max_redirects + 1):
+            try:
+                async with self._session.get(target, allow_redirects=False) as resp:
+                    metrics.FETCH_RESPONSES.labels(status=str(resp.status)).inc()
+                    if resp.status in REDIRECTS:
+                        target = self._next_hop(target, resp)
+                        continue
+                    self._raise_for_status(resp)
+                    return await self._read_capped(resp), str(target)
+            except (BlockedUrl, FetchFailed, TooLarge):
+                raise
+            except TimeoutError:
+                raise TransientFetchError(f"timed out fetching {target}") from None
+            except aiohttp.InvalidURL as exc:
+                raise BlockedUrl(f"invalid URL: {exc}") from None
+            except aiohttp.ClientError as exc:
+                raise TransientFetchError(f"{type(exc).__name__}: {exc}") from None
+        raise FetchFailed(f"more than {self.settings.max_redirects} redirects")
+
+    def _next_hop(self, current: URL, resp: aiohttp.ClientResponse) -> URL:
+        location = resp.headers.get("Location")
+        if not location:
+            raise FetchFailed(f"HTTP {resp.status} without a Location header")
+        return check_url(current.join(URL(location)), self.settings.allow_networks)
+
+    @staticmethod
+    def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
+        if resp.status == 429 or resp.status >= 500:
+            raise TransientFetchError(f"HTTP {resp.status}", _retry_after(resp.headers.get("Retry-After")))
+        if not 200 <= resp.status < 300:
+            raise FetchFailed(f"HTTP {resp.status}")
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
+        cap = self.settings.max_image_bytes
+        if resp.content_length is not None and resp.content_length > cap:
+            raise TooLarge(f"Content-Length {resp.content_length} is over the {cap}-byte cap")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
+            size += len(chunk)
+            if size > cap:
+                raise TooLarge(f"body is over the {cap}-byte cap (stopped reading)")
+            chunks.append(chunk)
+        metrics.FETCH_BYTES.inc(size)
+        return b"".join(chunks)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # HTTP-date form: fall back to our own backoff
+
+
+__all__ = ["Download", "Fetcher"]

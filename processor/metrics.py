@@ -1,0 +1,18 @@
+"""Prometheus metrics, served on ``metrics_port`` when it is set."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS = Counter("processor_events_total", "Events finished, by outcome.", ["outcome"])
+DLQ = Counter("processor_dead_letters_total", "Dead-letter records, by kind.", ["kind"])
+CACHE = Counter("processor_cache_lookups_total", "Cache lookups, by result.", ["result"])
+CACHE_ERRORS = Counter("processor_cache_errors_total", "Redis calls that failed (cache skipped).")
+FETCH_RESPONSES = Counter("processor_fetch_responses_total", "HTTP responses, by status.", ["status"])
+FETCH_BYTES = Counter("processor_fetch_bytes_total", "Image bytes downloaded.")
+BATCH_SIZE = Histogram("processor_batch_size", "Inference batch sizes.", buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+BATCH_CLOSED = Counter("processor_batches_total", "Inference batches, by why they closed.", ["reason"])
+STORE_RETRIES = Counter("processor_store_retries_total", "Sink flushes retried after a failure.")
+IN_FLIGHT = Gauge("processor_in_flight", "Events being processed.")
+LATENCY = Histogram("processor_event_latency_seconds", "Event time to stored result.",
+                    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))

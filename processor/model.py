@@ -1,0 +1,121 @@
+"""The Keras classifier: a model directory (model.keras + metadata.json), loaded in safe mode.
+
+``Classifier.predict`` takes a list of uint8 images and returns exactly one
+prediction per image, or raises; it is called from a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+from numpy.typing import NDArray  # noqa: E402
+
+from .errors import ModelError  # noqa: E402
+
+MODEL_FILE = "model.keras"
+METADATA_FILE = "metadata.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One image's scores."""
+
+    banner_score: float
+    position_scores: dict[str, float]
+
+    @property
+    def position(self) -> str:
+        return max(self.position_scores, key=self.position_scores.__getitem__)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What metadata.json says about a model."""
+
+    name: str
+    version: str
+    positions: tuple[str, ...]
+    input_size: tuple[int, int]  # width, height
+    banner_threshold: float
+    raw: dict[str, Any]
+
+    @classmethod
+    def read(cls, model_dir: Path) -> ModelInfo:
+        meta = json.loads((model_dir / METADATA_FILE).read_text())
+        return cls(
+            name=meta["name"],
+            version=meta["version"],
+            positions=tuple(meta["labels"]["position"]),
+            input_size=(int(meta["input_size"][0]), int(meta["input_size"][1])),
+            banner_threshold=float(meta.get("banner_threshold", 0.5)),
+            raw=meta,
+        )
+
+
+def build_model(positions: tuple[str, ...], input_size: tuple[int, int]) -> Any:
+    """A compact depthwise-separable CNN with a banner head and a position head."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((input_size[1], input_size[0], 3), dtype="uint8", name="image")
+    x = layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+    x = layers.Conv2D(24, 3, strides=2, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.ReLU(6.0)(x)
+    for filters, stride in ((48, 2), (64, 1), (96, 2), (128, 2), (192, 2)):
+        x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU(6.0)(x)
+        x = layers.Conv2D(filters, 1, use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU(6.0)(x)
+    # A banner is a local thing (a strip, a badge): max pooling keeps it; average keeps the scene.
+    pooled = layers.Concatenate()([layers.GlobalAveragePooling2D()(x), layers.GlobalMaxPooling2D()(x)])
+    pooled = layers.Dropout(0.2)(pooled)
+    banner = layers.Dense(1, activation="sigmoid", name="banner")(pooled)
+    position = layers.Dense(len(positions), activation="softmax", name="position")(pooled)
+    return keras.Model(inputs, {"banner": banner, "position": position}, name="listing_image_cnn")
+
+
+class Classifier:
+    """A loaded model directory."""
+
+    def __init__(self, model_dir: Path, banner_threshold: float | None = None) -> None:
+        import keras
+
+        self.info = ModelInfo.read(model_dir)
+        self.banner_threshold = self.info.banner_threshold if banner_threshold is None else banner_threshold
+        self._model = keras.models.load_model(model_dir / MODEL_FILE, compile=False, safe_mode=True)
+        self._lock = threading.Lock()  # one inference at a time per model object
+        self.predict([np.zeros((self.info.input_size[1], self.info.input_size[0], 3), np.uint8)])  # warm up
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.info.input_size
+
+    def predict(self, images: list[NDArray[np.uint8]]) -> list[Prediction]:
+        """Score a batch; one Prediction per image, in order."""
+        if not images:
+            return []
+        batch = np.stack(images)
+        try:
+            with self._lock:
+                out = self._model.predict_on_batch(batch)
+        except Exception as exc:  # the framework raises anything; callers split and retry
+            raise ModelError(f"inference failed on a batch of {len(images)}: {exc}") from exc
+        banner = np.asarray(out["banner"], dtype=np.float64).reshape(-1)
+        position = np.asarray(out["position"], dtype=np.float64)
+        if banner.shape[0] != len(images) or position.shape != (len(images), len(self.info.positions)):
+            raise ModelError(f"model returned {banner.shape[0]} results for {len(images)} images")
+        return [
+            Prediction(float(b), dict(zip(self.info.positions, map(float, p), strict=True)))
+            for b, p in zip(banner, position, strict=True)
+        ]

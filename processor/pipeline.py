@@ -1,0 +1,199 @@
+"""The pipeline core: one event in, one stored outcome out. No Faust here.
+
+    parse -> cache(url) -> fetch -> cache(hash) -> decode (threads) -> inference batcher
+          -> store batcher: Postgres, then the output/DLQ topic (broker-confirmed), then Redis
+
+``process()`` returns only when the outcome is in Postgres and the broker confirmed
+its record, so the caller may acknowledge the input as soon as it returns. Every
+failure of the event itself becomes a DeadLetter; storage failures are retried until
+they succeed or the pipeline stops (then ``process()`` raises and nothing is acked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+import orjson
+
+from . import metrics
+from .batching import MicroBatcher
+from .cache import CachedResult, ResultCache
+from .decode import DecodedImage, decode_image
+from .errors import ProcessorError
+from .events import Classification, DeadLetter, Envelope, ImageEvent, Outcome, event_time_of, parse_event
+from .fetch import Fetcher
+from .model import Classifier, Prediction
+from .settings import Settings
+from .store import PostgresStore
+
+log = logging.getLogger(__name__)
+STORE_BACKOFF_MAX_S = 10.0
+
+Record = tuple[str, bytes | None, bytes]  # topic, key, value
+
+
+class Publisher(Protocol):
+    """Sends records and returns once the broker has confirmed every one of them."""
+
+    async def publish(self, records: Sequence[Record]) -> None: ...
+
+
+class Pipeline:
+    """Owns the fetcher, decode pool, model, cache and sinks; create once per worker."""
+
+    def __init__(self, settings: Settings, classifier: Classifier, store: PostgresStore,
+                 cache: ResultCache, publisher: Publisher) -> None:
+        self.settings = settings
+        self.classifier = classifier
+        self.store = store
+        self.cache = cache
+        self.publisher = publisher
+        self.fetcher = Fetcher(settings)
+        self._decode_pool = ThreadPoolExecutor(settings.decode_threads or os.cpu_count() or 2,
+                                               thread_name_prefix="decode")
+        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self.inference = MicroBatcher(self._infer, settings.batch_size, settings.batch_delay_ms / 1000,
+                                      name="inference")
+        self.sink: MicroBatcher[Outcome, None] = MicroBatcher(
+            self._store, settings.store_batch_size, settings.store_batch_delay_ms / 1000,
+            split_on_error=False, name="store")
+        self._stopping = False
+
+    async def start(self) -> None:
+        await self.fetcher.start()
+        await self.cache.start()
+        self.inference.start()
+        self.sink.start()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await self.inference.stop()
+        await self.sink.stop()
+        await self.fetcher.close()
+        await self.cache.close()
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        self._infer_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def process(self, envelope: Envelope) -> Outcome:
+        """Classify or dead-letter one event and store the outcome."""
+        metrics.IN_FLIGHT.inc()
+        try:
+            outcome = await self.classify(envelope)
+            await self.sink.submit(outcome)
+        finally:
+            metrics.IN_FLIGHT.dec()
+        if isinstance(outcome, Classification):
+            metrics.EVENTS.labels(outcome="classified").inc()
+            metrics.LATENCY.observe(max(0.0, time.time() - outcome.event_time.timestamp()))
+        else:
+            metrics.EVENTS.labels(outcome="dead_letter").inc()
+            metrics.DLQ.labels(kind=outcome.kind).inc()
+        return outcome
+
+    async def classify(self, envelope: Envelope) -> Outcome:
+        """The outcome of one event, not yet stored; never raises for a bad event."""
+        event: ImageEvent | None = None
+        attempts = 1
+        try:
+            event = parse_event(envelope.value, self.settings.max_event_bytes)
+            return await self._classify(event, envelope)
+        except ProcessorError as exc:
+            return self._dead(envelope, event, exc.kind, exc.detail, getattr(exc, "attempts", attempts))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not stop the worker: record it and move on
+            log.exception("internal error on %s", envelope.source())
+            return self._dead(envelope, event, "internal_error", f"{type(exc).__name__}: {exc}", attempts)
+
+    async def _classify(self, event: ImageEvent, envelope: Envelope) -> Classification:
+        started = time.perf_counter()
+        cached = await self.cache.get_url(event.url)
+        if cached is not None:
+            return self._result(event, envelope, cached, "url", {"total": _ms(started)})
+        download = await self.fetcher.fetch(event.url)
+        fetched = time.perf_counter()
+        content_hash = "sha256:" + hashlib.sha256(download.data).hexdigest()
+        cached = await self.cache.get_hash(content_hash)
+        if cached is not None:
+            return self._result(event, envelope, cached, "hash",
+                                {"fetch": (fetched - started) * 1000, "total": _ms(started)})
+        loop = asyncio.get_running_loop()
+        decoded: DecodedImage = await loop.run_in_executor(
+            self._decode_pool, decode_image, download.data, self.classifier.input_size,
+            self.settings.max_image_pixels)
+        decoded_at = time.perf_counter()
+        prediction: Prediction = await self.inference.submit(decoded.pixels)
+        timings = {"fetch": (fetched - started) * 1000, "decode": (decoded_at - fetched) * 1000,
+                   "inference": _ms(decoded_at), "total": _ms(started)}
+        result = CachedResult(content_hash, prediction.banner_score, prediction.position_scores,
+                              decoded.width, decoded.height)
+        return self._result(event, envelope, result, "miss", timings)
+
+    def _result(self, event: ImageEvent, envelope: Envelope, r: CachedResult, cache: str,
+                timings: dict[str, float]) -> Classification:
+        info = self.classifier.info
+        return Classification(
+            event=event, envelope=envelope, has_banner=r.banner_score >= self.classifier.banner_threshold,
+            banner_score=r.banner_score, banner_threshold=self.classifier.banner_threshold,
+            position=max(r.position_scores, key=r.position_scores.__getitem__),
+            position_scores=r.position_scores, model_name=info.name, model_version=info.version,
+            content_hash=r.content_hash, width=r.width, height=r.height,
+            event_time=event_time_of(event, envelope), cache=cache, timings_ms=timings)
+
+    @staticmethod
+    def _dead(envelope: Envelope, event: ImageEvent | None, kind: str, detail: str, attempts: int) -> DeadLetter:
+        return DeadLetter(envelope, kind, detail, attempts,
+                          image_id=event.image_id if event else None,
+                          listing_id=event.listing_id if event else None)
+
+    async def _infer(self, images: list[object]) -> list[Prediction]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._infer_pool, self.classifier.predict, images)
+
+    async def _store(self, outcomes: list[Outcome]) -> list[None]:
+        """Postgres, then broker, then cache; retried with backoff until stored or stopped."""
+        results = [o for o in outcomes if isinstance(o, Classification)]
+        dead = [o for o in outcomes if isinstance(o, DeadLetter)]
+        records = [self._record(o) for o in outcomes]
+        await _until_done(lambda: self.store.write(results, dead), "postgres write")
+        await _until_done(lambda: self.publisher.publish(records), "broker publish")
+        await self.cache.put_many([(r.event.url, _cached(r)) for r in results if r.cache != "url"])
+        return [None] * len(outcomes)
+
+    def _record(self, outcome: Outcome) -> Record:
+        if isinstance(outcome, Classification):
+            return (self.settings.output_topic, outcome.event.listing_id.encode(),
+                    orjson.dumps(outcome.to_output()))
+        key = outcome.listing_id.encode() if outcome.listing_id else None
+        return (self.settings.dlq_topic, key, orjson.dumps(outcome.to_output()))
+
+
+async def _until_done(step: Callable[[], Awaitable[None]], what: str) -> None:
+    """Run a storage step until it succeeds; cancellation (shutdown) is the only way out."""
+    delay = 0.1
+    while True:
+        try:
+            await step()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # storage outage: keep the events, wait, try again
+            metrics.STORE_RETRIES.inc()
+            log.warning("%s failed, retrying in %.1f s: %s: %s", what, delay, type(exc).__name__, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, STORE_BACKOFF_MAX_S)
+
+
+def _cached(r: Classification) -> CachedResult:
+    return CachedResult(r.content_hash, r.banner_score, r.position_scores, r.width, r.height)
+
+
+def _ms(since: float) -> float:
+    return (time.perf_counter() - since) * 1000

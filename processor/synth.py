@@ -1,0 +1,261 @@
+"""Generated listing photos: cars from several positions, some stamped with dealer banners.
+
+Used to train the shipped model, by the demo's image server and by the tests. Drawing
+is deliberately varied (colours, geometry, backgrounds, banner styles, JPEG quality)
+so the model learns banners and positions rather than one template.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+POSITIONS = ("front", "side", "rear", "interior", "engine")
+SIZES = ((640, 480), (800, 600), (1024, 768), (1280, 960))
+DEALERS = ("AutoHaus Nord", "Best Cars", "Premium Motors", "Garage Dupont", "Autos García", "CarPoint")
+OFFERS = ("€ {p},-", "{p} €", "ab {r} €/Monat", "0,9% Finanzierung", "{r}€ / mes", "Tel. 0{t}",
+          "$ {p}", "Garantie 24 Monate", "TOP ANGEBOT", "Leasing {r} €")
+
+Rgb = tuple[int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One generated photo and its labels."""
+
+    image: Image.Image
+    position: str
+    banner: bool
+
+
+def _colour(rng: random.Random, lo: int = 0, hi: int = 255) -> Rgb:
+    return (rng.randint(lo, hi), rng.randint(lo, hi), rng.randint(lo, hi))
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=max(8, size))
+
+
+def _background(rng: random.Random, size: tuple[int, int], dark: bool) -> Image.Image:
+    w, h = size
+    top = _colour(rng, 10, 90) if dark else _colour(rng, 120, 250)
+    bottom = _colour(rng, 0, 70) if dark else _colour(rng, 60, 200)
+    img = Image.new("RGB", size)
+    draw = ImageDraw.Draw(img)
+    horizon = int(h * rng.uniform(0.45, 0.7))
+    for y in range(h):
+        t = y / h
+        base = top if y < horizon else bottom
+        shade = 1.0 - 0.3 * t
+        draw.line([(0, y), (w, y)], fill=tuple(int(c * shade) for c in base))
+    for _ in range(rng.randint(0, 6)):  # buildings, poles, showroom clutter
+        x = rng.randint(0, w)
+        bw, bh = rng.randint(w // 20, w // 5), rng.randint(h // 10, h // 2)
+        draw.rectangle([x, horizon - bh, x + bw, horizon], fill=_colour(rng, 40, 200))
+    return img
+
+
+def _wheel(draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, rim: Rgb) -> None:
+    draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(20, 20, 20))
+    draw.ellipse([cx - r * 0.6, cy - r * 0.6, cx + r * 0.6, cy + r * 0.6], fill=rim)
+    for k in range(5):
+        a = k * 2 * math.pi / 5
+        draw.line([(cx, cy), (cx + r * 0.6 * math.cos(a), cy + r * 0.6 * math.sin(a))], fill=(60, 60, 60), width=3)
+
+
+def _draw_side(rng: random.Random, img: Image.Image, body: Rgb) -> None:
+    w, h = img.size
+    draw = ImageDraw.Draw(img)
+    x0, x1 = w * rng.uniform(0.05, 0.15), w * rng.uniform(0.85, 0.95)
+    base = h * rng.uniform(0.62, 0.75)
+    top = base - h * rng.uniform(0.18, 0.25)
+    draw.rounded_rectangle([x0, top, x1, base], radius=int(h * 0.05), fill=body)
+    cab0, cab1 = x0 + (x1 - x0) * rng.uniform(0.2, 0.3), x0 + (x1 - x0) * rng.uniform(0.65, 0.8)
+    roof = top - h * rng.uniform(0.12, 0.18)
+    draw.polygon([(cab0 - w * 0.05, top), (cab0, roof), (cab1, roof), (cab1 + w * 0.06, top)], fill=body)
+    glass = _colour(rng, 30, 110)
+    draw.polygon([(cab0 - w * 0.03, top - 4), (cab0 + 6, roof + 8), (cab1 - 6, roof + 8), (cab1 + w * 0.04, top - 4)], fill=glass)
+    draw.line([((cab0 + cab1) / 2, roof + 8), ((cab0 + cab1) / 2, top - 4)], fill=body, width=6)
+    r = h * rng.uniform(0.07, 0.1)
+    rim = _colour(rng, 140, 230)
+    _wheel(draw, x0 + (x1 - x0) * 0.2, base, r, rim)
+    _wheel(draw, x0 + (x1 - x0) * 0.8, base, r, rim)
+
+
+def _draw_front_or_rear(rng: random.Random, img: Image.Image, body: Rgb, rear: bool) -> None:
+    w, h = img.size
+    draw = ImageDraw.Draw(img)
+    cx = w * rng.uniform(0.4, 0.6)
+    half = w * rng.uniform(0.25, 0.35)
+    base = h * rng.uniform(0.7, 0.8)
+    top = base - h * rng.uniform(0.22, 0.3)
+    roof = top - h * rng.uniform(0.15, 0.2)
+    r = h * 0.06
+    _wheel(draw, cx - half * 0.8, base, r, (40, 40, 40))
+    _wheel(draw, cx + half * 0.8, base, r, (40, 40, 40))
+    draw.rounded_rectangle([cx - half, top, cx + half, base], radius=int(h * 0.04), fill=body)
+    draw.polygon([(cx - half * 0.85, top), (cx - half * 0.6, roof), (cx + half * 0.6, roof), (cx + half * 0.85, top)], fill=body)
+    draw.polygon([(cx - half * 0.75, top - 3), (cx - half * 0.55, roof + 8), (cx + half * 0.55, roof + 8), (cx + half * 0.75, top - 3)],
+                 fill=_colour(rng, 30, 110))
+    ly = top + (base - top) * 0.3
+    lamp = (200, 20, 20) if rear else (240, 240, 210)
+    lw = half * rng.uniform(0.2, 0.3)
+    for side in (-1, 1):
+        lx = cx + side * half * 0.7
+        if rear:
+            draw.rectangle([lx - lw / 2, ly - h * 0.02, lx + lw / 2, ly + h * 0.03], fill=lamp)
+        else:
+            draw.ellipse([lx - lw / 2, ly - h * 0.03, lx + lw / 2, ly + h * 0.03], fill=lamp)
+    if rear:
+        draw.rectangle([cx - half * 0.25, base - h * 0.1, cx + half * 0.25, base - h * 0.05], fill=(235, 235, 235))
+    else:
+        gy = top + (base - top) * 0.55
+        draw.rectangle([cx - half * 0.35, gy, cx + half * 0.35, gy + h * 0.07], fill=(25, 25, 25))
+        for k in range(6):
+            x = cx - half * 0.35 + k * half * 0.14
+            draw.line([(x, gy), (x, gy + h * 0.07)], fill=(90, 90, 90), width=2)
+
+
+def _draw_interior(rng: random.Random, img: Image.Image, body: Rgb) -> None:
+    w, h = img.size
+    draw = ImageDraw.Draw(img)
+    trim = _colour(rng, 10, 80)
+    draw.rectangle([0, h * rng.uniform(0.35, 0.5), w, h], fill=trim)
+    draw.chord([-w * 0.1, h * 0.2, w * 1.1, h * 0.8], 180, 360, fill=_colour(rng, 20, 90))
+    cx, cy, r = w * rng.uniform(0.3, 0.45), h * rng.uniform(0.55, 0.7), h * rng.uniform(0.2, 0.28)
+    draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=(15, 15, 15), width=int(r * 0.18))
+    for a in (math.pi / 2, math.pi * 7 / 6, -math.pi / 6):
+        draw.line([(cx, cy), (cx + r * math.cos(a), cy + r * math.sin(a))], fill=(15, 15, 15), width=int(r * 0.15))
+    sx = w * rng.uniform(0.6, 0.7)
+    draw.rectangle([sx, h * 0.35, sx + w * 0.15, h * 0.5], fill=(10, 30, 60))  # screen
+    for k in range(rng.randint(2, 5)):
+        draw.ellipse([sx + k * 25, h * 0.55, sx + k * 25 + 15, h * 0.55 + 15], fill=body)
+
+
+def _draw_engine(rng: random.Random, img: Image.Image, body: Rgb) -> None:
+    w, h = img.size
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([0, h * 0.1, w, h], fill=_colour(rng, 20, 60))
+    for _ in range(rng.randint(25, 60)):
+        grey = rng.randint(60, 200)
+        x, y = rng.uniform(0, w), rng.uniform(h * 0.15, h)
+        bw, bh = rng.uniform(w * 0.03, w * 0.2), rng.uniform(h * 0.03, h * 0.2)
+        shape = rng.random()
+        fill = (grey, grey, grey + rng.randint(-20, 20)) if shape < 0.8 else _colour(rng)
+        if shape < 0.5:
+            draw.rectangle([x, y, x + bw, y + bh], fill=fill)
+        elif shape < 0.8:
+            draw.ellipse([x, y, x + bw, y + bw], fill=fill, outline=(20, 20, 20))
+        else:
+            draw.line([(x, y), (x + bw * 3, y + bh)], fill=fill, width=rng.randint(4, 12))
+    draw.rectangle([0, 0, w, h * 0.12], fill=body)  # the raised bonnet
+
+
+DRAWERS: dict[str, Callable[[random.Random, Image.Image, Rgb], None]] = {
+    "front": lambda rng, img, body: _draw_front_or_rear(rng, img, body, rear=False),
+    "rear": lambda rng, img, body: _draw_front_or_rear(rng, img, body, rear=True),
+    "side": _draw_side,
+    "interior": _draw_interior,
+    "engine": _draw_engine,
+}
+
+
+def _offer_text(rng: random.Random) -> str:
+    text = rng.choice(OFFERS).format(p=f"{rng.randint(5, 89)}.{rng.randint(0, 999):03d}", r=rng.randint(99, 899),
+                                     t=rng.randint(100000000, 999999999))
+    return text if rng.random() < 0.5 else f"{rng.choice(DEALERS)}  {text}"
+
+
+def _stamp_banner(rng: random.Random, img: Image.Image) -> None:
+    """Overlay one or two dealer banners of a random style."""
+    w, h = img.size
+    overlay = Image.new("RGBA", img.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    for _ in range(1 if rng.random() < 0.7 else 2):
+        style = rng.choice(("strip", "strip", "ribbon", "badge", "frame", "bar", "logo"))
+        colour = (*_colour(rng), 255 if style != "bar" else rng.randint(140, 210))
+        ink = (255, 255, 255, 255) if sum(colour[:3]) < 380 else (0, 0, 0, 255)
+        text = _offer_text(rng)
+        if style in ("strip", "bar"):
+            bh = int(h * rng.uniform(0.1, 0.2))
+            y = 0 if rng.random() < 0.4 else h - bh
+            if style == "bar":
+                y = int(h * rng.uniform(0.55, 0.8))
+            draw.rectangle([0, y, w, y + bh], fill=colour)
+            draw.text((w * rng.uniform(0.02, 0.3), y + bh * 0.2), text, fill=ink, font=_font(int(bh * 0.55)))
+        elif style == "ribbon":
+            size = int(min(w, h) * rng.uniform(0.35, 0.5))
+            corner = Image.new("RGBA", (size * 2, size * 2), (0, 0, 0, 0))
+            cd = ImageDraw.Draw(corner)
+            band = size * 0.28
+            cd.rectangle([0, size - band / 2, size * 2, size + band / 2], fill=colour)
+            cd.text((size * 0.55, size - band * 0.35), text[:14], fill=ink, font=_font(int(band * 0.55)))
+            corner = corner.rotate(45 if rng.random() < 0.5 else -45)
+            x = -size if rng.random() < 0.5 else w - size
+            overlay.alpha_composite(corner, (max(0, x), 0) if x > 0 else (0, 0), (0 if x > 0 else size, size // 2))
+        elif style == "badge":
+            r = int(min(w, h) * rng.uniform(0.12, 0.2))
+            cx, cy = rng.choice((r + 10, w - r - 10)), rng.choice((r + 10, h - r - 10))
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour, outline=ink, width=max(2, r // 12))
+            draw.text((cx - r * 0.75, cy - r * 0.25), text[:9], fill=ink, font=_font(int(r * 0.4)))
+        elif style == "frame":
+            t = int(min(w, h) * rng.uniform(0.04, 0.08))
+            draw.rectangle([0, 0, w - 1, h - 1], outline=colour, width=t)
+            draw.rectangle([0, h - 3 * t, w, h], fill=colour)
+            draw.text((t * 2, h - 2.7 * t), text, fill=ink, font=_font(int(t * 1.5)))
+        else:  # logo box with a dealer name
+            bw, bh = int(w * rng.uniform(0.25, 0.4)), int(h * rng.uniform(0.1, 0.16))
+            x, y = rng.choice((10, w - bw - 10)), rng.choice((10, h - bh - 10))
+            draw.rounded_rectangle([x, y, x + bw, y + bh], radius=bh // 4, fill=colour)
+            draw.text((x + bh * 0.3, y + bh * 0.2), rng.choice(DEALERS), fill=ink, font=_font(int(bh * 0.5)))
+    img.paste(Image.alpha_composite(img.convert("RGBA"), overlay).convert("RGB"))
+
+
+def render(rng: random.Random, position: str, banner: bool, size: tuple[int, int] | None = None) -> Image.Image:
+    """Draw one listing photo."""
+    size = size or rng.choice(SIZES)
+    img = _background(rng, size, dark=position in ("interior", "engine"))
+    DRAWERS[position](rng, img, _colour(rng))
+    if rng.random() < 0.3:
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5)))
+    if banner:
+        _stamp_banner(rng, img)
+    return img
+
+
+def to_jpeg(img: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def samples(seed: int, count: int, banner_share: float = 0.5) -> Iterator[Sample]:
+    """A reproducible stream of labelled photos."""
+    rng = random.Random(seed)
+    for i in range(count):
+        position = POSITIONS[i % len(POSITIONS)]
+        banner = rng.random() < banner_share
+        yield Sample(render(rng, position, banner), position, banner)
+
+
+def write_dataset(out: Path, count: int, seed: int, banner_share: float = 0.5) -> Path:
+    """Write JPEGs and a labels.csv (file, banner, position); return the CSV's path."""
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed + 1)
+    labels = out / "labels.csv"
+    with labels.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file", "banner", "position"])
+        for i, sample in enumerate(samples(seed, count, banner_share)):
+            name = f"images/{i:06d}.jpg"
+            (out / name).write_bytes(to_jpeg(sample.image, rng.randint(55, 95)))
+            writer.writerow([name, int(sample.banner), sample.position])
+    return labels

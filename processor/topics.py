@@ -1,0 +1,90 @@
+"""Plain aiokafka helpers for the CLI, the demo and tests: create topics, produce, read back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+
+def bootstrap(broker_url: str) -> str:
+    """``kafka://a:9092;b:9092`` (Faust style) -> ``a:9092,b:9092`` (aiokafka style)."""
+    hosts = []
+    for part in broker_url.replace(";", ",").split(","):
+        part = part.strip()
+        hosts.append(part.split("://", 1)[1] if "://" in part else part)
+    return ",".join(h for h in hosts if h)
+
+
+async def ensure_topics(broker_url: str, topics: Iterable[str], partitions: int) -> None:
+    """Create missing topics with ``partitions`` partitions (existing ones are left as they are)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(broker_url))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(t, partitions, 1) for t in topics if t not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(missing)
+    finally:
+        await admin.close()
+
+
+def event_key(line: bytes) -> bytes | None:
+    """The listing_id key of a JSON event, or None for anything that is not one."""
+    try:
+        listing = orjson.loads(line).get("listing_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return listing.encode() if isinstance(listing, str) else None
+
+
+async def produce_lines(broker_url: str, topic: str, lines: Iterable[bytes]) -> int:
+    """Send each line as one event keyed by listing_id; return how many the broker confirmed."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(broker_url), acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, line, key=event_key(line)) for line in lines if line.strip()]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return len(futures)
+
+
+async def read_topic(broker_url: str, topic: str, expected: int | None = None,
+                     timeout_s: float = 10.0) -> list[dict[str, object]]:
+    """Read a topic from the beginning (no group) until ``expected`` records or ``timeout_s`` idle."""
+    return [orjson.loads(value) async for value in iterate_topic(broker_url, topic, expected, timeout_s)]
+
+
+async def iterate_topic(broker_url: str, topic: str, expected: int | None,
+                        timeout_s: float) -> AsyncIterator[bytes]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap(broker_url), enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        await consumer.topics()  # loads metadata
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            return
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        seen = 0
+        while True:
+            batch = await consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=1000)
+            for records in batch.values():
+                for record in records:
+                    seen += 1
+                    yield record.value
+            done = all([await consumer.position(tp) >= end[tp] for tp in tps])
+            if (expected is not None and seen >= expected) or (expected is None and done) or not batch:
+                return
+    finally:
+        await consumer.stop()

@@ -1,0 +1,150 @@
+"""Train a model directory from labelled images.
+
+Layouts accepted under ``--data``: a ``labels.csv`` (file, banner, position) as
+``processor synth`` writes, or folders ``banner/`` and ``no_banner/`` (banner label
+only), optionally with position sub-folders (``banner/front/x.jpg``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .decode import decode_image
+from .model import METADATA_FILE, MODEL_FILE, build_model
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+NO_POSITION = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Labelled:
+    path: Path
+    banner: int
+    position: str  # NO_POSITION when unknown
+
+
+def read_labels(data: Path) -> list[Labelled]:
+    """Labelled files from labels.csv or the banner/no_banner folder layout."""
+    csv_path = data / "labels.csv"
+    if csv_path.exists():
+        with csv_path.open() as fh:
+            return [Labelled(data / r["file"], int(r["banner"]), r.get("position") or NO_POSITION)
+                    for r in csv.DictReader(fh)]
+    items = []
+    for banner, folder in ((1, "banner"), (0, "no_banner")):
+        for path in sorted((data / folder).rglob("*")):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                position = path.parent.name if path.parent != data / folder else NO_POSITION
+                items.append(Labelled(path, banner, position))
+    if not items:
+        raise FileNotFoundError(f"{data}: no labels.csv and no images under banner/ or no_banner/")
+    return items
+
+
+def load_arrays(items: list[Labelled], size: tuple[int, int]) -> NDArray[np.uint8]:
+    def one(item: Labelled) -> NDArray[np.uint8]:
+        return decode_image(item.path.read_bytes(), size, max_pixels=100_000_000).pixels
+
+    with ThreadPoolExecutor() as pool:
+        return np.stack(list(pool.map(one, items)))
+
+
+def data_hash(items: list[Labelled]) -> str:
+    digest = hashlib.sha256()
+    for item in sorted(items, key=lambda i: str(i.path)):
+        digest.update(f"{item.path.name}|{item.banner}|{item.position}|{item.path.stat().st_size}\n".encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def best_threshold(scores: NDArray[np.float64], labels: NDArray[np.int64]) -> float:
+    """The decision threshold with the best accuracy on the validation split."""
+    candidates = np.linspace(0.05, 0.95, 91)
+    accuracy = [float(np.mean((scores >= t) == labels)) for t in candidates]
+    return round(float(candidates[int(np.argmax(accuracy))]), 3)
+
+
+def train(data: Path, out: Path, *, epochs: int = 30, seed: int = 1, input_size: int = 128,
+          batch_size: int = 32, name: str = "listing-image-cnn", version: str | None = None,
+          verbose: int = 1) -> dict[str, Any]:
+    """Train, pick the banner threshold on a held-out split, write the model directory."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    items = read_labels(data)
+    positions = tuple(sorted({i.position for i in items if i.position != NO_POSITION})) or ("other",)
+    size = (input_size, input_size)
+    x = load_arrays(items, size)
+    y_banner = np.array([i.banner for i in items], dtype=np.float32)
+    y_pos = np.array([positions.index(i.position) if i.position in positions else 0 for i in items])
+    pos_weight = np.array([1.0 if i.position in positions else 0.0 for i in items], dtype=np.float32)
+
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, len(order) // 8)
+    val, tr = np.array(order[:n_val]), np.array(order[n_val:])
+    share = float(y_banner[tr].mean())
+    banner_weight = np.where(y_banner == 1, 0.5 / max(share, 1e-3), 0.5 / max(1 - share, 1e-3)).astype(np.float32)
+
+    def dataset(idx: NDArray[np.int64], training: bool) -> Any:
+        ds = tf.data.Dataset.from_tensor_slices(
+            (x[idx], {"banner": y_banner[idx], "position": y_pos[idx]},
+             {"banner": banner_weight[idx], "position": pos_weight[idx]}))
+        if training:
+            ds = ds.shuffle(len(idx), seed=seed).map(_augment, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    model = build_model(positions, size)
+    model.compile(optimizer=keras.optimizers.Adam(2e-3),
+                  loss={"banner": "binary_crossentropy", "position": "sparse_categorical_crossentropy"},
+                  metrics={"banner": ["accuracy"], "position": ["accuracy"]})
+    model.fit(dataset(tr, True), validation_data=dataset(val, False), epochs=epochs, verbose=verbose,
+              callbacks=[keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True),
+                         keras.callbacks.ReduceLROnPlateau(patience=2, factor=0.5)])
+
+    pred = model.predict(x[val], batch_size=64, verbose=0)
+    banner_scores = np.asarray(pred["banner"], dtype=np.float64).reshape(-1)
+    threshold = best_threshold(banner_scores, y_banner[val].astype(np.int64))
+    known = pos_weight[val] > 0
+    metrics = {
+        "validation_images": len(val),
+        "banner_accuracy": float(np.mean((banner_scores >= threshold) == y_banner[val])),
+        "position_accuracy": float(np.mean(np.argmax(pred["position"], axis=1)[known] == y_pos[val][known]))
+        if known.any() else None,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out / MODEL_FILE)
+    metadata = {
+        "name": name,
+        "version": version or datetime.now(UTC).strftime("%Y.%m.%d.%H%M"),
+        "labels": {"banner": ["no_banner", "banner"], "position": list(positions)},
+        "input_size": list(size),
+        "preprocessing": "RGB uint8, resized (stretched) to input_size; the model rescales to [-1, 1]",
+        "banner_threshold": threshold,
+        "training": {"data": str(data), "data_hash": data_hash(items), "images": len(items),
+                     "seed": seed, "epochs": epochs, "trained_at": datetime.now(UTC).isoformat()},
+        "metrics": metrics,
+    }
+    (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    return metadata
+
+
+def _augment(image: Any, labels: Any, weights: Any) -> Any:
+    import tensorflow as tf
+
+    image = tf.image.random_flip_left_right(image)
+    img = tf.cast(image, tf.float32)
+    img = tf.image.random_brightness(img, 25.0)
+    img = tf.image.random_contrast(img, 0.8, 1.2)
+    return tf.cast(tf.clip_by_value(img, 0, 255), tf.uint8), labels, weights
