@@ -38,13 +38,19 @@ class OrderedAcker(Generic[E]):
         self._tasks: set[asyncio.Task[None]] = set()
         self.acked = 0
         self.failed = 0
+        self._closed = asyncio.Event()
 
     @property
     def in_flight(self) -> int:
         return len(self._tasks)
 
     async def submit(self, key: Hashable, item: E, work: Callable[[], Awaitable[object]]) -> None:
-        """Wait for capacity, then start ``work`` for ``item``; it is acked once it and its elders finish."""
+        """Wait for capacity, then start ``work`` for ``item``; it is acked once it and its elders finish.
+
+        After ``close()`` this never returns: the item stays unacked and is replayed later.
+        """
+        if self._closed.is_set():
+            await asyncio.Future()  # parked until the consumer task is cancelled
         await self._unacked.acquire()
         await self._running.acquire()
         entry = _Entry(item)
@@ -75,6 +81,10 @@ class OrderedAcker(Generic[E]):
             await self._ack(entry.item)
             self.acked += 1
             self._unacked.release()
+
+    def close(self) -> None:
+        """Start no more work (shutdown)."""
+        self._closed.set()
 
     async def wait(self, timeout_s: float) -> bool:
         """Wait for in-flight work up to ``timeout_s``; cancel what is left. True if all finished."""

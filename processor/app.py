@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import faust
@@ -41,7 +42,7 @@ class FaustPublisher:
         await asyncio.gather(*futures)
 
 
-def create_app(settings: Settings, classifier: Classifier) -> tuple[faust.App, Pipeline]:
+def create_app(settings: Settings, classifier: Classifier) -> tuple[faust.App, Callable[[], Awaitable[None]]]:
     """Build the Faust app and the pipeline it feeds; nothing connects until the worker starts."""
     app = faust.App(
         settings.consumer_group,
@@ -77,29 +78,65 @@ def create_app(settings: Settings, classifier: Classifier) -> tuple[faust.App, P
         log.info("partitions assigned: %d (%s)", len(assigned), ", ".join(sorted(f"{tp.topic}/{tp.partition}"
                                                                              for tp in assigned)))
 
+    acker: OrderedAcker[EventT] = OrderedAcker(_ack, settings.max_in_flight, settings.max_in_flight * 8)
+
     @app.agent(source, concurrency=1, name="classify")
     async def classify(stream: StreamT[bytes]) -> None:
-        manual = stream.noack()
-        acker: OrderedAcker[EventT] = OrderedAcker(manual.ack, settings.max_in_flight,
-                                                    settings.max_in_flight * 8)
         await store.start()
         await store.migrate()
         for topic in sinks:
             await topic.maybe_declare()
         await pipeline.start()
         log.info("worker consuming %s as group %s", settings.input_topic, settings.consumer_group)
-        try:
-            async for event in manual.events():
-                envelope = _envelope(event)
-                await acker.submit(event.message.tp, event, lambda env=envelope: pipeline.process(env))
-        finally:
-            drained = await acker.wait(settings.shutdown_grace_s)
-            log.info("worker stopping: %d acked, in-flight %s", acker.acked,
-                     "drained" if drained else "abandoned (will be replayed)")
-            await pipeline.stop()
-            await store.close()
+        async for event in stream.noack().events():
+            envelope = _envelope(event)
+            await acker.submit(event.message.tp, event, lambda env=envelope: pipeline.process(env))
 
-    return app, pipeline
+    async def drain() -> None:
+        acker.close()
+        drained = await acker.wait(settings.shutdown_grace_s)
+        log.info("worker stopping: %d acked; in-flight work %s", acker.acked,
+                 "finished" if drained else "abandoned (it will be replayed)")
+        await pipeline.stop()
+        await store.close()
+
+    return app, drain
+
+
+async def _ack(event: EventT) -> None:
+    event.ack()
+
+
+class GracefulWorker(faust.Worker):
+    """On SIGTERM/SIGINT, first drain in-flight events (acking what is stored), then stop Faust,
+    whose consumer commits the acked offsets. A second signal stops at once."""
+
+    def __init__(self, app: faust.App, drain: Callable[[], Awaitable[None]], **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._drain = drain
+        self._draining = False
+
+    def _on_sigterm(self) -> None:
+        self._graceful(signal.SIGTERM)
+
+    def _on_sigint(self) -> None:
+        self._graceful(signal.SIGINT)
+
+    def _graceful(self, sig: signal.Signals) -> None:
+        if self._draining:
+            self._schedule_shutdown(sig)
+            return
+        self._draining = True
+        log.info("signal %s: draining in-flight events before stopping", sig.name)
+
+        async def drain_then_stop() -> None:
+            try:
+                await self._drain()
+            finally:
+                self._schedule_shutdown(sig)
+
+        asyncio.ensure_future(drain_then_stop())
+
 
 
 def _envelope(event: EventT) -> Envelope:
@@ -118,10 +155,10 @@ def _envelope(event: EventT) -> Envelope:
 def run_worker(settings: Settings) -> None:
     """Load the model, then run a Faust worker until SIGINT/SIGTERM."""
     classifier = Classifier(settings.model_dir, settings.banner_threshold)
-    app, _pipeline = create_app(settings, classifier)
+    app, drain = create_app(settings, classifier)
     if settings.metrics_port:
         from prometheus_client import start_http_server
 
         start_http_server(settings.metrics_port, addr="0.0.0.0")
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    worker = GracefulWorker(app, drain, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

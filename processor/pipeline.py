@@ -149,9 +149,10 @@ class Pipeline:
 
     @staticmethod
     def _dead(envelope: Envelope, event: ImageEvent | None, kind: str, detail: str, attempts: int) -> DeadLetter:
-        return DeadLetter(envelope, kind, detail, attempts,
-                          image_id=event.image_id if event else None,
-                          listing_id=event.listing_id if event else None)
+        if event is not None:
+            return DeadLetter(envelope, kind, detail, attempts, event.image_id, event.listing_id)
+        ids = best_effort_ids(envelope.value)
+        return DeadLetter(envelope, kind, detail, attempts, ids.get("image_id"), ids.get("listing_id"))
 
     async def _infer(self, images: list[object]) -> list[Prediction]:
         loop = asyncio.get_running_loop()
@@ -189,6 +190,18 @@ async def _until_done(step: Callable[[], Awaitable[None]], what: str) -> None:
             log.warning("%s failed, retrying in %.1f s: %s: %s", what, delay, type(exc).__name__, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, STORE_BACKOFF_MAX_S)
+
+
+def best_effort_ids(raw: bytes) -> dict[str, str]:
+    """image_id and listing_id of an invalid event when they are usable strings (for accounting)."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    return {k: v for k in ("image_id", "listing_id") if isinstance(v := doc.get(k), str) and
+            0 < len(v) <= 256 and "\x00" not in v}
 
 
 def _cached(r: Classification) -> CachedResult:
