@@ -1,0 +1,79 @@
+"""The fetcher against a real local HTTP server: caps, timeouts, retries, redirects."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from processor.errors import BlockedUrl, FetchFailed, TooLarge, TransientFetchError
+from processor.fetch import Fetcher
+from processor.imageserver import ImageServer
+from processor.settings import Settings
+
+
+@pytest.fixture
+async def fetcher() -> AsyncIterator[Fetcher]:
+    f = Fetcher(Settings(allow_networks="127.0.0.1/32", fetch_attempts=3, fetch_backoff_s=0.01,
+                         fetch_total_timeout_s=2.0, fetch_read_timeout_s=1.0, max_image_bytes=2_000_000))
+    await f.start()
+    try:
+        yield f
+    finally:
+        await f.close()
+
+
+async def test_fetches_an_image(fetcher: Fetcher, image_server: ImageServer, jpegs: dict[str, bytes]) -> None:
+    name = sorted(jpegs)[0]
+    download = await fetcher.fetch(image_server.url(name))
+    assert download.data == jpegs[name] and download.attempts == 1
+
+
+async def test_not_found_is_permanent_and_not_retried(fetcher: Fetcher, image_server: ImageServer) -> None:
+    with pytest.raises(FetchFailed, match="HTTP 404") as info:
+        await fetcher.fetch(f"{image_server.base_url}/status/404")
+    assert not info.value.retriable
+    assert image_server.requests["/status/404"] == 1
+
+
+@pytest.mark.parametrize("code", [429, 500, 503])
+async def test_transient_statuses_are_retried_then_fail(fetcher: Fetcher, image_server: ImageServer,
+                                                         code: int) -> None:
+    with pytest.raises(TransientFetchError):
+        await fetcher.fetch(f"{image_server.base_url}/status/{code}")
+    assert image_server.requests[f"/status/{code}"] == 3
+
+
+async def test_redirect_is_followed_and_rechecked(fetcher: Fetcher, image_server: ImageServer,
+                                                  jpegs: dict[str, bytes]) -> None:
+    name = sorted(jpegs)[1]
+    ok = await fetcher.fetch(f"{image_server.base_url}/redirect?to={image_server.url(name)}")
+    assert ok.data == jpegs[name]
+    with pytest.raises(BlockedUrl):
+        await fetcher.fetch(f"{image_server.base_url}/redirect?to=http://169.254.169.254/latest/meta-data/")
+    with pytest.raises(BlockedUrl):
+        await fetcher.fetch(f"{image_server.base_url}/redirect?to=file:///etc/passwd")
+
+
+async def test_body_over_the_cap_stops_reading(fetcher: Fetcher, image_server: ImageServer) -> None:
+    with pytest.raises(TooLarge, match="stopped reading"):
+        await fetcher.fetch(f"{image_server.base_url}/huge")
+
+
+async def test_slow_drip_hits_the_total_timeout(fetcher: Fetcher, image_server: ImageServer,
+                                                jpegs: dict[str, bytes]) -> None:
+    with pytest.raises(TransientFetchError, match="timed out"):
+        await fetcher.fetch(f"{image_server.base_url}/slow/{sorted(jpegs)[0]}")
+
+
+async def test_loopback_is_blocked_without_the_allow_list(image_server: ImageServer) -> None:
+    strict = Fetcher(Settings(allow_networks=""))
+    await strict.start()
+    try:
+        with pytest.raises(BlockedUrl):
+            await strict.fetch(f"{image_server.base_url}/status/200")
+        with pytest.raises(BlockedUrl):  # a name that resolves to loopback, checked at connect time
+            await strict.fetch(f"http://localhost.:{image_server.port}/status/200")
+    finally:
+        await strict.close()
+    assert image_server.requests["/status/200"] == 0
