@@ -9,6 +9,7 @@ stored them. Exceptions never escape the agent body.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import tempfile
@@ -65,20 +66,27 @@ def create_app(settings: Settings, classifier: Classifier) -> tuple[faust.App, C
         logging_config=None,
     )
     store = PostgresStore(settings.postgres_dsn, settings.postgres_table)
-    cache = ResultCache(settings.redis_url, f"{classifier.info.name}:{classifier.info.version}",
-                        settings.cache_ttl_s)
+    cache = ResultCache(settings.redis_url, f"{classifier.info.name}:{classifier.info.version}", settings.cache_ttl_s)
     pipeline = Pipeline(settings, classifier, store, cache, FaustPublisher(app))
-    source = app.topic(settings.input_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
-                       value_serializer="raw", partitions=settings.topic_partitions)
-    sinks = [app.topic(t, partitions=settings.topic_partitions) for t in (settings.output_topic,
-                                                                            settings.dlq_topic)]
+    source = app.topic(
+        settings.input_topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.topic_partitions,
+    )
+    sinks = [app.topic(t, partitions=settings.topic_partitions) for t in (settings.output_topic, settings.dlq_topic)]
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _assigned(_app: faust.App, assigned: set[Any], **_kw: Any) -> None:
-        log.info("partitions assigned: %d (%s)", len(assigned), ", ".join(sorted(f"{tp.topic}/{tp.partition}"
-                                                                             for tp in assigned)))
+        log.info(
+            "partitions assigned: %d (%s)",
+            len(assigned),
+            ", ".join(sorted(f"{tp.topic}/{tp.partition}" for tp in assigned)),
+        )
 
-    acker: OrderedAcker[EventT] = OrderedAcker(_ack, settings.max_in_flight, settings.max_in_flight * 8)
+    acker: OrderedAcker[EventT[bytes]] = OrderedAcker(_ack, settings.max_in_flight, settings.max_in_flight * 8)
 
     @app.agent(source, concurrency=1, name="classify")
     async def classify(stream: StreamT[bytes]) -> None:
@@ -88,22 +96,26 @@ def create_app(settings: Settings, classifier: Classifier) -> tuple[faust.App, C
             await topic.maybe_declare()
         await pipeline.start()
         log.info("worker consuming %s as group %s", settings.input_topic, settings.consumer_group)
-        async for event in stream.noack().events():
+        manual: Any = stream.noack()  # type: ignore[attr-defined]
+        async for event in manual.events():
             envelope = _envelope(event)
-            await acker.submit(event.message.tp, event, lambda env=envelope: pipeline.process(env))
+            await acker.submit(event.message.tp, event, functools.partial(pipeline.process, envelope))
 
     async def drain() -> None:
         acker.close()
         drained = await acker.wait(settings.shutdown_grace_s)
-        log.info("worker stopping: %d acked; in-flight work %s", acker.acked,
-                 "finished" if drained else "abandoned (it will be replayed)")
+        log.info(
+            "worker stopping: %d acked; in-flight work %s",
+            acker.acked,
+            "finished" if drained else "abandoned (it will be replayed)",
+        )
         await pipeline.stop()
         await store.close()
 
     return app, drain
 
 
-async def _ack(event: EventT) -> None:
+async def _ack(event: EventT[bytes]) -> None:
     event.ack()
 
 
@@ -115,6 +127,7 @@ class GracefulWorker(faust.Worker):
         super().__init__(app, **kwargs)
         self._drain = drain
         self._draining = False
+        self._drain_task: asyncio.Future[None] | None = None
 
     def _on_sigterm(self) -> None:
         self._graceful(signal.SIGTERM)
@@ -135,11 +148,10 @@ class GracefulWorker(faust.Worker):
             finally:
                 self._schedule_shutdown(sig)
 
-        asyncio.ensure_future(drain_then_stop())
+        self._drain_task = asyncio.ensure_future(drain_then_stop())
 
 
-
-def _envelope(event: EventT) -> Envelope:
+def _envelope(event: EventT[bytes]) -> Envelope:
     message = event.message
     value: Any = event.value
     return Envelope(

@@ -36,8 +36,15 @@ class BatchStats:
 class MicroBatcher(Generic[T, R]):
     """Groups concurrent ``submit()`` calls into calls of ``fn(list) -> list``."""
 
-    def __init__(self, fn: Callable[[list[T]], Awaitable[list[R]]], max_size: int, max_delay_s: float,
-                 *, split_on_error: bool = True, name: str = "batch") -> None:
+    def __init__(
+        self,
+        fn: Callable[[list[T]], Awaitable[list[R]]],
+        max_size: int,
+        max_delay_s: float,
+        *,
+        split_on_error: bool = True,
+        name: str = "batch",
+    ) -> None:
         self._fn = fn
         self.max_size = max_size
         self.max_delay_s = max_delay_s
@@ -103,8 +110,9 @@ class MicroBatcher(Generic[T, R]):
         try:
             results = await self._fn([item for item, _ in live])
             if len(results) != len(live):
-                raise RuntimeError(f"{self._name}: batch function returned {len(results)} results "
-                                   f"for {len(live)} items")
+                raise RuntimeError(
+                    f"{self._name}: batch function returned {len(results)} results for {len(live)} items"
+                )
         except Exception as exc:  # routed to the callers: split, or fail the lone item
             if self._split and len(live) > 1:
                 half = len(live) // 2

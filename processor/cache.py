@@ -34,8 +34,15 @@ class CachedResult:
     height: int
 
     def dumps(self) -> bytes:
-        return orjson.dumps({"h": self.content_hash, "b": self.banner_score, "p": self.position_scores,
-                             "w": self.width, "ht": self.height})
+        return orjson.dumps(
+            {
+                "h": self.content_hash,
+                "b": self.banner_score,
+                "p": self.position_scores,
+                "w": self.width,
+                "ht": self.height,
+            }
+        )
 
     @classmethod
     def loads(cls, raw: bytes) -> CachedResult:
@@ -90,7 +97,7 @@ class ResultCache:
             self._failed("get", exc)
             return None
         metrics.CACHE.labels(result="hit" if raw else "miss").inc()
-        return CachedResult.loads(raw) if raw else None
+        return CachedResult.loads(raw.encode() if isinstance(raw, str) else raw) if raw else None
 
     async def put_many(self, entries: list[tuple[str, CachedResult]]) -> None:
         """Store results under their URL and content-hash keys in one pipeline."""

@@ -23,7 +23,7 @@ async def classify_targets(settings: Settings, targets: list[str]) -> list[tuple
     finally:
         await fetcher.close()
     ok = [i for i, item in enumerate(loaded) if not isinstance(item, ProcessorError)]
-    predictions = classifier.predict([loaded[i].pixels for i in ok]) if ok else []  # type: ignore[union-attr]
+    predictions = classifier.predict([loaded[i].pixels for i in ok]) if ok else []
     by_index = dict(zip(ok, predictions, strict=True))
     results: list[tuple[str, dict[str, Any]]] = []
     for i, target in enumerate(targets):
@@ -32,11 +32,20 @@ async def classify_targets(settings: Settings, targets: list[str]) -> list[tuple
             results.append((target, {"error": {"kind": item.kind, "detail": item.detail}}))
             continue
         p = by_index[i]
-        results.append((target, {
-            "has_banner": p.banner_score >= classifier.banner_threshold, "banner_score": p.banner_score,
-            "position": p.position, "position_scores": p.position_scores,
-            "width": item.width, "height": item.height,
-            "model": {"name": classifier.info.name, "version": classifier.info.version}}))
+        results.append(
+            (
+                target,
+                {
+                    "has_banner": p.banner_score >= classifier.banner_threshold,
+                    "banner_score": p.banner_score,
+                    "position": p.position,
+                    "position_scores": p.position_scores,
+                    "width": item.width,
+                    "height": item.height,
+                    "model": {"name": classifier.info.name, "version": classifier.info.version},
+                },
+            )
+        )
     return results
 
 

@@ -23,15 +23,19 @@ SettingsCommand = Callable[..., Any]
 def settings_options(command: SettingsCommand) -> SettingsCommand:
     """Add one ``--flag`` per Settings field; given flags override PROCESSOR_* variables."""
     for name, field in reversed(Settings.model_fields.items()):
-        command = click.option(f"--{name.replace('_', '-')}", name, default=None, show_default=False,
-                               help=f"{field.description} [env PROCESSOR_{name.upper()}]")(command)
+        command = click.option(
+            f"--{name.replace('_', '-')}",
+            name,
+            default=None,
+            show_default=False,
+            help=f"{field.description} [env PROCESSOR_{name.upper()}]",
+        )(command)
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
         overrides = {n: kwargs.pop(n) for n in Settings.model_fields if n in kwargs}
         settings = Settings().with_overrides(**overrides)
-        logging.basicConfig(level=settings.log_level.upper(),
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return command(settings=settings, **kwargs)
 
     return wrapper
@@ -50,8 +54,13 @@ def worker(settings: Settings) -> None:
     from .app import run_worker
     from .topics import ensure_topics
 
-    asyncio.run(ensure_topics(settings.broker_url, [settings.input_topic, settings.output_topic,
-                                                    settings.dlq_topic], settings.topic_partitions))
+    asyncio.run(
+        ensure_topics(
+            settings.broker_url,
+            [settings.input_topic, settings.output_topic, settings.dlq_topic],
+            settings.topic_partitions,
+        )
+    )
     run_worker(settings)
 
 
@@ -110,9 +119,11 @@ def classify(settings: Settings, targets: tuple[str, ...], as_json: bool) -> Non
         elif "error" in result:
             click.echo(f"{target}: error {result['error']['kind']}: {result['error']['detail']}")
         else:
-            click.echo(f"{target}: {'BANNER' if result['has_banner'] else 'no banner'} "
-                       f"({result['banner_score']:.3f}), {result['position']} "
-                       f"({result['position_scores'][result['position']]:.3f})")
+            click.echo(
+                f"{target}: {'BANNER' if result['has_banner'] else 'no banner'} "
+                f"({result['banner_score']:.3f}), {result['position']} "
+                f"({result['position_scores'][result['position']]:.3f})"
+            )
     sys.exit(1 if failed else 0)
 
 

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import simplejpeg
 from numpy.typing import NDArray
-from PIL import Image, ImageSequence
+from PIL import Image
 
 from .errors import NotAnImage, TooLarge
 
@@ -67,7 +67,7 @@ def _decode_pillow(data: bytes, size: tuple[int, int], max_pixels: int) -> Decod
             width, height = img.size
             _check_pixels(width, height, max_pixels)
             if getattr(img, "n_frames", 1) > 1:
-                img = next(iter(ImageSequence.Iterator(img)))  # first frame of an animation
+                img.seek(0)  # first frame of an animation
             img.draft("RGB", size)
             img.load()
             rgb = _to_rgb(img)
@@ -95,4 +95,4 @@ def _resize(pixels: NDArray[np.uint8], size: tuple[int, int]) -> NDArray[np.uint
         return np.ascontiguousarray(pixels)
     shrinking = pixels.shape[1] > size[0]
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(pixels, size, interpolation=interpolation)
+    return np.asarray(cv2.resize(pixels, size, interpolation=interpolation), dtype=np.uint8)

@@ -31,14 +31,19 @@ def run_demo(images: int, listings: int, workers: int, timeout_s: float, progres
     """Start everything, stream ``images`` events through ``workers`` workers, summarise, stop."""
     with EmbeddedStack() as stack:
         assert stack.urls is not None
-        settings = Settings(broker_url=stack.urls.broker_url, postgres_dsn=stack.urls.postgres_dsn,
-                            redis_url=stack.urls.redis_url, allow_networks="127.0.0.1/32",
-                            consumer_group=f"demo-{uuid.uuid4().hex[:8]}")
+        settings = Settings(
+            broker_url=stack.urls.broker_url,
+            postgres_dsn=stack.urls.postgres_dsn,
+            redis_url=stack.urls.redis_url,
+            allow_networks="127.0.0.1/32",
+            consumer_group=f"demo-{uuid.uuid4().hex[:8]}",
+        )
         return asyncio.run(_run(settings, stack.root, images, listings, workers, timeout_s, progress))
 
 
-async def _run(settings: Settings, root: Path, images: int, listings: int, workers: int,
-               timeout_s: float, progress: bool) -> dict[str, Any]:
+async def _run(
+    settings: Settings, root: Path, images: int, listings: int, workers: int, timeout_s: float, progress: bool
+) -> dict[str, Any]:
     say = _printer(progress)
     say(f"generating {images} listing photos over {listings} listings ...")
     catalogue, blobs = await asyncio.to_thread(generate_listings, images, listings)
@@ -47,8 +52,11 @@ async def _run(settings: Settings, root: Path, images: int, listings: int, worke
     procs: list[subprocess.Popen[bytes]] = []
     store = PostgresStore(settings.postgres_dsn, settings.postgres_table)
     try:
-        await ensure_topics(settings.broker_url, [settings.input_topic, settings.output_topic,
-                                                  settings.dlq_topic], settings.topic_partitions)
+        await ensure_topics(
+            settings.broker_url,
+            [settings.input_topic, settings.output_topic, settings.dlq_topic],
+            settings.topic_partitions,
+        )
         say(f"starting {workers} worker(s) ...")
         procs = [start_worker(settings, root / f"worker-{i}.log") for i in range(workers)]
         await wait_until_ready([root / f"worker-{i}.log" for i in range(workers)], procs, 120.0)
@@ -72,11 +80,18 @@ def _printer(enabled: bool) -> Any:
 
 def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
     """A ``processor worker`` subprocess configured by environment variables."""
-    env = {**os.environ, **{f"PROCESSOR_{k.upper()}": _env_value(v) for k, v in settings.model_dump().items()
-                            if v is not None}}
+    env = {
+        **os.environ,
+        **{f"PROCESSOR_{k.upper()}": _env_value(v) for k, v in settings.model_dump().items() if v is not None},
+    }
     with log_path.open("wb") as log:
-        return subprocess.Popen([sys.executable, "-m", "processor", "worker"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "processor", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _env_value(value: Any) -> str:
@@ -116,15 +131,22 @@ def build_events(catalogue: list[Any], server: ImageServer) -> list[dict[str, An
         for index, (name, _position, _banner) in enumerate(listing.photos):
             n += 1
             url = server.url(name) if n % BROKEN_EVERY else server.url(f"missing-{name}")
-            events.append({"image_id": f"{listing.listing_id}-{index:02d}", "listing_id": listing.listing_id,
-                           "url": url, "position_index": index,
-                           "event_time": datetime.now(UTC).isoformat()})
+            events.append(
+                {
+                    "image_id": f"{listing.listing_id}-{index:02d}",
+                    "listing_id": listing.listing_id,
+                    "url": url,
+                    "position_index": index,
+                    "event_time": datetime.now(UTC).isoformat(),
+                }
+            )
     return events
 
 
 async def count_outcomes(store: PostgresStore) -> tuple[int, int]:
     row = await store.pool.fetchrow(
-        f'SELECT (SELECT count(*) FROM "{store.table}") AS c, (SELECT count(*) FROM image_dead_letters) AS d')
+        f'SELECT (SELECT count(*) FROM "{store.table}") AS c, (SELECT count(*) FROM image_dead_letters) AS d'
+    )
     assert row is not None
     return int(row["c"]), int(row["d"])
 
@@ -144,8 +166,14 @@ async def wait_for_outcomes(store: PostgresStore, expected: int, timeout_s: floa
     return done
 
 
-async def summarise(settings: Settings, store: PostgresStore, events: list[dict[str, Any]],
-                    catalogue: list[Any], done: int, elapsed_s: float) -> dict[str, Any]:
+async def summarise(
+    settings: Settings,
+    store: PostgresStore,
+    events: list[dict[str, Any]],
+    catalogue: list[Any],
+    done: int,
+    elapsed_s: float,
+) -> dict[str, Any]:
     rows = await store.fetch_all()
     dead = await store.fetch_dead_letters()
     outputs = await read_topic(settings.broker_url, settings.output_topic, expected=len(rows))
@@ -155,8 +183,10 @@ async def summarise(settings: Settings, store: PostgresStore, events: list[dict[
     latencies = sorted((r["classified_at"] - r["event_time"]).total_seconds() * 1000 for r in rows)
     heroes = {}
     for listing in catalogue:
-        mine = sorted((r for r in rows if r["listing_id"] == listing.listing_id and not r["has_banner"]),
-                      key=lambda r: r["position_index"])
+        mine = sorted(
+            (r for r in rows if r["listing_id"] == listing.listing_id and not r["has_banner"]),
+            key=lambda r: r["position_index"],
+        )
         heroes[listing.listing_id] = mine[0]["image_id"] if mine else None
     truth = {f"{lst.listing_id}-{i:02d}": banner for lst in catalogue for i, (_, _, banner) in enumerate(lst.photos)}
     agree = sum(1 for r in rows if r["has_banner"] == truth.get(r["image_id"]))
@@ -175,7 +205,8 @@ async def summarise(settings: Settings, store: PostgresStore, events: list[dict[
         "model": {"name": rows[0]["model_name"], "version": rows[0]["model_version"]} if rows else None,
         "output_topic_records": len(outputs),
         "dlq_topic_records": len(dlq),
-        "accounted": ids == stored and len(rows) + len(dead) == len(events)
+        "accounted": ids == stored
+        and len(rows) + len(dead) == len(events)
         and {o["image_id"] for o in outputs} == {r["image_id"] for r in rows}
         and len(dlq) >= len(dead),
     }
@@ -192,8 +223,10 @@ def print_summary(s: dict[str, Any]) -> None:
     print(f"\nevents in:        {s['events']}")
     print(f"classified:       {s['classified']}  (output topic: {s['output_topic_records']} records)")
     print(f"dead letters:     {s['dead_letters']}  {s['dead_letter_kinds']}  (DLQ topic: {s['dlq_topic_records']})")
-    print(f"banners found:    {s['banners']}  (agreement with the generator's labels: "
-          f"{s['banner_agreement_with_generator']})")
+    print(
+        f"banners found:    {s['banners']}  (agreement with the generator's labels: "
+        f"{s['banner_agreement_with_generator']})"
+    )
     print(f"positions:        {s['positions']}")
     print(f"throughput:       {s['images_per_s']} images/s")
     print(f"latency:          p50 {s['latency_ms']['p50']} ms, p95 {s['latency_ms']['p95']} ms (event to stored)")

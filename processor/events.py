@@ -50,9 +50,7 @@ def parse_event(raw: bytes, max_bytes: int) -> ImageEvent:
     try:
         event = ImageEvent.model_validate_json(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'event'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'event'}: {err['msg']}" for err in exc.errors())
         raise InvalidEvent(problems[:1000]) from None
     if "\x00" in event.image_id + event.listing_id + event.url:
         raise InvalidEvent("image_id, listing_id and url must not contain NUL characters")

@@ -55,13 +55,19 @@ class Fetcher:
 
     async def start(self) -> None:
         s = self.settings
-        connector = aiohttp.TCPConnector(limit=s.fetch_concurrency, resolver=GuardedResolver(s.allow_networks),
-                                         ttl_dns_cache=30)
-        timeout = aiohttp.ClientTimeout(total=s.fetch_total_timeout_s, sock_connect=s.fetch_connect_timeout_s,
-                                        sock_read=s.fetch_read_timeout_s)
+        connector = aiohttp.TCPConnector(
+            limit=s.fetch_concurrency, resolver=GuardedResolver(s.allow_networks), ttl_dns_cache=30
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=s.fetch_total_timeout_s, sock_connect=s.fetch_connect_timeout_s, sock_read=s.fetch_read_timeout_s
+        )
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, auto_decompress=False, trust_env=False,
-            headers={"User-Agent": f"listing-image-processor/{__version__}", "Accept": "image/*"})
+            connector=connector,
+            timeout=timeout,
+            auto_decompress=False,
+            trust_env=False,
+            headers={"User-Agent": f"listing-image-processor/{__version__}", "Accept": "image/*"},
+        )
 
     async def close(self) -> None:
         if self._session is not None:

@@ -11,6 +11,7 @@ import asyncio
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -37,21 +38,22 @@ class ImageServer:
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._count])
-        app.add_routes([
-            web.get("/img/{name}", self._image),
-            web.get("/status/{code}", self._status),
-            web.get("/slow/{name}", self._slow),
-            web.get("/redirect", self._redirect),
-            web.get("/html", self._html),
-            web.get("/truncated/{name}", self._truncated),
-            web.get("/huge", self._huge),
-        ])
+        app.add_routes(
+            [
+                web.get("/img/{name}", self._image),
+                web.get("/status/{code}", self._status),
+                web.get("/slow/{name}", self._slow),
+                web.get("/redirect", self._redirect),
+                web.get("/html", self._html),
+                web.get("/truncated/{name}", self._truncated),
+                web.get("/huge", self._huge),
+            ]
+        )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
-        server = site._server
-        assert server is not None and server.sockets
+        server: Any = site._server
         self.port = server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
@@ -64,7 +66,7 @@ class ImageServer:
         self.requests[request.path] += 1
         if self.latency_s or self.jitter_s:
             await asyncio.sleep(max(0.0, self.latency_s + random.uniform(-self.jitter_s, self.jitter_s)))
-        return await handler(request)  # type: ignore[operator, no-any-return]
+        return await handler(request)  # type: ignore[operator]
 
     async def _image(self, request: web.Request) -> web.Response:
         data = self.images.get(request.match_info["name"])
@@ -82,7 +84,7 @@ class ImageServer:
         resp = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
         await resp.prepare(request)
         for i in range(0, len(data), 256):
-            await resp.write(data[i:i + 256])
+            await resp.write(data[i : i + 256])
             await asyncio.sleep(0.5)
         return resp
 
@@ -114,8 +116,9 @@ class Listing:
     photos: list[tuple[str, str, bool]]  # (name, position, banner)
 
 
-def generate_listings(images: int, listings: int, seed: int = 7,
-                      banner_share: float = 0.35) -> tuple[list[Listing], dict[str, bytes]]:
+def generate_listings(
+    images: int, listings: int, seed: int = 7, banner_share: float = 0.35
+) -> tuple[list[Listing], dict[str, bytes]]:
     """Listing photos for the demo and benchmarks: a shuffled mix of positions, some bannered."""
     rng = random.Random(seed)
     per = [images // listings + (1 if i < images % listings else 0) for i in range(listings)]

@@ -14,5 +14,8 @@ BATCH_SIZE = Histogram("processor_batch_size", "Inference batch sizes.", buckets
 BATCH_CLOSED = Counter("processor_batches_total", "Inference batches, by why they closed.", ["reason"])
 STORE_RETRIES = Counter("processor_store_retries_total", "Sink flushes retried after a failure.")
 IN_FLIGHT = Gauge("processor_in_flight", "Events being processed.")
-LATENCY = Histogram("processor_event_latency_seconds", "Event time to stored result.",
-                    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
+LATENCY = Histogram(
+    "processor_event_latency_seconds",
+    "Event time to stored result.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)

@@ -15,10 +15,10 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-from numpy.typing import NDArray  # noqa: E402
+import numpy as np
+from numpy.typing import NDArray
 
-from .errors import ModelError  # noqa: E402
+from .errors import ModelError
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"

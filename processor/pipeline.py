@@ -20,7 +20,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
+import numpy as np
 import orjson
+from numpy.typing import NDArray
 
 from . import metrics
 from .batching import MicroBatcher
@@ -48,22 +50,29 @@ class Publisher(Protocol):
 class Pipeline:
     """Owns the fetcher, decode pool, model, cache and sinks; create once per worker."""
 
-    def __init__(self, settings: Settings, classifier: Classifier, store: PostgresStore,
-                 cache: ResultCache, publisher: Publisher) -> None:
+    def __init__(
+        self, settings: Settings, classifier: Classifier, store: PostgresStore, cache: ResultCache, publisher: Publisher
+    ) -> None:
         self.settings = settings
         self.classifier = classifier
         self.store = store
         self.cache = cache
         self.publisher = publisher
         self.fetcher = Fetcher(settings)
-        self._decode_pool = ThreadPoolExecutor(settings.decode_threads or os.cpu_count() or 2,
-                                               thread_name_prefix="decode")
+        self._decode_pool = ThreadPoolExecutor(
+            settings.decode_threads or os.cpu_count() or 2, thread_name_prefix="decode"
+        )
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="inference")
-        self.inference = MicroBatcher(self._infer, settings.batch_size, settings.batch_delay_ms / 1000,
-                                      name="inference")
+        self.inference = MicroBatcher(
+            self._infer, settings.batch_size, settings.batch_delay_ms / 1000, name="inference"
+        )
         self.sink: MicroBatcher[Outcome, None] = MicroBatcher(
-            self._store, settings.store_batch_size, settings.store_batch_delay_ms / 1000,
-            split_on_error=False, name="store")
+            self._store,
+            settings.store_batch_size,
+            settings.store_batch_delay_ms / 1000,
+            split_on_error=False,
+            name="store",
+        )
         self._stopping = False
 
     async def start(self) -> None:
@@ -122,30 +131,47 @@ class Pipeline:
         content_hash = "sha256:" + hashlib.sha256(download.data).hexdigest()
         cached = await self.cache.get_hash(content_hash)
         if cached is not None:
-            return self._result(event, envelope, cached, "hash",
-                                {"fetch": (fetched - started) * 1000, "total": _ms(started)})
+            return self._result(
+                event, envelope, cached, "hash", {"fetch": (fetched - started) * 1000, "total": _ms(started)}
+            )
         loop = asyncio.get_running_loop()
         decoded: DecodedImage = await loop.run_in_executor(
-            self._decode_pool, decode_image, download.data, self.classifier.input_size,
-            self.settings.max_image_pixels)
+            self._decode_pool, decode_image, download.data, self.classifier.input_size, self.settings.max_image_pixels
+        )
         decoded_at = time.perf_counter()
         prediction: Prediction = await self.inference.submit(decoded.pixels)
-        timings = {"fetch": (fetched - started) * 1000, "decode": (decoded_at - fetched) * 1000,
-                   "inference": _ms(decoded_at), "total": _ms(started)}
-        result = CachedResult(content_hash, prediction.banner_score, prediction.position_scores,
-                              decoded.width, decoded.height)
+        timings = {
+            "fetch": (fetched - started) * 1000,
+            "decode": (decoded_at - fetched) * 1000,
+            "inference": _ms(decoded_at),
+            "total": _ms(started),
+        }
+        result = CachedResult(
+            content_hash, prediction.banner_score, prediction.position_scores, decoded.width, decoded.height
+        )
         return self._result(event, envelope, result, "miss", timings)
 
-    def _result(self, event: ImageEvent, envelope: Envelope, r: CachedResult, cache: str,
-                timings: dict[str, float]) -> Classification:
+    def _result(
+        self, event: ImageEvent, envelope: Envelope, r: CachedResult, cache: str, timings: dict[str, float]
+    ) -> Classification:
         info = self.classifier.info
         return Classification(
-            event=event, envelope=envelope, has_banner=r.banner_score >= self.classifier.banner_threshold,
-            banner_score=r.banner_score, banner_threshold=self.classifier.banner_threshold,
+            event=event,
+            envelope=envelope,
+            has_banner=r.banner_score >= self.classifier.banner_threshold,
+            banner_score=r.banner_score,
+            banner_threshold=self.classifier.banner_threshold,
             position=max(r.position_scores, key=r.position_scores.__getitem__),
-            position_scores=r.position_scores, model_name=info.name, model_version=info.version,
-            content_hash=r.content_hash, width=r.width, height=r.height,
-            event_time=event_time_of(event, envelope), cache=cache, timings_ms=timings)
+            position_scores=r.position_scores,
+            model_name=info.name,
+            model_version=info.version,
+            content_hash=r.content_hash,
+            width=r.width,
+            height=r.height,
+            event_time=event_time_of(event, envelope),
+            cache=cache,
+            timings_ms=timings,
+        )
 
     @staticmethod
     def _dead(envelope: Envelope, event: ImageEvent | None, kind: str, detail: str, attempts: int) -> DeadLetter:
@@ -154,7 +180,7 @@ class Pipeline:
         ids = best_effort_ids(envelope.value)
         return DeadLetter(envelope, kind, detail, attempts, ids.get("image_id"), ids.get("listing_id"))
 
-    async def _infer(self, images: list[object]) -> list[Prediction]:
+    async def _infer(self, images: list[NDArray[np.uint8]]) -> list[Prediction]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._infer_pool, self.classifier.predict, images)
 
@@ -170,8 +196,7 @@ class Pipeline:
 
     def _record(self, outcome: Outcome) -> Record:
         if isinstance(outcome, Classification):
-            return (self.settings.output_topic, outcome.event.listing_id.encode(),
-                    orjson.dumps(outcome.to_output()))
+            return (self.settings.output_topic, outcome.event.listing_id.encode(), orjson.dumps(outcome.to_output()))
         key = outcome.listing_id.encode() if outcome.listing_id else None
         return (self.settings.dlq_topic, key, orjson.dumps(outcome.to_output()))
 
@@ -200,8 +225,11 @@ def best_effort_ids(raw: bytes) -> dict[str, str]:
         return {}
     if not isinstance(doc, dict):
         return {}
-    return {k: v for k in ("image_id", "listing_id") if isinstance(v := doc.get(k), str) and
-            0 < len(v) <= 256 and "\x00" not in v}
+    return {
+        k: v
+        for k in ("image_id", "listing_id")
+        if isinstance(v := doc.get(k), str) and 0 < len(v) <= 256 and "\x00" not in v
+    }
 
 
 def _cached(r: Classification) -> CachedResult:

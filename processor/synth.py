@@ -20,8 +20,18 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 POSITIONS = ("front", "side", "rear", "interior", "engine")
 SIZES = ((640, 480), (800, 600), (1024, 768), (1280, 960))
 DEALERS = ("AutoHaus Nord", "Best Cars", "Premium Motors", "Garage Dupont", "Autos García", "CarPoint")
-OFFERS = ("€ {p},-", "{p} €", "ab {r} €/Monat", "0,9% Finanzierung", "{r}€ / mes", "Tel. 0{t}",
-          "$ {p}", "Garantie 24 Monate", "TOP ANGEBOT", "Leasing {r} €")
+OFFERS = (
+    "€ {p},-",
+    "{p} €",
+    "ab {r} €/Monat",
+    "0,9% Finanzierung",
+    "{r}€ / mes",
+    "Tel. 0{t}",
+    "$ {p}",
+    "Garantie 24 Monate",
+    "TOP ANGEBOT",
+    "Leasing {r} €",
+)
 
 Rgb = tuple[int, int, int]
 
@@ -81,7 +91,8 @@ def _draw_side(rng: random.Random, img: Image.Image, body: Rgb) -> None:
     roof = top - h * rng.uniform(0.12, 0.18)
     draw.polygon([(cab0 - w * 0.05, top), (cab0, roof), (cab1, roof), (cab1 + w * 0.06, top)], fill=body)
     glass = _colour(rng, 30, 110)
-    draw.polygon([(cab0 - w * 0.03, top - 4), (cab0 + 6, roof + 8), (cab1 - 6, roof + 8), (cab1 + w * 0.04, top - 4)], fill=glass)
+    window = [(cab0 - w * 0.03, top - 4), (cab0 + 6, roof + 8), (cab1 - 6, roof + 8), (cab1 + w * 0.04, top - 4)]
+    draw.polygon(window, fill=glass)
     draw.line([((cab0 + cab1) / 2, roof + 8), ((cab0 + cab1) / 2, top - 4)], fill=body, width=6)
     r = h * rng.uniform(0.07, 0.1)
     rim = _colour(rng, 140, 230)
@@ -101,9 +112,15 @@ def _draw_front_or_rear(rng: random.Random, img: Image.Image, body: Rgb, rear: b
     _wheel(draw, cx - half * 0.8, base, r, (40, 40, 40))
     _wheel(draw, cx + half * 0.8, base, r, (40, 40, 40))
     draw.rounded_rectangle([cx - half, top, cx + half, base], radius=int(h * 0.04), fill=body)
-    draw.polygon([(cx - half * 0.85, top), (cx - half * 0.6, roof), (cx + half * 0.6, roof), (cx + half * 0.85, top)], fill=body)
-    draw.polygon([(cx - half * 0.75, top - 3), (cx - half * 0.55, roof + 8), (cx + half * 0.55, roof + 8), (cx + half * 0.75, top - 3)],
-                 fill=_colour(rng, 30, 110))
+    cabin = [(cx - half * 0.85, top), (cx - half * 0.6, roof), (cx + half * 0.6, roof), (cx + half * 0.85, top)]
+    draw.polygon(cabin, fill=body)
+    glass = [
+        (cx - half * 0.75, top - 3),
+        (cx - half * 0.55, roof + 8),
+        (cx + half * 0.55, roof + 8),
+        (cx + half * 0.75, top - 3),
+    ]
+    draw.polygon(glass, fill=_colour(rng, 30, 110))
     ly = top + (base - top) * 0.3
     lamp = (200, 20, 20) if rear else (240, 240, 210)
     lw = half * rng.uniform(0.2, 0.3)
@@ -168,8 +185,9 @@ DRAWERS: dict[str, Callable[[random.Random, Image.Image, Rgb], None]] = {
 
 
 def _offer_text(rng: random.Random) -> str:
-    text = rng.choice(OFFERS).format(p=f"{rng.randint(5, 89)}.{rng.randint(0, 999):03d}", r=rng.randint(99, 899),
-                                     t=rng.randint(100000000, 999999999))
+    text = rng.choice(OFFERS).format(
+        p=f"{rng.randint(5, 89)}.{rng.randint(0, 999):03d}", r=rng.randint(99, 899), t=rng.randint(100000000, 999999999)
+    )
     return text if rng.random() < 0.5 else f"{rng.choice(DEALERS)}  {text}"
 
 

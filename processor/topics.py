@@ -56,16 +56,17 @@ async def produce_lines(broker_url: str, topic: str, lines: Iterable[bytes]) -> 
     return len(futures)
 
 
-async def read_topic(broker_url: str, topic: str, expected: int | None = None,
-                     timeout_s: float = 10.0) -> list[dict[str, object]]:
+async def read_topic(
+    broker_url: str, topic: str, expected: int | None = None, timeout_s: float = 10.0
+) -> list[dict[str, object]]:
     """Read a topic from the beginning (no group) until ``expected`` records or ``timeout_s`` idle."""
     return [orjson.loads(value) async for value in iterate_topic(broker_url, topic, expected, timeout_s)]
 
 
-async def iterate_topic(broker_url: str, topic: str, expected: int | None,
-                        timeout_s: float) -> AsyncIterator[bytes]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap(broker_url), enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+async def iterate_topic(broker_url: str, topic: str, expected: int | None, timeout_s: float) -> AsyncIterator[bytes]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap(broker_url), enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         await consumer.topics()  # loads metadata

@@ -39,8 +39,10 @@ def read_labels(data: Path) -> list[Labelled]:
     csv_path = data / "labels.csv"
     if csv_path.exists():
         with csv_path.open() as fh:
-            return [Labelled(data / r["file"], int(r["banner"]), r.get("position") or NO_POSITION)
-                    for r in csv.DictReader(fh)]
+            return [
+                Labelled(data / r["file"], int(r["banner"]), r.get("position") or NO_POSITION)
+                for r in csv.DictReader(fh)
+            ]
     items = []
     for banner, folder in ((1, "banner"), (0, "no_banner")):
         for path in sorted((data / folder).rglob("*")):
@@ -74,9 +76,18 @@ def best_threshold(scores: NDArray[np.float64], labels: NDArray[np.int64]) -> fl
     return round(float(candidates[int(np.argmax(accuracy))]), 3)
 
 
-def train(data: Path, out: Path, *, epochs: int = 30, seed: int = 1, input_size: int = 128,
-          batch_size: int = 32, name: str = "listing-image-cnn", version: str | None = None,
-          verbose: int = 1) -> dict[str, Any]:
+def train(
+    data: Path,
+    out: Path,
+    *,
+    epochs: int = 30,
+    seed: int = 1,
+    input_size: int = 128,
+    batch_size: int = 32,
+    name: str = "listing-image-cnn",
+    version: str | None = None,
+    verbose: int = 1,
+) -> dict[str, Any]:
     """Train, pick the banner threshold on a held-out split, write the model directory."""
     import keras
     import tensorflow as tf
@@ -99,19 +110,32 @@ def train(data: Path, out: Path, *, epochs: int = 30, seed: int = 1, input_size:
 
     def dataset(idx: NDArray[np.int64], training: bool) -> Any:
         ds = tf.data.Dataset.from_tensor_slices(
-            (x[idx], {"banner": y_banner[idx], "position": y_pos[idx]},
-             {"banner": banner_weight[idx], "position": pos_weight[idx]}))
+            (
+                x[idx],
+                {"banner": y_banner[idx], "position": y_pos[idx]},
+                {"banner": banner_weight[idx], "position": pos_weight[idx]},
+            )
+        )
         if training:
             ds = ds.shuffle(len(idx), seed=seed).map(_augment, num_parallel_calls=tf.data.AUTOTUNE)
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
     model = build_model(positions, size)
-    model.compile(optimizer=keras.optimizers.Adam(2e-3),
-                  loss={"banner": "binary_crossentropy", "position": "sparse_categorical_crossentropy"},
-                  metrics={"banner": ["accuracy"], "position": ["accuracy"]})
-    model.fit(dataset(tr, True), validation_data=dataset(val, False), epochs=epochs, verbose=verbose,
-              callbacks=[keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True),
-                         keras.callbacks.ReduceLROnPlateau(patience=2, factor=0.5)])
+    model.compile(
+        optimizer=keras.optimizers.Adam(2e-3),
+        loss={"banner": "binary_crossentropy", "position": "sparse_categorical_crossentropy"},
+        metrics={"banner": ["accuracy"], "position": ["accuracy"]},
+    )
+    model.fit(
+        dataset(tr, True),
+        validation_data=dataset(val, False),
+        epochs=epochs,
+        verbose=verbose,
+        callbacks=[
+            keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True),
+            keras.callbacks.ReduceLROnPlateau(patience=2, factor=0.5),
+        ],
+    )
 
     pred = model.predict(x[val], batch_size=64, verbose=0)
     banner_scores = np.asarray(pred["banner"], dtype=np.float64).reshape(-1)
@@ -121,7 +145,8 @@ def train(data: Path, out: Path, *, epochs: int = 30, seed: int = 1, input_size:
         "validation_images": len(val),
         "banner_accuracy": float(np.mean((banner_scores >= threshold) == y_banner[val])),
         "position_accuracy": float(np.mean(np.argmax(pred["position"], axis=1)[known] == y_pos[val][known]))
-        if known.any() else None,
+        if known.any()
+        else None,
     }
     out.mkdir(parents=True, exist_ok=True)
     model.save(out / MODEL_FILE)
@@ -132,8 +157,14 @@ def train(data: Path, out: Path, *, epochs: int = 30, seed: int = 1, input_size:
         "input_size": list(size),
         "preprocessing": "RGB uint8, resized (stretched) to input_size; the model rescales to [-1, 1]",
         "banner_threshold": threshold,
-        "training": {"data": str(data), "data_hash": data_hash(items), "images": len(items),
-                     "seed": seed, "epochs": epochs, "trained_at": datetime.now(UTC).isoformat()},
+        "training": {
+            "data": str(data),
+            "data_hash": data_hash(items),
+            "images": len(items),
+            "seed": seed,
+            "epochs": epochs,
+            "trained_at": datetime.now(UTC).isoformat(),
+        },
         "metrics": metrics,
     }
     (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")

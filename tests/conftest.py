@@ -64,10 +64,19 @@ def settings(stack_urls: StackUrls) -> Settings:
     """Settings with this test's own topics, consumer group and table."""
     tag = uuid.uuid4().hex[:10]
     return Settings(
-        broker_url=stack_urls.broker_url, postgres_dsn=stack_urls.postgres_dsn, redis_url=stack_urls.redis_url,
-        input_topic=f"images-{tag}", output_topic=f"classifications-{tag}", dlq_topic=f"dlq-{tag}",
-        consumer_group=f"test-{tag}", postgres_table=f"classifications_{tag}", topic_partitions=4,
-        allow_networks="127.0.0.1/32", fetch_attempts=2, fetch_backoff_s=0.05, fetch_total_timeout_s=5,
+        broker_url=stack_urls.broker_url,
+        postgres_dsn=stack_urls.postgres_dsn,
+        redis_url=stack_urls.redis_url,
+        input_topic=f"images-{tag}",
+        output_topic=f"classifications-{tag}",
+        dlq_topic=f"dlq-{tag}",
+        consumer_group=f"test-{tag}",
+        postgres_table=f"classifications_{tag}",
+        topic_partitions=4,
+        allow_networks="127.0.0.1/32",
+        fetch_attempts=2,
+        fetch_backoff_s=0.05,
+        fetch_total_timeout_s=5,
         shutdown_grace_s=5,
     )
 
@@ -83,8 +92,13 @@ class WorkerProcess:
                 env[f"PROCESSOR_{key.upper()}"] = joined
         self.log_path = log_path
         with log_path.open("wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "processor", "worker"], env=env, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "processor", "worker"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -125,5 +139,10 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]
 
 
 def event(image_id: str, url: str, listing: str = "listing-1", index: int | None = 0) -> dict[str, Any]:
-    return {"image_id": image_id, "listing_id": listing, "url": url, "position_index": index,
-            "event_time": "2026-11-29T12:00:00Z"}
+    return {
+        "image_id": image_id,
+        "listing_id": listing,
+        "url": url,
+        "position_index": index,
+        "event_time": "2026-11-29T12:00:00Z",
+    }

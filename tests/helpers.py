@@ -22,8 +22,9 @@ async def wait_for_rows(settings: Settings, image_ids: set[str], timeout_s: floa
             if exists:
                 for r in await conn.fetch(f'SELECT image_id FROM "{settings.postgres_table}"'):
                     found[r["image_id"]] = "ok"
-                for r in await conn.fetch("SELECT image_id, error_kind FROM image_dead_letters "
-                                          "WHERE source_topic = $1", settings.input_topic):
+                for r in await conn.fetch(
+                    "SELECT image_id, error_kind FROM image_dead_letters WHERE source_topic = $1", settings.input_topic
+                ):
                     found.setdefault(r["image_id"] or "", r["error_kind"])
             if image_ids <= found.keys():
                 return found
@@ -45,7 +46,9 @@ async def fetch_rows(settings: Settings) -> list[asyncpg.Record]:
 async def fetch_dead_letters(settings: Settings) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(settings.postgres_dsn)
     try:
-        return await conn.fetch("SELECT * FROM image_dead_letters WHERE source_topic = $1 "
-                                "ORDER BY source_partition, source_offset", settings.input_topic)
+        return await conn.fetch(
+            "SELECT * FROM image_dead_letters WHERE source_topic = $1 ORDER BY source_partition, source_offset",
+            settings.input_topic,
+        )
     finally:
         await conn.close()

@@ -30,27 +30,36 @@ def read_exports(proc: subprocess.Popen[str], timeout_s: float = 60) -> dict[str
         if not line:
             raise AssertionError(f"stack exited: {proc.wait()}")
         if line.startswith("export "):
-            key, value = line[len("export "):].strip().split("=", 1)
+            key, value = line[len("export ") :].strip().split("=", 1)
             env[key] = value.strip("'")
     return env
 
 
-async def test_stack_workers_and_produce_as_separate_processes(image_server: ImageServer,
-                                                               jpegs: dict[str, bytes], tmp_path: Path) -> None:
+async def test_stack_workers_and_produce_as_separate_processes(
+    image_server: ImageServer, jpegs: dict[str, bytes], tmp_path: Path
+) -> None:
     stack = subprocess.Popen([*PROCESSOR, "stack", "--env"], stdout=subprocess.PIPE, text=True)
     workers: list[WorkerProcess] = []
     try:
         urls = read_exports(stack)
-        settings = Settings(broker_url=urls["PROCESSOR_BROKER_URL"], postgres_dsn=urls["PROCESSOR_POSTGRES_DSN"],
-                            redis_url=urls["PROCESSOR_REDIS_URL"], allow_networks="127.0.0.1/32",
-                            topic_partitions=4, shutdown_grace_s=5)
+        settings = Settings(
+            broker_url=urls["PROCESSOR_BROKER_URL"],
+            postgres_dsn=urls["PROCESSOR_POSTGRES_DSN"],
+            redis_url=urls["PROCESSOR_REDIS_URL"],
+            allow_networks="127.0.0.1/32",
+            topic_partitions=4,
+            shutdown_grace_s=5,
+        )
         workers = [WorkerProcess(settings, tmp_path / f"w{i}.log") for i in range(2)]
-        events = [event(f"cli-{i}", image_server.url(name), listing=f"l-{i % 5}", index=i)
-                  for i, name in enumerate(sorted(jpegs))]
+        events = [
+            event(f"cli-{i}", image_server.url(name), listing=f"l-{i % 5}", index=i)
+            for i, name in enumerate(sorted(jpegs))
+        ]
         source = tmp_path / "events.jsonl"
         source.write_bytes(b"\n".join(orjson.dumps(e) for e in events) + b"\nnot json at all\n")
-        produced = subprocess.run([*PROCESSOR, "produce", str(source)], env={**os.environ, **urls},
-                                  capture_output=True, text=True, timeout=60)
+        produced = subprocess.run(
+            [*PROCESSOR, "produce", str(source)], env={**os.environ, **urls}, capture_output=True, text=True, timeout=60
+        )
         assert produced.returncode == 0, produced.stderr
         assert f"sent {len(events) + 1} events" in produced.stderr
         for worker in workers:
@@ -66,8 +75,9 @@ async def test_stack_workers_and_produce_as_separate_processes(image_server: Ima
 
 
 def test_demo_accounts_for_every_event() -> None:
-    done = subprocess.run([*PROCESSOR, "demo", "--images", "60", "--listings", "6", "--json"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*PROCESSOR, "demo", "--images", "60", "--listings", "6", "--json"], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     assert summary["events"] == 60 and summary["accounted"] is True

@@ -13,13 +13,16 @@ from .helpers import fetch_rows, wait_for_rows
 from .test_end_to_end import produce
 
 
-async def test_sigkill_mid_batch_loses_nothing(settings: Settings, image_server: ImageServer,
-                                               jpegs: dict[str, bytes], start_worker) -> None:
+async def test_sigkill_mid_batch_loses_nothing(
+    settings: Settings, image_server: ImageServer, jpegs: dict[str, bytes], start_worker
+) -> None:
     settings = settings.with_overrides(redis_url="", max_in_flight=24, batch_size=8)
     image_server.latency_s, image_server.jitter_s = 0.15, 0.1  # keep work in flight when the kill lands
     names = sorted(jpegs)
-    events = [event(f"k-{i}", image_server.url(names[i % len(names)]), listing=f"listing-{i % 9}", index=i)
-              for i in range(150)]
+    events = [
+        event(f"k-{i}", image_server.url(names[i % len(names)]), listing=f"listing-{i % 9}", index=i)
+        for i in range(150)
+    ]
     ids = {e["image_id"] for e in events}
     first = start_worker(settings)
     await produce(settings, events)

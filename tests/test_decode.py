@@ -27,9 +27,22 @@ def photo() -> Image.Image:
     return Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
 
 
-@pytest.mark.parametrize("mode,fmt", [("RGB", "JPEG"), ("CMYK", "JPEG"), ("L", "JPEG"), ("RGB", "PNG"),
-                                      ("RGBA", "PNG"), ("P", "PNG"), ("I;16", "PNG"), ("L", "PNG"),
-                                      ("RGB", "WEBP"), ("RGB", "BMP"), ("P", "GIF")])
+@pytest.mark.parametrize(
+    "mode,fmt",
+    [
+        ("RGB", "JPEG"),
+        ("CMYK", "JPEG"),
+        ("L", "JPEG"),
+        ("RGB", "PNG"),
+        ("RGBA", "PNG"),
+        ("P", "PNG"),
+        ("I;16", "PNG"),
+        ("L", "PNG"),
+        ("RGB", "WEBP"),
+        ("RGB", "BMP"),
+        ("P", "GIF"),
+    ],
+)
 def test_modes_and_formats_are_classified_not_crashed(photo: Image.Image, mode: str, fmt: str) -> None:
     img = photo.convert("L").convert("I;16") if mode == "I;16" else photo.convert(mode)
     out = decode_image(encode(img, fmt), SIZE, 10**8)
@@ -52,8 +65,10 @@ def test_png_decompression_bomb_is_refused_before_decoding() -> None:
     # a 20000x20000 greyscale PNG: a few hundred KB on the wire, 400 MB once decoded
     width = height = 20_000
     raw = zlib.compress(b"".join(b"\x00" + bytes(width) for _ in range(height)), 9)
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
     ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
     png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
     assert len(png) < 1_000_000

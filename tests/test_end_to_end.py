@@ -26,8 +26,9 @@ async def produce(settings: Settings, events: list[dict[str, object]] | list[byt
     assert await produce_lines(settings.broker_url, settings.input_topic, lines) == len(lines)
 
 
-async def test_every_event_ends_in_postgres_topic_or_dlq(settings: Settings, image_server: ImageServer,
-                                                         jpegs: dict[str, bytes], start_worker) -> None:
+async def test_every_event_ends_in_postgres_topic_or_dlq(
+    settings: Settings, image_server: ImageServer, jpegs: dict[str, bytes], start_worker
+) -> None:
     worker = start_worker(settings)
     names = sorted(jpegs)
     good = [event(f"img-{i}", image_server.url(n), listing=f"listing-{i % 4}", index=i) for i, n in enumerate(names)]
@@ -66,8 +67,9 @@ async def test_every_event_ends_in_postgres_topic_or_dlq(settings: Settings, ima
     assert worker.stop() == 0
 
 
-async def test_second_pass_is_served_from_cache(settings: Settings, image_server: ImageServer,
-                                                jpegs: dict[str, bytes], start_worker) -> None:
+async def test_second_pass_is_served_from_cache(
+    settings: Settings, image_server: ImageServer, jpegs: dict[str, bytes], start_worker
+) -> None:
     worker = start_worker(settings)
     names = sorted(jpegs)[:10]
     first = [event(f"a-{i}", image_server.url(n), index=i) for i, n in enumerate(names)]
@@ -93,7 +95,8 @@ async def test_second_pass_is_served_from_cache(settings: Settings, image_server
 
 
 async def test_restarted_worker_does_not_reprocess_committed_events(
-        settings: Settings, image_server: ImageServer, jpegs: dict[str, bytes], start_worker) -> None:
+    settings: Settings, image_server: ImageServer, jpegs: dict[str, bytes], start_worker
+) -> None:
     settings = settings.with_overrides(redis_url="")  # no cache: a replay would have to download again
     names = sorted(jpegs)
     first = [event(f"r1-{i}", image_server.url(n), index=i) for i, n in enumerate(names[:12])]

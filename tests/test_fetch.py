@@ -14,8 +14,16 @@ from processor.settings import Settings
 
 @pytest.fixture
 async def fetcher() -> AsyncIterator[Fetcher]:
-    f = Fetcher(Settings(allow_networks="127.0.0.1/32", fetch_attempts=3, fetch_backoff_s=0.01,
-                         fetch_total_timeout_s=2.0, fetch_read_timeout_s=1.0, max_image_bytes=2_000_000))
+    f = Fetcher(
+        Settings(
+            allow_networks="127.0.0.1/32",
+            fetch_attempts=3,
+            fetch_backoff_s=0.01,
+            fetch_total_timeout_s=2.0,
+            fetch_read_timeout_s=1.0,
+            max_image_bytes=2_000_000,
+        )
+    )
     await f.start()
     try:
         yield f
@@ -37,15 +45,15 @@ async def test_not_found_is_permanent_and_not_retried(fetcher: Fetcher, image_se
 
 
 @pytest.mark.parametrize("code", [429, 500, 503])
-async def test_transient_statuses_are_retried_then_fail(fetcher: Fetcher, image_server: ImageServer,
-                                                         code: int) -> None:
+async def test_transient_statuses_are_retried_then_fail(fetcher: Fetcher, image_server: ImageServer, code: int) -> None:
     with pytest.raises(TransientFetchError):
         await fetcher.fetch(f"{image_server.base_url}/status/{code}")
     assert image_server.requests[f"/status/{code}"] == 3
 
 
-async def test_redirect_is_followed_and_rechecked(fetcher: Fetcher, image_server: ImageServer,
-                                                  jpegs: dict[str, bytes]) -> None:
+async def test_redirect_is_followed_and_rechecked(
+    fetcher: Fetcher, image_server: ImageServer, jpegs: dict[str, bytes]
+) -> None:
     name = sorted(jpegs)[1]
     ok = await fetcher.fetch(f"{image_server.base_url}/redirect?to={image_server.url(name)}")
     assert ok.data == jpegs[name]
@@ -60,8 +68,9 @@ async def test_body_over_the_cap_stops_reading(fetcher: Fetcher, image_server: I
         await fetcher.fetch(f"{image_server.base_url}/huge")
 
 
-async def test_slow_drip_hits_the_total_timeout(fetcher: Fetcher, image_server: ImageServer,
-                                                jpegs: dict[str, bytes]) -> None:
+async def test_slow_drip_hits_the_total_timeout(
+    fetcher: Fetcher, image_server: ImageServer, jpegs: dict[str, bytes]
+) -> None:
     with pytest.raises(TransientFetchError, match="timed out"):
         await fetcher.fetch(f"{image_server.base_url}/slow/{sorted(jpegs)[0]}")
 

@@ -10,13 +10,31 @@ from processor.errors import BlockedUrl
 from processor.urlguard import GuardedResolver, check_url
 
 BLOCKED = [
-    "file:///etc/passwd", "ftp://example.com/a.jpg", "data:image/png;base64,AAAA", "javascript:alert(1)",
-    "gopher://example.com/", "http://127.0.0.1/a.jpg", "http://127.1/a.jpg", "http://2130706433/a.jpg",
-    "http://0x7f000001/a.jpg", "http://0177.0.0.1/a.jpg", "http://localhost/a.jpg", "http://10.1.2.3/",
-    "http://172.16.0.1/", "http://192.168.1.1/", "http://169.254.169.254/latest/meta-data/",
-    "http://[::1]/a.jpg", "http://[fe80::1]/", "http://[fd00::1]/", "http://[::ffff:127.0.0.1]/",
-    "http://[::ffff:169.254.169.254]/", "http://0.0.0.0/", "http://100.64.0.1/", "http://user:pw@example.com/",
-    "http:///nohost", "not a url",
+    "file:///etc/passwd",
+    "ftp://example.com/a.jpg",
+    "data:image/png;base64,AAAA",
+    "javascript:alert(1)",
+    "gopher://example.com/",
+    "http://127.0.0.1/a.jpg",
+    "http://127.1/a.jpg",
+    "http://2130706433/a.jpg",
+    "http://0x7f000001/a.jpg",
+    "http://0177.0.0.1/a.jpg",
+    "http://localhost/a.jpg",
+    "http://10.1.2.3/",
+    "http://172.16.0.1/",
+    "http://192.168.1.1/",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://[::1]/a.jpg",
+    "http://[fe80::1]/",
+    "http://[fd00::1]/",
+    "http://[::ffff:127.0.0.1]/",
+    "http://[::ffff:169.254.169.254]/",
+    "http://0.0.0.0/",
+    "http://100.64.0.1/",
+    "http://user:pw@example.com/",
+    "http:///nohost",
+    "not a url",
 ]
 
 
@@ -26,8 +44,14 @@ def test_blocked_before_connecting(url: str) -> None:
         check_url(url)
 
 
-@pytest.mark.parametrize("url", ["https://cdn.example.com/a.jpg", "http://93.184.216.34/x.jpg",
-                                 "http://[2606:2800:220:1:248:1893:25c8:1946]/x.jpg"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://cdn.example.com/a.jpg",
+        "http://93.184.216.34/x.jpg",
+        "http://[2606:2800:220:1:248:1893:25c8:1946]/x.jpg",
+    ],
+)
 def test_public_urls_pass(url: str) -> None:
     assert str(check_url(url)).startswith("http")
 

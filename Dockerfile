@@ -1,0 +1,9 @@
+FROM python:3.11-slim
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY processor ./processor
+RUN pip install .
+USER nobody
+ENTRYPOINT ["processor"]
+CMD ["worker"]

@@ -1,0 +1,1 @@
+"""Benchmarks for the listing-image processor (python -m benchmarks)."""
