@@ -90,11 +90,9 @@ def create_app(settings: Settings, classifier: Classifier) -> tuple[faust.App, C
 
     @app.agent(source, concurrency=1, name="classify")
     async def classify(stream: StreamT[bytes]) -> None:
-        await store.start()
-        await store.migrate()
+        await pipeline.start()  # idempotent: Faust restarts a crashed agent
         for topic in sinks:
             await topic.maybe_declare()
-        await pipeline.start()
         log.info("worker consuming %s as group %s", settings.input_topic, settings.consumer_group)
         manual: Any = stream.noack()  # type: ignore[attr-defined]
         async for event in manual.events():
@@ -110,7 +108,6 @@ def create_app(settings: Settings, classifier: Classifier) -> tuple[faust.App, C
             "finished" if drained else "abandoned (it will be replayed)",
         )
         await pipeline.stop()
-        await store.close()
 
     return app, drain
 

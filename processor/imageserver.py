@@ -27,11 +27,12 @@ class ImageServer:
     jitter_s: float = 0.0
     requests: Counter[str] = field(default_factory=Counter)
     port: int = 0
+    host: str = "127.0.0.1"
     _runner: web.AppRunner | None = None
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def url(self, name: str) -> str:
         return f"{self.base_url}/img/{name}"
@@ -51,7 +52,7 @@ class ImageServer:
         )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         server: Any = site._server
         self.port = server.sockets[0].getsockname()[1]

@@ -73,20 +73,26 @@ class Pipeline:
             split_on_error=False,
             name="store",
         )
-        self._stopping = False
+        self._started = False
 
     async def start(self) -> None:
+        """Connect everything; waits (retrying) for Postgres, which the worker cannot run without."""
+        if self._started:
+            return
+        self._started = True
+        await _until_done(self.store.start, "postgres connect")
+        await _until_done(lambda: self.store.migrate(), "postgres migrate")
         await self.fetcher.start()
         await self.cache.start()
         self.inference.start()
         self.sink.start()
 
     async def stop(self) -> None:
-        self._stopping = True
         await self.inference.stop()
         await self.sink.stop()
         await self.fetcher.close()
         await self.cache.close()
+        await self.store.close()
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._infer_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -201,7 +207,7 @@ class Pipeline:
         return (self.settings.dlq_topic, key, orjson.dumps(outcome.to_output()))
 
 
-async def _until_done(step: Callable[[], Awaitable[None]], what: str) -> None:
+async def _until_done(step: Callable[[], Awaitable[object]], what: str) -> None:
     """Run a storage step until it succeeds; cancellation (shutdown) is the only way out."""
     delay = 0.1
     while True:

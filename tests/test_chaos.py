@@ -1,0 +1,126 @@
+"""Chaos: several workers, thousands of mixed events, random SIGKILLs and restarts, Postgres paused.
+
+Marked ``chaos`` (``make chaos``); CHAOS_EVENTS and CHAOS_SECONDS make it longer. At the end every
+event id is accounted for exactly once (a row or a dead letter), and nothing was fetched from a
+blocked address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import parse_qs, urlparse
+
+import orjson
+import psutil
+import pytest
+
+from processor.imageserver import ImageServer
+from processor.settings import Settings
+
+from .conftest import WorkerProcess, event
+from .helpers import fetch_dead_letters, fetch_rows, wait_for_rows
+from .test_end_to_end import produce
+
+pytestmark = pytest.mark.chaos
+EVENTS = int(os.environ.get("CHAOS_EVENTS", "3000"))
+WORKERS = 3
+
+
+@pytest.fixture
+async def forbidden_server(jpegs: dict[str, bytes]) -> AsyncIterator[ImageServer]:
+    server = ImageServer(images=dict(jpegs), host="127.0.0.2")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+def postgres_processes(dsn: str) -> list[psutil.Process]:
+    """The embedded server's processes (its socket directory is its data directory)."""
+    hosts = parse_qs(urlparse(dsn).query).get("host", [])
+    if not hosts:
+        return []
+    return [p for p in psutil.process_iter(["name", "cmdline"])
+            if p.info["name"] == "postgres" and any(hosts[0] in part for part in (p.info["cmdline"] or []))]
+
+
+@contextlib.contextmanager
+def paused(processes: list[psutil.Process]) -> Iterator[None]:
+    for p in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.suspend()
+    try:
+        yield
+    finally:
+        for p in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.resume()
+
+
+def mixed_events(rng: random.Random, server: ImageServer, forbidden: ImageServer, names: list[str]) -> list[bytes]:
+    out = []
+    for i in range(EVENTS):
+        roll = rng.random()
+        name = rng.choice(names)
+        if roll < 0.75:
+            url = server.url(name) + (f"?v={i}" if rng.random() < 0.5 else "")  # half are cache misses
+        elif roll < 0.80:
+            url = f"{server.base_url}/status/{rng.choice([404, 410, 500])}"
+        elif roll < 0.85:
+            url = rng.choice([forbidden.url(name), f"{server.base_url}/redirect?to={forbidden.url(name)}",
+                              "http://169.254.169.254/", "file:///etc/passwd", "http://[::1]/x.jpg"])
+        elif roll < 0.90:
+            url = rng.choice([f"{server.base_url}/html", f"{server.base_url}/truncated/{name}"])
+        else:
+            out.append(rng.choice([b'{"image_id": "c-%d", "url": 3}' % i, b"\xff\xfe garbage %d" % i,
+                                   b'{"image_id": "c-%d"}' % i]))
+            continue
+        out.append(orjson.dumps(event(f"c-{i}", url, listing=f"l-{i % 97}", index=i % 12)))
+    return out
+
+
+async def test_chaos_every_event_accounted_exactly_once(
+    settings: Settings, image_server: ImageServer, forbidden_server: ImageServer, jpegs: dict[str, bytes],
+    start_worker,
+) -> None:
+    rng = random.Random(int(os.environ.get("CHAOS_SEED", "5")))
+    settings = settings.with_overrides(topic_partitions=6, max_in_flight=64, fetch_total_timeout_s=3)
+    image_server.latency_s, image_server.jitter_s = 0.02, 0.02
+    events = mixed_events(rng, image_server, forbidden_server, sorted(jpegs))
+    ids_with_names = {f"c-{i}" for i, raw in enumerate(events) if raw.startswith(b'{"image_id":"c-')}
+    workers: list[WorkerProcess] = [start_worker(settings) for _ in range(WORKERS)]
+    await produce(settings, events)
+    for w in workers:
+        await w.ready()
+
+    pg = postgres_processes(settings.postgres_dsn)
+    kills = 0
+    for round_ in range(int(os.environ.get("CHAOS_ROUNDS", "6"))):
+        await asyncio.sleep(rng.uniform(2, 5))
+        victim = rng.randrange(WORKERS)
+        workers[victim].stop(signal.SIGKILL)
+        kills += 1
+        workers[victim] = start_worker(settings)
+        if round_ == 2 and pg:
+            with paused(pg):
+                await asyncio.sleep(4)
+    expected_ids = ids_with_names | {f"c-{i}" for i, raw in enumerate(events) if b'"image_id": "c-' in raw}
+    await wait_for_rows(settings, expected_ids, timeout_s=600)
+    for _ in range(300):  # events without an image id are counted, not named
+        rows, dead = await fetch_rows(settings), await fetch_dead_letters(settings)
+        if len(rows) + len(dead) >= len(events):
+            break
+        await asyncio.sleep(0.5)
+    classified = [r["image_id"] for r in rows]
+    dead_ids = [d["image_id"] for d in dead if d["image_id"] is not None]
+    assert len(dead) + len(rows) == len(events), "some events have no outcome, or more than one"
+    assert not set(classified) & set(dead_ids), "an event is both classified and dead-lettered"
+    assert len(set(dead_ids)) == len(dead_ids)
+    assert sum(forbidden_server.requests.values()) == 0, "fetched from a blocked address"
+    assert kills >= 3
