@@ -26,7 +26,7 @@ from .conftest import WorkerProcess, event
 from .helpers import fetch_dead_letters, fetch_rows, wait_for_rows
 from .test_end_to_end import produce
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 EVENTS = int(os.environ.get("CHAOS_EVENTS", "3000"))
 WORKERS = 3
 
@@ -46,8 +46,11 @@ def postgres_processes(dsn: str) -> list[psutil.Process]:
     hosts = parse_qs(urlparse(dsn).query).get("host", [])
     if not hosts:
         return []
-    return [p for p in psutil.process_iter(["name", "cmdline"])
-            if p.info["name"] == "postgres" and any(hosts[0] in part for part in (p.info["cmdline"] or []))]
+    return [
+        p
+        for p in psutil.process_iter(["name", "cmdline"])
+        if p.info["name"] == "postgres" and any(hosts[0] in part for part in (p.info["cmdline"] or []))
+    ]
 
 
 @contextlib.contextmanager
@@ -73,35 +76,54 @@ def mixed_events(rng: random.Random, server: ImageServer, forbidden: ImageServer
         elif roll < 0.80:
             url = f"{server.base_url}/status/{rng.choice([404, 410, 500])}"
         elif roll < 0.85:
-            url = rng.choice([forbidden.url(name), f"{server.base_url}/redirect?to={forbidden.url(name)}",
-                              "http://169.254.169.254/", "file:///etc/passwd", "http://[::1]/x.jpg"])
+            url = rng.choice(
+                [
+                    forbidden.url(name),
+                    f"{server.base_url}/redirect?to={forbidden.url(name)}",
+                    "http://169.254.169.254/",
+                    "file:///etc/passwd",
+                    "http://[::1]/x.jpg",
+                ]
+            )
         elif roll < 0.90:
             url = rng.choice([f"{server.base_url}/html", f"{server.base_url}/truncated/{name}"])
         else:
-            out.append(rng.choice([b'{"image_id": "c-%d", "url": 3}' % i, b"\xff\xfe garbage %d" % i,
-                                   b'{"image_id": "c-%d"}' % i]))
+            out.append(
+                rng.choice(
+                    [b'{"image_id": "c-%d", "url": 3}' % i, b"\xff\xfe garbage %d" % i, b'{"image_id": "c-%d"}' % i]
+                )
+            )
             continue
         out.append(orjson.dumps(event(f"c-{i}", url, listing=f"l-{i % 97}", index=i % 12)))
     return out
 
 
 async def test_chaos_every_event_accounted_exactly_once(
-    settings: Settings, image_server: ImageServer, forbidden_server: ImageServer, jpegs: dict[str, bytes],
+    settings: Settings,
+    image_server: ImageServer,
+    forbidden_server: ImageServer,
+    jpegs: dict[str, bytes],
     start_worker,
 ) -> None:
     rng = random.Random(int(os.environ.get("CHAOS_SEED", "5")))
-    settings = settings.with_overrides(topic_partitions=6, max_in_flight=64, fetch_total_timeout_s=3)
-    image_server.latency_s, image_server.jitter_s = 0.02, 0.02
+    settings = settings.with_overrides(
+        topic_partitions=6, max_in_flight=64, fetch_total_timeout_s=3, broker_commit_interval_s=0.2
+    )
+    image_server.latency_s, image_server.jitter_s = 0.5, 0.45  # work stays in flight across commits
     events = mixed_events(rng, image_server, forbidden_server, sorted(jpegs))
     ids_with_names = {f"c-{i}" for i, raw in enumerate(events) if raw.startswith(b'{"image_id":"c-')}
     workers: list[WorkerProcess] = [start_worker(settings) for _ in range(WORKERS)]
-    await produce(settings, events)
+    rounds = int(os.environ.get("CHAOS_ROUNDS", "6"))
+    waves = [events[i::rounds] for i in range(rounds)]
+    await produce(settings, waves[0])
     for w in workers:
         await w.ready()
 
     pg = postgres_processes(settings.postgres_dsn)
     kills = 0
-    for round_ in range(int(os.environ.get("CHAOS_ROUNDS", "6"))):
+    for round_ in range(rounds):
+        if round_:
+            await produce(settings, waves[round_])
         await asyncio.sleep(rng.uniform(2, 5))
         victim = rng.randrange(WORKERS)
         workers[victim].stop(signal.SIGKILL)
@@ -111,7 +133,7 @@ async def test_chaos_every_event_accounted_exactly_once(
             with paused(pg):
                 await asyncio.sleep(4)
     expected_ids = ids_with_names | {f"c-{i}" for i, raw in enumerate(events) if b'"image_id": "c-' in raw}
-    await wait_for_rows(settings, expected_ids, timeout_s=600)
+    await wait_for_rows(settings, expected_ids, timeout_s=300)
     for _ in range(300):  # events without an image id are counted, not named
         rows, dead = await fetch_rows(settings), await fetch_dead_letters(settings)
         if len(rows) + len(dead) >= len(events):

@@ -16,8 +16,10 @@ from .test_end_to_end import produce
 async def test_sigkill_mid_batch_loses_nothing(
     settings: Settings, image_server: ImageServer, jpegs: dict[str, bytes], start_worker
 ) -> None:
-    settings = settings.with_overrides(redis_url="", max_in_flight=24, batch_size=8)
-    image_server.latency_s, image_server.jitter_s = 0.15, 0.1  # keep work in flight when the kill lands
+    # Downloads slower than the commit interval: acking anything before it is stored would be
+    # committed while still in flight, and the kill would lose it.
+    settings = settings.with_overrides(redis_url="", max_in_flight=48, batch_size=8, broker_commit_interval_s=0.2)
+    image_server.latency_s, image_server.jitter_s = 1.0, 0.8
     names = sorted(jpegs)
     events = [
         event(f"k-{i}", image_server.url(names[i % len(names)]), listing=f"listing-{i % 9}", index=i)
