@@ -30,7 +30,8 @@ class BatchStats:
     batches: int = 0
     items: int = 0
     sizes: Counter[int] = field(default_factory=Counter)
-    closed: Counter[str] = field(default_factory=Counter)  # full | timeout | drain
+    closed: Counter[str] = field(default_factory=Counter)  # full | timeout
+    splits: int = 0  # batches split in halves after the batch function raised
 
 
 class MicroBatcher(Generic[T, R]):
@@ -115,6 +116,7 @@ class MicroBatcher(Generic[T, R]):
                 )
         except Exception as exc:  # routed to the callers: split, or fail the lone item
             if self._split and len(live) > 1:
+                self.stats.splits += 1
                 half = len(live) // 2
                 await self._call(live[:half])
                 await self._call(live[half:])

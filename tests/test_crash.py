@@ -45,3 +45,24 @@ async def test_sigkill_mid_batch_loses_nothing(
     for o in outputs:  # replays may duplicate output events, always with the same id and content
         by_event_id.setdefault(o["event_id"], set()).add(o["image_id"])
     assert all(len(v) == 1 for v in by_event_id.values())
+
+
+async def test_survivors_take_over_a_dead_workers_partitions(
+    settings: Settings, image_server: ImageServer, jpegs: dict[str, bytes], start_worker
+) -> None:
+    settings = settings.with_overrides(redis_url="", max_in_flight=16, broker_commit_interval_s=0.2)
+    image_server.latency_s, image_server.jitter_s = 0.3, 0.2
+    names = sorted(jpegs)
+    events = [
+        event(f"t-{i}", image_server.url(names[i % len(names)]), listing=f"listing-{i % 13}", index=i)
+        for i in range(120)
+    ]
+    workers = [start_worker(settings), start_worker(settings)]
+    await produce(settings, events)
+    for worker in workers:
+        await worker.ready()
+    await wait_for_rows(settings, {"t-0", "t-1", "t-2"}, timeout_s=60)
+    workers[0].stop(signal.SIGKILL)  # no restart: the survivor must take its partitions over
+    await wait_for_rows(settings, {e["image_id"] for e in events}, timeout_s=120)
+    assert workers[1].proc.poll() is None
+    assert workers[1].log().count("partitions assigned") >= 2, "the survivor never rebalanced"

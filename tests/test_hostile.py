@@ -6,12 +6,14 @@ from __future__ import annotations
 import io
 from collections.abc import AsyncIterator
 
+import aiohttp
 import orjson
 import pytest
 from PIL import Image
 
 from processor.imageserver import ImageServer
 from processor.settings import Settings
+from processor.stack import free_port
 
 from .conftest import event
 from .helpers import fetch_dead_letters, fetch_rows, wait_for_rows
@@ -96,7 +98,8 @@ async def test_hostile_events_end_in_the_dlq_with_their_kind(
 async def test_worker_keeps_classifying_when_redis_is_down(
     settings: Settings, image_server: ImageServer, jpegs: dict[str, bytes], start_worker
 ) -> None:
-    settings = settings.with_overrides(redis_url="redis://127.0.0.1:1/0")  # nothing listens there
+    port = free_port()
+    settings = settings.with_overrides(redis_url="redis://127.0.0.1:1/0", metrics_port=port)  # no Redis there
     events = [event(f"nr-{i}", image_server.url(n), index=i) for i, n in enumerate(sorted(jpegs)[:8])]
     worker = start_worker(settings)
     await produce(settings, events)
@@ -104,6 +107,11 @@ async def test_worker_keeps_classifying_when_redis_is_down(
     outcome = await wait_for_rows(settings, {e["image_id"] for e in events})
     assert set(outcome.values()) == {"ok"}
     assert "redis get failed" in worker.log()
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        text = await resp.text()
+    assert 'processor_events_total{outcome="classified"} 8.0' in text
+    errors = next(line for line in text.splitlines() if line.startswith("processor_cache_errors_total "))
+    assert float(errors.split()[1]) >= 1
 
 
 def _jpeg(mode: str) -> bytes:
