@@ -18,9 +18,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from . import metrics
+from .batching import MicroBatcher
 
 log = logging.getLogger(__name__)
 KEY_PREFIX = "lip"
+LOOKUP_BATCH = 256
+LOOKUP_DELAY_S = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +63,17 @@ class ResultCache:
         self._cooldown_s = cooldown_s
         self._client: aioredis.Redis | None = None
         self._down_until = 0.0
+        # Concurrent lookups share one MGET round trip.
+        self._lookups: MicroBatcher[str, bytes | None] = MicroBatcher(
+            self._mget, LOOKUP_BATCH, LOOKUP_DELAY_S, split_on_error=False, name="cache")
 
     async def start(self) -> None:
         if self._url:
             self._client = aioredis.Redis.from_url(self._url, socket_timeout=1.0, socket_connect_timeout=1.0)
+            self._lookups.start()
 
     async def close(self) -> None:
+        await self._lookups.stop()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -90,14 +98,18 @@ class ResultCache:
         if not self.available:
             metrics.CACHE.labels(result="skipped").inc()
             return None
-        assert self._client is not None
         try:
-            raw = await self._client.get(key)
+            raw = await self._lookups.submit(key)
         except (RedisError, OSError) as exc:
             self._failed("get", exc)
             return None
         metrics.CACHE.labels(result="hit" if raw else "miss").inc()
-        return CachedResult.loads(raw.encode() if isinstance(raw, str) else raw) if raw else None
+        return CachedResult.loads(raw) if raw else None
+
+    async def _mget(self, keys: list[str]) -> list[bytes | None]:
+        assert self._client is not None
+        values = await self._client.mget(keys)
+        return [v.encode() if isinstance(v, str) else v for v in values]
 
     async def put_many(self, entries: list[tuple[str, CachedResult]]) -> None:
         """Store results under their URL and content-hash keys in one pipeline."""

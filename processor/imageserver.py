@@ -1,6 +1,7 @@
 """A local aiohttp server that plays a dealer CDN: generated listing photos and failure routes.
 
-Routes: ``/img/{name}`` (a registered image), ``/status/{code}``, ``/slow/{name}``
+Routes: ``/img/{name}`` (a registered image; ``?v=N`` makes its bytes unique by adding a JPEG
+comment, so content-hash caching cannot shortcut benchmarks), ``/status/{code}``, ``/slow/{name}``
 (drips the body), ``/redirect?to=URL``, ``/html``, ``/truncated/{name}``, ``/huge``.
 Every request is counted by path, so tests can prove what was (not) downloaded.
 """
@@ -73,6 +74,10 @@ class ImageServer:
         data = self.images.get(request.match_info["name"])
         if data is None:
             raise web.HTTPNotFound()
+        variant = request.query.get("v")
+        if variant and data.startswith(b"\xff\xd8"):
+            comment = variant.encode()[:1000]
+            data = b"\xff\xd8\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + data[2:]
         return web.Response(body=data, content_type="image/jpeg")
 
     async def _status(self, request: web.Request) -> web.Response:

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     broker_session_timeout_s: float = Field(6.0, gt=0, description="Consumer session timeout.")
     broker_heartbeat_interval_s: float = Field(1.0, gt=0, description="Consumer heartbeat interval.")
     broker_commit_interval_s: float = Field(1.0, gt=0, description="How often acked offsets are committed.")
+    broker_fetch_max_wait_ms: int = Field(
+        50, ge=1, description="Longest wait of a consumer fetch; brokers like Tansu hold every fetch this long."
+    )
 
     postgres_dsn: str = Field("postgresql://postgres@127.0.0.1:5432/postgres", description="Postgres DSN.")
     postgres_table: str = Field("image_classifications", description="Table of classifications.")
