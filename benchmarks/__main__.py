@@ -52,16 +52,36 @@ def say(msg: str) -> None:
 @click.option("--repeat-share", default=0.1, show_default=True, help="Events that repeat an earlier URL.")
 @click.option("--batch-size", default=32, show_default=True, help="Inference batch of the main run.")
 @click.option("--fetch-concurrency", default=64, show_default=True)
-def main(profile: str, json_path: Path | None, plots_dir: Path | None, latency_ms: float, jitter_ms: float,
-         banner_share: float, repeat_share: float, batch_size: int, fetch_concurrency: int) -> None:
+def main(
+    profile: str,
+    json_path: Path | None,
+    plots_dir: Path | None,
+    latency_ms: float,
+    jitter_ms: float,
+    banner_share: float,
+    repeat_share: float,
+    batch_size: int,
+    fetch_concurrency: int,
+) -> None:
     """Benchmark the pipeline against a naive baseline and the limits of this machine."""
     p = PROFILES[profile]
     say(f"profile {profile}: starting the embedded stack and generating {p['photos']} photos")
     photos = make_photos(int(p["photos"]), banner_share)
     with EmbeddedStack() as stack, tempfile.TemporaryDirectory(prefix="bench-") as workdir:
         assert stack.urls is not None
-        report = asyncio.run(_run(stack.urls, photos, p, Path(workdir), latency_ms / 1000, jitter_ms / 1000,
-                                  repeat_share, batch_size, fetch_concurrency))
+        report = asyncio.run(
+            _run(
+                stack.urls,
+                photos,
+                p,
+                Path(workdir),
+                latency_ms / 1000,
+                jitter_ms / 1000,
+                repeat_share,
+                batch_size,
+                fetch_concurrency,
+            )
+        )
     report["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
     report["profile"] = profile
     _print_table(report)
@@ -75,8 +95,17 @@ def main(profile: str, json_path: Path | None, plots_dir: Path | None, latency_m
             say(f"wrote {path}")
 
 
-async def _run(urls: StackUrls, photos: dict[str, bytes], p: dict[str, Any], workdir: Path, latency_s: float,
-               jitter_s: float, repeat_share: float, batch_size: int, concurrency: int) -> dict[str, Any]:
+async def _run(
+    urls: StackUrls,
+    photos: dict[str, bytes],
+    p: dict[str, Any],
+    workdir: Path,
+    latency_s: float,
+    jitter_s: float,
+    repeat_share: float,
+    batch_size: int,
+    concurrency: int,
+) -> dict[str, Any]:
     server = ImageServer(images=photos, latency_s=latency_s, jitter_s=jitter_s)
     await server.start()
     names = sorted(photos)
@@ -101,16 +130,29 @@ async def _run(urls: StackUrls, photos: dict[str, bytes], p: dict[str, Any], wor
         "stages": stages,
         "speedup_vs_naive": round(main_run["images_per_s"] / naive["images_per_s"], 2),
         "efficiency": round(main_run["images_per_s"] / limit, 3),
-        "efficiency_vs_decode_inference": round(main_run["images_per_s"] / stages["decode_inference_limit_images_per_s"], 3),
+        "efficiency_vs_decode_inference": round(
+            main_run["images_per_s"] / stages["decode_inference_limit_images_per_s"], 3
+        ),
         "latency_at_half_load": paced,
         **sweeps,
-        "cdn": {"latency_ms": latency_s * 1000, "jitter_ms": jitter_s * 1000, "repeat_share": repeat_share,
-                "distinct_photos": len(photos)},
+        "cdn": {
+            "latency_ms": latency_s * 1000,
+            "jitter_ms": jitter_s * 1000,
+            "repeat_share": repeat_share,
+            "distinct_photos": len(photos),
+        },
     }
 
 
-async def _stages(classifier: Classifier, photos: list[bytes], server: ImageServer, names: list[str],
-                  p: dict[str, Any], batch_size: int, concurrency: int) -> dict[str, Any]:
+async def _stages(
+    classifier: Classifier,
+    photos: list[bytes],
+    server: ImageServer,
+    names: list[str],
+    p: dict[str, Any],
+    batch_size: int,
+    concurrency: int,
+) -> dict[str, Any]:
     threads = os.cpu_count() or 2
     say(f"stage alone: decode ({threads} threads), inference, fetch")
     decode = decode_rate(photos, classifier.input_size, threads, p["stage_s"])
@@ -133,42 +175,57 @@ async def _stages(classifier: Classifier, photos: list[bytes], server: ImageServ
     }
 
 
-async def _naive(urls: StackUrls, classifier: Classifier, server: ImageServer, names: list[str],
-                 events: int) -> dict[str, Any]:
+async def _naive(
+    urls: StackUrls, classifier: Classifier, server: ImageServer, names: list[str], events: int
+) -> dict[str, Any]:
     say(f"naive baseline: {events} events one at a time")
     settings = run_settings(urls, RunConfig(events))
     await ensure_topics(settings.broker_url, [settings.input_topic, settings.output_topic], 1)
-    lines = [json.dumps({"image_id": f"n{i}", "listing_id": "n", "url": u}).encode()
-             for i, u in enumerate(event_urls(server, names, events, 0.0, seed=11))]
+    lines = [
+        json.dumps({"image_id": f"n{i}", "listing_id": "n", "url": u}).encode()
+        for i, u in enumerate(event_urls(server, names, events, 0.0, seed=11))
+    ]
     await produce_lines(settings.broker_url, settings.input_topic, lines)
     rate = await naive_rate(settings, classifier, events)
     say(f"  {rate:.1f} images/s")
     return {"events": events, "images_per_s": round(rate, 2)}
 
 
-async def _sweeps(urls: StackUrls, image_urls: list[str], p: dict[str, Any], workdir: Path, batch_size: int,
-                  concurrency: int) -> dict[str, Any]:
+async def _sweeps(
+    urls: StackUrls, image_urls: list[str], p: dict[str, Any], workdir: Path, batch_size: int, concurrency: int
+) -> dict[str, Any]:
     out: dict[str, Any] = {"by_batch_size": {}, "by_fetch_concurrency": {}, "by_workers": {}}
     n = int(p["sweep"])
     if not n:
         return out
     for bs in (8, 32, 64):
         say(f"sweep: batch size {bs}")
-        out["by_batch_size"][bs] = _brief(await run_pipeline(urls, image_urls, RunConfig(n, 1, bs, concurrency),
-                                                             workdir))
+        out["by_batch_size"][bs] = _brief(
+            await run_pipeline(urls, image_urls, RunConfig(n, 1, bs, concurrency), workdir)
+        )
     for c in (8, 32, 128):
         say(f"sweep: fetch concurrency {c}")
-        out["by_fetch_concurrency"][c] = _brief(await run_pipeline(urls, image_urls, RunConfig(n, 1, batch_size, c),
-                                                                   workdir))
+        out["by_fetch_concurrency"][c] = _brief(
+            await run_pipeline(urls, image_urls, RunConfig(n, 1, batch_size, c), workdir)
+        )
     for w in p["workers"]:
         say(f"scaling: {w} worker(s)")
-        out["by_workers"][w] = _brief(await run_pipeline(urls, image_urls, RunConfig(n, w, batch_size, concurrency),
-                                                         workdir))
+        out["by_workers"][w] = _brief(
+            await run_pipeline(urls, image_urls, RunConfig(n, w, batch_size, concurrency), workdir)
+        )
     return out
 
 
-async def _paced(urls: StackUrls, server: ImageServer, names: list[str], p: dict[str, Any], workdir: Path,
-                 max_rate: float, batch_size: int, concurrency: int) -> dict[str, Any] | None:
+async def _paced(
+    urls: StackUrls,
+    server: ImageServer,
+    names: list[str],
+    p: dict[str, Any],
+    workdir: Path,
+    max_rate: float,
+    batch_size: int,
+    concurrency: int,
+) -> dict[str, Any] | None:
     if not p["paced_s"]:
         return None
     rate = max(1.0, max_rate / 2)
@@ -181,8 +238,12 @@ async def _paced(urls: StackUrls, server: ImageServer, names: list[str], p: dict
         run = await run_pipeline(urls, urls_, RunConfig(events, 1, batch_size, concurrency, rate_per_s=rate), workdir)
     finally:
         server.latency_s, server.jitter_s = saved
-    return {"rate_per_s": round(rate, 1), **_brief(run), "latency_cdf_ms": run["latency_cdf_ms"],
-            "worker_rss_mb": run["worker_rss_mb"]}
+    return {
+        "rate_per_s": round(rate, 1),
+        **_brief(run),
+        "latency_cdf_ms": run["latency_cdf_ms"],
+        "worker_rss_mb": run["worker_rss_mb"],
+    }
 
 
 def _brief(run: dict[str, Any]) -> dict[str, Any]:
@@ -210,7 +271,9 @@ def _print_table(r: dict[str, Any]) -> None:
     ]
     if r.get("latency_at_half_load"):
         h = r["latency_at_half_load"]
-        rows.append((f"latency at {h['rate_per_s']}/s p50/p95/p99 ms", "/".join(str(v) for v in h["latency_ms"].values())))
+        rows.append(
+            (f"latency at {h['rate_per_s']}/s p50/p95/p99 ms", "/".join(str(v) for v in h["latency_ms"].values()))
+        )
     for workers, run in r.get("by_workers", {}).items():
         rows.append((f"{workers} worker(s) images/s", run["images_per_s"]))
     width = max(len(k) for k, _ in rows)

@@ -39,22 +39,38 @@ class RunConfig:
 def run_settings(urls: StackUrls, config: RunConfig) -> Settings:
     tag = uuid.uuid4().hex[:8]
     return Settings(
-        broker_url=urls.broker_url, postgres_dsn=urls.postgres_dsn, redis_url=urls.redis_url,
-        input_topic=f"bench-in-{tag}", output_topic=f"bench-out-{tag}", dlq_topic=f"bench-dlq-{tag}",
-        consumer_group=f"bench-{tag}", postgres_table=f"bench_{tag}", topic_partitions=8,
-        allow_networks="127.0.0.1/32", batch_size=config.batch_size, fetch_concurrency=config.fetch_concurrency,
-        max_in_flight=config.max_in_flight, log_level="WARNING", **config.overrides)
+        broker_url=urls.broker_url,
+        postgres_dsn=urls.postgres_dsn,
+        redis_url=urls.redis_url,
+        input_topic=f"bench-in-{tag}",
+        output_topic=f"bench-out-{tag}",
+        dlq_topic=f"bench-dlq-{tag}",
+        consumer_group=f"bench-{tag}",
+        postgres_table=f"bench_{tag}",
+        topic_partitions=8,
+        allow_networks="127.0.0.1/32",
+        batch_size=config.batch_size,
+        fetch_concurrency=config.fetch_concurrency,
+        max_in_flight=config.max_in_flight,
+        log_level="WARNING",
+        **config.overrides,
+    )
 
 
 async def run_pipeline(urls: StackUrls, image_urls: list[str], config: RunConfig, workdir: Path) -> dict[str, Any]:
     """Stream ``config.events`` events through ``config.workers`` workers and measure everything."""
     settings = run_settings(urls, config)
-    await ensure_topics(settings.broker_url, [settings.input_topic, settings.output_topic, settings.dlq_topic],
-                        settings.topic_partitions)
+    await ensure_topics(
+        settings.broker_url,
+        [settings.input_topic, settings.output_topic, settings.dlq_topic],
+        settings.topic_partitions,
+    )
     ports = [free_port() for _ in range(config.workers)]
     logs = [workdir / f"{settings.consumer_group}-{i}.log" for i in range(config.workers)]
-    procs = [start_worker(settings.with_overrides(metrics_port=p, log_level="INFO"), log)
-             for p, log in zip(ports, logs, strict=True)]
+    procs = [
+        start_worker(settings.with_overrides(metrics_port=p, log_level="INFO"), log)
+        for p, log in zip(ports, logs, strict=True)
+    ]
     store = PostgresStore(settings.postgres_dsn, settings.postgres_table)
     try:
         await wait_until_ready(logs, procs, 120)
@@ -78,8 +94,15 @@ async def run_pipeline(urls: StackUrls, image_urls: list[str], config: RunConfig
 
 async def _produce(settings: Settings, urls: list[str], rate_per_s: float | None) -> None:
     def line(i: int, url: str) -> bytes:
-        return orjson.dumps({"image_id": f"img-{i}", "listing_id": f"listing-{i // 12}", "url": url,
-                             "position_index": i % 12, "event_time": datetime.now(UTC).isoformat()})
+        return orjson.dumps(
+            {
+                "image_id": f"img-{i}",
+                "listing_id": f"listing-{i // 12}",
+                "url": url,
+                "position_index": i % 12,
+                "event_time": datetime.now(UTC).isoformat(),
+            }
+        )
 
     if rate_per_s is None:
         await produce_lines(settings.broker_url, settings.input_topic, [line(i, u) for i, u in enumerate(urls)])
@@ -88,8 +111,9 @@ async def _produce(settings: Settings, urls: list[str], rate_per_s: float | None
     start = time.monotonic()
     for k in range(0, len(urls), chunk):
         await asyncio.sleep(max(0.0, start + k / rate_per_s - time.monotonic()))
-        await produce_lines(settings.broker_url, settings.input_topic,
-                            [line(i, urls[i]) for i in range(k, min(k + chunk, len(urls)))])
+        await produce_lines(
+            settings.broker_url, settings.input_topic, [line(i, urls[i]) for i in range(k, min(k + chunk, len(urls)))]
+        )
 
 
 async def _wait_done(store: PostgresStore, expected: int, timeout_s: float) -> None:
@@ -124,8 +148,12 @@ class _RssSampler:
     def summary(self) -> dict[str, float]:
         if not self.samples:
             return {}
-        return {"first": round(self.samples[0]), "last": round(self.samples[-1]), "max": round(max(self.samples)),
-                "samples": len(self.samples)}
+        return {
+            "first": round(self.samples[0]),
+            "last": round(self.samples[-1]),
+            "max": round(max(self.samples)),
+            "samples": len(self.samples),
+        }
 
 
 def _cpu_seconds(procs: list[Any]) -> float:
@@ -158,8 +186,9 @@ async def _scrape(ports: list[int]) -> dict[str, Any]:
     return {"batch_size_histogram": {f"<={k}": v for k, v in sizes.items() if v}, "batches_closed": dict(closed)}
 
 
-async def _measure(settings: Settings, store: PostgresStore, config: RunConfig, started: float, cpu_s: float,
-                   batches: dict[str, Any]) -> dict[str, Any]:
+async def _measure(
+    settings: Settings, store: PostgresStore, config: RunConfig, started: float, cpu_s: float, batches: dict[str, Any]
+) -> dict[str, Any]:
     rows = await store.fetch_all()
     outputs = await read_topic(settings.broker_url, settings.output_topic, expected=len(rows), timeout_s=5)
     finished = max(r["classified_at"] for r in rows).timestamp()

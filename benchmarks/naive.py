@@ -24,9 +24,13 @@ TABLE_SQL = """CREATE TABLE IF NOT EXISTS naive_classifications (
 async def naive_rate(settings: Settings, classifier: Classifier, events: int) -> float:
     """Images/s of the one-at-a-time loop over ``events`` events already in the input topic."""
     model = classifier._model  # the plain Keras model: naive code calls model.predict per image
-    consumer = AIOKafkaConsumer(settings.input_topic, bootstrap_servers=bootstrap(settings.broker_url),
-                                group_id=settings.consumer_group, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        settings.input_topic,
+        bootstrap_servers=bootstrap(settings.broker_url),
+        group_id=settings.consumer_group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap(settings.broker_url), acks="all")
     conn = await asyncpg.connect(settings.postgres_dsn)
     await conn.execute(TABLE_SQL)
@@ -45,9 +49,14 @@ async def naive_rate(settings: Settings, classifier: Classifier, events: int) ->
                 out = model.predict(np.asarray(img, dtype=np.uint8)[None], verbose=0)
                 score = float(out["banner"][0][0])
                 position = classifier.info.positions[int(np.argmax(out["position"][0]))]
-                await conn.execute("INSERT INTO naive_classifications VALUES ($1, $2, $3, $4, $5) "
-                                   "ON CONFLICT (image_id) DO NOTHING", event["image_id"],
-                                   score >= classifier.banner_threshold, score, position, datetime.now(UTC))
+                await conn.execute(
+                    "INSERT INTO naive_classifications VALUES ($1, $2, $3, $4, $5) ON CONFLICT (image_id) DO NOTHING",
+                    event["image_id"],
+                    score >= classifier.banner_threshold,
+                    score,
+                    position,
+                    datetime.now(UTC),
+                )
                 await producer.send_and_wait(settings.output_topic, orjson.dumps({"image_id": event["image_id"]}))
                 await consumer.commit()
                 done += 1

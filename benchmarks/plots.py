@@ -14,8 +14,11 @@ def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for key, label in (("by_batch_size", "inference batch size"), ("by_fetch_concurrency", "fetch concurrency"),
-                       ("by_workers", "worker processes")):
+    for key, label in (
+        ("by_batch_size", "inference batch size"),
+        ("by_fetch_concurrency", "fetch concurrency"),
+        ("by_workers", "worker processes"),
+    ):
         runs = report.get(key) or {}
         if not runs:
             continue

@@ -54,5 +54,8 @@ async def fetch_rate(urls: list[str], concurrency: int) -> dict[str, float]:
         sizes = await asyncio.gather(*(one(u) for u in urls))
         elapsed, cpu1 = time.perf_counter() - start, proc.cpu_times()
     cpu_s = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
-    return {"images_per_s": len(urls) / elapsed, "cpu_ms_per_image": 1000 * cpu_s / len(urls),
-            "mean_bytes": float(np.mean(sizes))}
+    return {
+        "images_per_s": len(urls) / elapsed,
+        "cpu_ms_per_image": 1000 * cpu_s / len(urls),
+        "mean_bytes": float(np.mean(sizes)),
+    }

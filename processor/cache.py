@@ -65,7 +65,8 @@ class ResultCache:
         self._down_until = 0.0
         # Concurrent lookups share one MGET round trip.
         self._lookups: MicroBatcher[str, bytes | None] = MicroBatcher(
-            self._mget, LOOKUP_BATCH, LOOKUP_DELAY_S, split_on_error=False, name="cache")
+            self._mget, LOOKUP_BATCH, LOOKUP_DELAY_S, split_on_error=False, name="cache"
+        )
 
     async def start(self) -> None:
         if self._url:

@@ -10,9 +10,13 @@ from pathlib import Path
 
 def test_benchmark_smoke_run_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "--smoke", "--json", str(out), "--plots",
-                           str(tmp_path / "plots")], capture_output=True, text=True, timeout=600,
-                          cwd=Path(__file__).parents[1])
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--json", str(out), "--plots", str(tmp_path / "plots")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).parents[1],
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     e2e = report["end_to_end"]
