@@ -86,6 +86,7 @@ def main(
     report["profile"] = profile
     _print_table(report)
     if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=2) + "\n")
         say(f"wrote {json_path}")
     if plots_dir:

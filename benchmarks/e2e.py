@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import Counter
@@ -138,10 +139,8 @@ class _RssSampler:
         while True:
             total = 0
             for proc in self.procs:
-                try:
+                with contextlib.suppress(psutil.NoSuchProcess):
                     total += psutil.Process(proc.pid).memory_info().rss
-                except psutil.NoSuchProcess:
-                    pass
             self.samples.append(total / 2**20)
             await asyncio.sleep(1.0)
 

@@ -23,7 +23,7 @@ def test_benchmark_smoke_run_writes_every_figure(tmp_path: Path) -> None:
     assert e2e["classified"] == e2e["events"] == 120
     assert e2e["images_per_s"] > 0 and report["naive"]["images_per_s"] > 0
     assert report["speedup_vs_naive"] == round(e2e["images_per_s"] / report["naive"]["images_per_s"], 2)
-    assert 0 < report["efficiency"] and report["stages"]["combined_limit_images_per_s"] > 0
+    assert report["efficiency"] > 0 and report["stages"]["combined_limit_images_per_s"] > 0
     assert set(e2e["stage_ms_mean"]) >= {"fetch", "decode", "inference", "total"}
     assert sum(e2e["batches_closed"].values()) >= 1 and e2e["batch_size_histogram"]
     assert (tmp_path / "plots" / "latency_cdf.png").stat().st_size > 1000
