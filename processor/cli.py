@@ -172,11 +172,48 @@ def migrate(settings: Settings) -> None:
 @click.option("--count", default=4000, show_default=True, help="Images to write.")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--banner-share", default=0.5, show_default=True)
-def synth(out: Path, count: int, seed: int, banner_share: float) -> None:
+@click.option("--held-out-photos", is_flag=True,
+              help="Instead: banner/ and no_banner/ crops of photographs and banner styles never used in training.")
+def synth(out: Path, count: int, seed: int, banner_share: float, held_out_photos: bool) -> None:
     """Write generated, labelled listing photos (images/ + labels.csv)."""
-    from .synth import write_dataset
+    from .synth import write_dataset, write_photo_testset
 
-    click.echo(f"wrote {write_dataset(out, count, seed, banner_share)}")
+    if held_out_photos:
+        click.echo(f"wrote {write_photo_testset(out, count, seed)}")
+    else:
+        click.echo(f"wrote {write_dataset(out, count, seed, banner_share)}")
+
+
+@main.command()
+@click.option("--model", "model_dir", type=click.Path(path_type=Path, exists=True), default=None,
+              help="Model directory (default: the shipped model).")
+@click.option("--data", type=click.Path(path_type=Path, exists=True), required=True,
+              help="labels.csv, or banner/ and no_banner/ folders.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+@click.option("--plot", type=click.Path(path_type=Path), default=None, help="Write confusion matrices (PNG).")
+def evaluate(model_dir: Path | None, data: Path, as_json: bool, plot: Path | None) -> None:
+    """Evaluate a model on labelled images: accuracy, P/R/F1, ROC AUC, confusion matrices."""
+    from .evaluate import evaluate as run_evaluation
+    from .evaluate import plot_confusion
+    from .settings import DEFAULT_MODEL_DIR
+
+    report = run_evaluation(model_dir or DEFAULT_MODEL_DIR, data)
+    if plot is not None:
+        plot_confusion(report, plot)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    b = report["banner"]
+    click.echo(f"{report['model']['name']} {report['model']['version']} on {report['images']} images")
+    click.echo(f"banner:   accuracy {b['accuracy']:.4f}, ROC AUC {b['roc_auc']}, threshold {b['threshold']}")
+    for label, m in b["per_class"].items():
+        click.echo(f"  {label:<12} precision {m['precision']:.3f} recall {m['recall']:.3f} f1 {m['f1']:.3f}"
+                   f" (n={m['support']})")
+    if "position" in report:
+        click.echo(f"position: accuracy {report['position']['accuracy']:.4f}")
+        for label, m in report["position"]["per_class"].items():
+            click.echo(f"  {label:<12} precision {m['precision']:.3f} recall {m['recall']:.3f} f1 {m['f1']:.3f}"
+                       f" (n={m['support']})")
 
 
 @main.command()

@@ -7,7 +7,10 @@ so the model learns banners and positions rather than one template.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
+import importlib.util
 import io
 import math
 import random
@@ -18,6 +21,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 POSITIONS = ("front", "side", "rear", "interior", "engine")
+PHOTO_SHARE = 0.5  # share of images drawn over a real photograph, when photographs are installed
+OTHER = "other"  # a photograph with no car drawn on it
 SIZES = ((640, 480), (800, 600), (1024, 768), (1280, 960))
 DEALERS = ("AutoHaus Nord", "Best Cars", "Premium Motors", "Garage Dupont", "Autos García", "CarPoint")
 OFFERS = (
@@ -34,6 +39,8 @@ OFFERS = (
 )
 
 Rgb = tuple[int, int, int]
+# Photographs never used for training: the held-out "real photo" evaluation set is cut from them.
+HELD_OUT_PHOTOS = ("china.jpg", "flower.jpg", "grace_hopper.jpg", "coffee.png", "chelsea.png")
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,8 +243,67 @@ def _stamp_banner(rng: random.Random, img: Image.Image) -> None:
     img.paste(Image.alpha_composite(img.convert("RGBA"), overlay).convert("RGB"))
 
 
+@functools.cache
+def installed_photos(exclude: tuple[str, ...] = HELD_OUT_PHOTOS) -> tuple[Path, ...]:
+    """Real photographs shipped inside installed packages (scikit-image, scikit-learn, matplotlib)."""
+    found: list[Path] = []
+    for package, folder in (("skimage", "data"), ("sklearn", "datasets/images"), ("matplotlib", "mpl-data/sample_data")):
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        root = Path(next(iter(spec.submodule_search_locations))) / folder
+        found += [p for p in sorted(root.glob("*")) if p.suffix.lower() in (".jpg", ".jpeg", ".png")
+                  and p.stat().st_size > 20_000 and p.name not in exclude]
+    usable = []
+    for path in found:
+        with contextlib.suppress(OSError, ValueError), Image.open(path) as img:
+            if img.mode in ("RGB", "RGBA", "P") and min(img.size) >= 256:
+                usable.append(path)
+    return tuple(usable)
+
+
+@functools.cache
+def _load_photo(path: Path) -> Image.Image:
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+def photo_crop(rng: random.Random, photos: tuple[Path, ...], size: tuple[int, int]) -> Image.Image:
+    """A random crop of a random photograph, rescaled to ``size``."""
+    photo = _load_photo(rng.choice(photos))
+    w, h = photo.size
+    aspect = size[0] / size[1]
+    cw = int(min(w, h * aspect) * rng.uniform(0.45, 1.0))
+    ch = int(cw / aspect)
+    x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    crop = photo.crop((x, y, x + cw, y + ch)).resize(size, Image.Resampling.BILINEAR)
+    if rng.random() < 0.5:
+        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return crop
+
+
+def render_sample(rng: random.Random, banner: bool, size: tuple[int, int] | None = None,
+                  photos: tuple[Path, ...] | None = None, position: str | None = None) -> Sample:
+    """A labelled photo: a drawn car over a generated or photographic background, or a bare photograph."""
+    photos = installed_photos() if photos is None else photos
+    size = size or rng.choice(SIZES)
+    if photos and position is None and rng.random() < PHOTO_SHARE / 3:
+        img = photo_crop(rng, photos, size)
+        position = OTHER
+    else:
+        position = position or rng.choice(POSITIONS)
+        use_photo = bool(photos) and rng.random() < PHOTO_SHARE
+        img = photo_crop(rng, photos, size) if use_photo else _background(rng, size, position in ("interior", "engine"))
+        DRAWERS[position](rng, img, _colour(rng))
+    if rng.random() < 0.3:
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5)))
+    if banner:
+        _stamp_banner(rng, img)
+    return Sample(img, position, banner)
+
+
 def render(rng: random.Random, position: str, banner: bool, size: tuple[int, int] | None = None) -> Image.Image:
-    """Draw one listing photo."""
+    """Draw one listing photo of a given position over a generated background."""
     size = size or rng.choice(SIZES)
     img = _background(rng, size, dark=position in ("interior", "engine"))
     DRAWERS[position](rng, img, _colour(rng))
@@ -257,10 +323,8 @@ def to_jpeg(img: Image.Image, quality: int) -> bytes:
 def samples(seed: int, count: int, banner_share: float = 0.5) -> Iterator[Sample]:
     """A reproducible stream of labelled photos."""
     rng = random.Random(seed)
-    for i in range(count):
-        position = POSITIONS[i % len(POSITIONS)]
-        banner = rng.random() < banner_share
-        yield Sample(render(rng, position, banner), position, banner)
+    for _ in range(count):
+        yield render_sample(rng, rng.random() < banner_share)
 
 
 def write_dataset(out: Path, count: int, seed: int, banner_share: float = 0.5) -> Path:
@@ -277,3 +341,66 @@ def write_dataset(out: Path, count: int, seed: int, banner_share: float = 0.5) -
             (out / name).write_bytes(to_jpeg(sample.image, rng.randint(55, 95)))
             writer.writerow([name, int(sample.banner), sample.position])
     return labels
+
+
+def _dejavu(size: int, bold: bool = False) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSerif.ttf"
+    for folder in ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/dejavu"):
+        with contextlib.suppress(OSError):
+            return ImageFont.truetype(f"{folder}/{name}", max(8, size))
+    return _font(size)
+
+
+def _stamp_unseen_style(rng: random.Random, img: Image.Image) -> None:
+    """Banner styles the training generator never draws (other fonts, shapes and placements)."""
+    w, h = img.size
+    overlay = Image.new("RGBA", img.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    colour = (*_colour(rng), rng.randint(170, 255))
+    ink = (255, 255, 255, 255) if sum(colour[:3]) < 380 else (20, 20, 20, 255)
+    style = rng.choice(("price_tag", "two_lines", "side_strip", "burst"))
+    if style == "price_tag":
+        bw, bh = int(w * rng.uniform(0.3, 0.45)), int(h * rng.uniform(0.12, 0.18))
+        x, y = (w - bw) // 2, h - bh - int(h * 0.04)
+        draw.rounded_rectangle([x, y, x + bw, y + bh], radius=bh // 3, fill=colour, outline=ink, width=3)
+        draw.text((x + bh * 0.3, y + bh * 0.15), f"{rng.randint(9, 79)} 990 €", fill=ink, font=_dejavu(int(bh * 0.6), True))
+    elif style == "two_lines":
+        bh = int(h * rng.uniform(0.16, 0.24))
+        y = rng.choice((0, h - bh))
+        draw.rectangle([0, y, w, y + bh], fill=colour)
+        draw.text((w * 0.03, y + bh * 0.08), rng.choice(DEALERS), fill=ink, font=_dejavu(int(bh * 0.38), True))
+        draw.text((w * 0.03, y + bh * 0.52), _offer_text(rng), fill=ink, font=_dejavu(int(bh * 0.3)))
+    elif style == "side_strip":
+        bw = int(w * rng.uniform(0.1, 0.16))
+        x = rng.choice((0, w - bw))
+        draw.rectangle([x, 0, x + bw, h], fill=colour)
+        strip = Image.new("RGBA", (h, bw), (0, 0, 0, 0))
+        ImageDraw.Draw(strip).text((h * 0.05, bw * 0.2), _offer_text(rng), fill=ink, font=_dejavu(int(bw * 0.5), True))
+        overlay.alpha_composite(strip.rotate(90, expand=True), (x, 0))
+    else:
+        cx, cy, r = rng.choice((w * 0.2, w * 0.8)), rng.choice((h * 0.25, h * 0.75)), min(w, h) * rng.uniform(0.12, 0.2)
+        points = [(cx + (r if k % 2 == 0 else r * 0.75) * math.cos(k * math.pi / 12),
+                   cy + (r if k % 2 == 0 else r * 0.75) * math.sin(k * math.pi / 12)) for k in range(24)]
+        draw.polygon(points, fill=colour)
+        draw.text((cx - r * 0.6, cy - r * 0.25), rng.choice(("SALE", "NEU", "-20%", "TOP")), fill=ink,
+                  font=_dejavu(int(r * 0.5), True))
+    img.paste(Image.alpha_composite(img.convert("RGBA"), overlay).convert("RGB"))
+
+
+def write_photo_testset(out: Path, count: int, seed: int) -> Path:
+    """Held-out set in the banner/ and no_banner/ layout: crops of photographs never used for
+    training, half stamped with banner styles the training generator never draws, 480-1024 px."""
+    photos = tuple(p for p in installed_photos(exclude=()) if p.name in HELD_OUT_PHOTOS)
+    if not photos:
+        raise RuntimeError("no held-out photographs installed (pip install scikit-image scikit-learn)")
+    rng = random.Random(seed)
+    for folder in ("banner", "no_banner"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        width = rng.randint(480, 1024)
+        img = photo_crop(rng, photos, (width, int(width * rng.uniform(0.62, 0.8))))
+        banner = i % 2 == 0
+        if banner:
+            _stamp_unseen_style(rng, img)
+        (out / ("banner" if banner else "no_banner") / f"{i:05d}.jpg").write_bytes(to_jpeg(img, rng.randint(70, 95)))
+    return out
