@@ -172,8 +172,11 @@ def migrate(settings: Settings) -> None:
 @click.option("--count", default=4000, show_default=True, help="Images to write.")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--banner-share", default=0.5, show_default=True)
-@click.option("--held-out-photos", is_flag=True,
-              help="Instead: banner/ and no_banner/ crops of photographs and banner styles never used in training.")
+@click.option(
+    "--held-out-photos",
+    is_flag=True,
+    help="Instead: banner/ and no_banner/ crops of photographs and banner styles never used in training.",
+)
 def synth(out: Path, count: int, seed: int, banner_share: float, held_out_photos: bool) -> None:
     """Write generated, labelled listing photos (images/ + labels.csv)."""
     from .synth import write_dataset, write_photo_testset
@@ -185,10 +188,19 @@ def synth(out: Path, count: int, seed: int, banner_share: float, held_out_photos
 
 
 @main.command()
-@click.option("--model", "model_dir", type=click.Path(path_type=Path, exists=True), default=None,
-              help="Model directory (default: the shipped model).")
-@click.option("--data", type=click.Path(path_type=Path, exists=True), required=True,
-              help="labels.csv, or banner/ and no_banner/ folders.")
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(path_type=Path, exists=True),
+    default=None,
+    help="Model directory (default: the shipped model).",
+)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, exists=True),
+    required=True,
+    help="labels.csv, or banner/ and no_banner/ folders.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="Write confusion matrices (PNG).")
 def evaluate(model_dir: Path | None, data: Path, as_json: bool, plot: Path | None) -> None:
@@ -207,13 +219,16 @@ def evaluate(model_dir: Path | None, data: Path, as_json: bool, plot: Path | Non
     click.echo(f"{report['model']['name']} {report['model']['version']} on {report['images']} images")
     click.echo(f"banner:   accuracy {b['accuracy']:.4f}, ROC AUC {b['roc_auc']}, threshold {b['threshold']}")
     for label, m in b["per_class"].items():
-        click.echo(f"  {label:<12} precision {m['precision']:.3f} recall {m['recall']:.3f} f1 {m['f1']:.3f}"
-                   f" (n={m['support']})")
+        click.echo(
+            f"  {label:<12} precision {m['precision']:.3f} recall {m['recall']:.3f} f1 {m['f1']:.3f} (n={m['support']})"
+        )
     if "position" in report:
         click.echo(f"position: accuracy {report['position']['accuracy']:.4f}")
         for label, m in report["position"]["per_class"].items():
-            click.echo(f"  {label:<12} precision {m['precision']:.3f} recall {m['recall']:.3f} f1 {m['f1']:.3f}"
-                       f" (n={m['support']})")
+            click.echo(
+                f"  {label:<12} precision {m['precision']:.3f} recall {m['recall']:.3f} f1 {m['f1']:.3f}"
+                f" (n={m['support']})"
+            )
 
 
 @main.command()

@@ -38,8 +38,12 @@ def per_class(truth: list[str], predicted: list[str], labels: list[str]) -> dict
         precision = tp / (tp + fp) if tp + fp else 0.0
         recall = tp / (tp + fn) if tp + fn else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        report[label] = {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
-                         "support": sum(t == label for t in truth)}
+        report[label] = {
+            "precision": round(precision, 4),
+            "recall": round(recall, 4),
+            "f1": round(f1, 4),
+            "support": sum(t == label for t in truth),
+        }
     return report
 
 
@@ -59,7 +63,7 @@ def evaluate(model_dir: Path, data: Path) -> dict[str, Any]:
     pixels = load_arrays(items, classifier.input_size)
     predictions = []
     for start in range(0, len(items), BATCH):
-        predictions += classifier.predict(list(pixels[start:start + BATCH]))
+        predictions += classifier.predict(list(pixels[start : start + BATCH]))
     scores = np.array([p.banner_score for p in predictions])
     truth_banner = np.array([i.banner for i in items])
     threshold = classifier.banner_threshold

@@ -41,6 +41,8 @@ OFFERS = (
 Rgb = tuple[int, int, int]
 # Photographs never used for training: the held-out "real photo" evaluation set is cut from them.
 HELD_OUT_PHOTOS = ("china.jpg", "flower.jpg", "grace_hopper.jpg", "coffee.png", "chelsea.png")
+# Graphics rather than photographs: not backgrounds of "no banner" images.
+NOT_PHOTOS = ("logo.png", "color.png")
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,13 +249,23 @@ def _stamp_banner(rng: random.Random, img: Image.Image) -> None:
 def installed_photos(exclude: tuple[str, ...] = HELD_OUT_PHOTOS) -> tuple[Path, ...]:
     """Real photographs shipped inside installed packages (scikit-image, scikit-learn, matplotlib)."""
     found: list[Path] = []
-    for package, folder in (("skimage", "data"), ("sklearn", "datasets/images"), ("matplotlib", "mpl-data/sample_data")):
+    for package, folder in (
+        ("skimage", "data"),
+        ("sklearn", "datasets/images"),
+        ("matplotlib", "mpl-data/sample_data"),
+    ):
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
             continue
         root = Path(next(iter(spec.submodule_search_locations))) / folder
-        found += [p for p in sorted(root.glob("*")) if p.suffix.lower() in (".jpg", ".jpeg", ".png")
-                  and p.stat().st_size > 20_000 and p.name not in exclude]
+        found += [
+            p
+            for p in sorted(root.glob("*"))
+            if p.suffix.lower() in (".jpg", ".jpeg", ".png")
+            and p.stat().st_size > 20_000
+            and p.name not in exclude
+            and p.name not in NOT_PHOTOS
+        ]
     usable = []
     for path in found:
         with contextlib.suppress(OSError, ValueError), Image.open(path) as img:
@@ -279,11 +291,20 @@ def photo_crop(rng: random.Random, photos: tuple[Path, ...], size: tuple[int, in
     crop = photo.crop((x, y, x + cw, y + ch)).resize(size, Image.Resampling.BILINEAR)
     if rng.random() < 0.5:
         crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if rng.random() < 0.5:  # colour and brightness jitter: more distinct backgrounds from few photographs
+        r, g, b = crop.split()
+        gains = [rng.uniform(0.75, 1.25) for _ in range(3)]
+        crop = Image.merge("RGB", [ch_.point(lambda v, k=k: min(255, int(v * k))) for ch_, k in zip((r, g, b), gains, strict=True)])
     return crop
 
 
-def render_sample(rng: random.Random, banner: bool, size: tuple[int, int] | None = None,
-                  photos: tuple[Path, ...] | None = None, position: str | None = None) -> Sample:
+def render_sample(
+    rng: random.Random,
+    banner: bool,
+    size: tuple[int, int] | None = None,
+    photos: tuple[Path, ...] | None = None,
+    position: str | None = None,
+) -> Sample:
     """A labelled photo: a drawn car over a generated or photographic background, or a bare photograph."""
     photos = installed_photos() if photos is None else photos
     size = size or rng.choice(SIZES)
@@ -363,7 +384,9 @@ def _stamp_unseen_style(rng: random.Random, img: Image.Image) -> None:
         bw, bh = int(w * rng.uniform(0.3, 0.45)), int(h * rng.uniform(0.12, 0.18))
         x, y = (w - bw) // 2, h - bh - int(h * 0.04)
         draw.rounded_rectangle([x, y, x + bw, y + bh], radius=bh // 3, fill=colour, outline=ink, width=3)
-        draw.text((x + bh * 0.3, y + bh * 0.15), f"{rng.randint(9, 79)} 990 €", fill=ink, font=_dejavu(int(bh * 0.6), True))
+        draw.text(
+            (x + bh * 0.3, y + bh * 0.15), f"{rng.randint(9, 79)} 990 €", fill=ink, font=_dejavu(int(bh * 0.6), True)
+        )
     elif style == "two_lines":
         bh = int(h * rng.uniform(0.16, 0.24))
         y = rng.choice((0, h - bh))
@@ -379,11 +402,20 @@ def _stamp_unseen_style(rng: random.Random, img: Image.Image) -> None:
         overlay.alpha_composite(strip.rotate(90, expand=True), (x, 0))
     else:
         cx, cy, r = rng.choice((w * 0.2, w * 0.8)), rng.choice((h * 0.25, h * 0.75)), min(w, h) * rng.uniform(0.12, 0.2)
-        points = [(cx + (r if k % 2 == 0 else r * 0.75) * math.cos(k * math.pi / 12),
-                   cy + (r if k % 2 == 0 else r * 0.75) * math.sin(k * math.pi / 12)) for k in range(24)]
+        points = [
+            (
+                cx + (r if k % 2 == 0 else r * 0.75) * math.cos(k * math.pi / 12),
+                cy + (r if k % 2 == 0 else r * 0.75) * math.sin(k * math.pi / 12),
+            )
+            for k in range(24)
+        ]
         draw.polygon(points, fill=colour)
-        draw.text((cx - r * 0.6, cy - r * 0.25), rng.choice(("SALE", "NEU", "-20%", "TOP")), fill=ink,
-                  font=_dejavu(int(r * 0.5), True))
+        draw.text(
+            (cx - r * 0.6, cy - r * 0.25),
+            rng.choice(("SALE", "NEU", "-20%", "TOP")),
+            fill=ink,
+            font=_dejavu(int(r * 0.5), True),
+        )
     img.paste(Image.alpha_composite(img.convert("RGBA"), overlay).convert("RGB"))
 
 

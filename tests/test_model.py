@@ -1,0 +1,77 @@
+"""The model tools: ROC AUC, evaluation of the shipped model, training a model directory."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from processor import synth
+from processor.evaluate import evaluate, roc_auc
+from processor.model import Classifier, ModelInfo
+from processor.settings import DEFAULT_MODEL_DIR
+from processor.train import train
+
+
+def test_roc_auc() -> None:
+    labels = np.array([0, 0, 1, 1])
+    assert roc_auc(np.array([0.1, 0.2, 0.8, 0.9]), labels) == 1.0
+    assert roc_auc(np.array([0.9, 0.8, 0.2, 0.1]), labels) == 0.0
+    assert roc_auc(np.array([0.5, 0.5, 0.5, 0.5]), labels) == 0.5
+    assert roc_auc(np.array([0.1, 0.6, 0.4, 0.9]), labels) == 0.75
+    assert roc_auc(np.array([0.1, 0.2]), np.array([0, 0])) is None
+
+
+@pytest.fixture(scope="module")
+def folder_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated listing photos the model never saw (another seed), in the banner/no_banner layout."""
+    root = tmp_path_factory.mktemp("eval")
+    rng = random.Random(12345)
+    for i in range(120):
+        sample = synth.render_sample(rng, banner=i % 2 == 0)
+        folder = root / ("banner" if sample.banner else "no_banner") / sample.position
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}.jpg").write_bytes(synth.to_jpeg(sample.image, rng.randint(60, 95)))
+    return root
+
+
+def test_shipped_model_on_unseen_generated_photos(folder_set: Path) -> None:
+    report = evaluate(DEFAULT_MODEL_DIR, folder_set)
+    assert report["images"] == 120
+    assert report["banner"]["accuracy"] >= 0.95, report["banner"]
+    assert report["banner"]["roc_auc"] >= 0.98
+    assert report["position"]["accuracy"] >= 0.85, report["position"]
+    assert sum(map(sum, report["banner"]["confusion"]["matrix"])) == 120
+
+
+def test_evaluate_command_prints_json_and_plots(folder_set: Path, tmp_path: Path) -> None:
+    plot = tmp_path / "cm.png"
+    done = subprocess.run(
+        [sys.executable, "-m", "processor", "evaluate", "--data", str(folder_set), "--json", "--plot", str(plot)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert set(report["banner"]["per_class"]) == {"banner", "no_banner"}
+    assert plot.stat().st_size > 5000
+
+
+def test_train_writes_a_loadable_model_directory(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    synth.write_dataset(data, 60, seed=3)
+    meta = train(data, tmp_path / "model", epochs=1, seed=3, input_size=64, version="0.0.1-test", verbose=0)
+    info = ModelInfo.read(tmp_path / "model")
+    assert info.version == "0.0.1-test" and info.input_size == (64, 64)
+    assert set(info.positions) <= {*synth.POSITIONS, synth.OTHER} and meta["training"]["data_hash"].startswith(
+        "sha256:"
+    )
+    classifier = Classifier(tmp_path / "model")
+    predictions = classifier.predict([np.zeros((64, 64, 3), np.uint8)] * 3)
+    assert len(predictions) == 3 and all(0 <= p.banner_score <= 1 for p in predictions)
