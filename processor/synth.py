@@ -294,7 +294,8 @@ def photo_crop(rng: random.Random, photos: tuple[Path, ...], size: tuple[int, in
     if rng.random() < 0.5:  # colour and brightness jitter: more distinct backgrounds from few photographs
         r, g, b = crop.split()
         gains = [rng.uniform(0.75, 1.25) for _ in range(3)]
-        crop = Image.merge("RGB", [ch_.point(lambda v, k=k: min(255, int(v * k))) for ch_, k in zip((r, g, b), gains, strict=True)])
+        channels = [c.point(lambda v, k=k: min(255, int(v * k))) for c, k in zip((r, g, b), gains, strict=True)]
+        crop = Image.merge("RGB", channels)
     return crop
 
 
