@@ -379,7 +379,7 @@ def _stamp_more(
         fs = int(h * rng.uniform(0.06, 0.12))
         x, y = w * rng.uniform(0.02, 0.4), h * rng.choice((rng.uniform(0.02, 0.15), rng.uniform(0.75, 0.88)))
         draw.text(
-            (x, y), text, fill=colour[:3] + (255,), font=_font(fs, rng), stroke_width=max(1, fs // 12), stroke_fill=ink
+            (x, y), text, fill=(*colour[:3], 255), font=_font(fs, rng), stroke_width=max(1, fs // 12), stroke_fill=ink
         )
     elif style == "vstrip":
         bw = int(w * rng.uniform(0.08, 0.16))
