@@ -60,6 +60,17 @@ async def image_server(jpegs: dict[str, bytes]) -> AsyncIterator[ImageServer]:
 
 
 @pytest.fixture
+async def forbidden_server(jpegs: dict[str, bytes]) -> AsyncIterator[ImageServer]:
+    """A server on 127.0.0.2: loopback, but outside the tests' allow-list (127.0.0.1/32)."""
+    server = ImageServer(images=dict(jpegs), host="127.0.0.2")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+@pytest.fixture
 def settings(stack_urls: StackUrls) -> Settings:
     """Settings with this test's own topics, consumer group and table."""
     tag = uuid.uuid4().hex[:10]

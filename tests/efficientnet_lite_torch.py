@@ -11,15 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-STAGES = (
-    (3, 1, 32, 16, 1, 1),
-    (3, 2, 16, 24, 6, 2),
-    (5, 2, 24, 40, 6, 2),
-    (3, 3, 40, 80, 6, 2),
-    (5, 3, 80, 112, 6, 1),
-    (5, 4, 112, 192, 6, 2),
-    (3, 1, 192, 320, 6, 1),
-)
+from processor.backbone import STAGES  # the architecture spec; the implementation below is independent
 
 
 class SameConv(nn.Conv2d):

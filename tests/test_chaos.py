@@ -12,7 +12,7 @@ import contextlib
 import os
 import random
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from urllib.parse import parse_qs, urlparse
 
 import orjson
@@ -29,16 +29,6 @@ from .test_end_to_end import produce
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 EVENTS = int(os.environ.get("CHAOS_EVENTS", "3000"))
 WORKERS = 3
-
-
-@pytest.fixture
-async def forbidden_server(jpegs: dict[str, bytes]) -> AsyncIterator[ImageServer]:
-    server = ImageServer(images=dict(jpegs), host="127.0.0.2")
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.close()
 
 
 def postgres_processes(dsn: str) -> list[psutil.Process]:

@@ -4,11 +4,9 @@ with the right kind, the worker keeps running, and nothing is fetched from a blo
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
 
 import aiohttp
 import orjson
-import pytest
 from PIL import Image
 
 from processor.imageserver import ImageServer
@@ -18,17 +16,6 @@ from processor.stack import free_port
 from .conftest import event
 from .helpers import fetch_dead_letters, fetch_rows, wait_for_rows
 from .test_end_to_end import produce
-
-
-@pytest.fixture
-async def forbidden_server(jpegs: dict[str, bytes]) -> AsyncIterator[ImageServer]:
-    """A server on 127.0.0.2: loopback, but outside the allow-list (127.0.0.1/32)."""
-    server = ImageServer(images=dict(jpegs), host="127.0.0.2")
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.close()
 
 
 def png(mode: str) -> bytes:
