@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all chaos lint format bench clean
+.PHONY: help install demo test chaos lint format bench soak clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ format: $(STAMP) ## apply ruff's formatting and fixes
 
 bench: $(STAMP) ## run the benchmarks (ARGS="--quick --json bench.json")
 	$(BIN)/python -m benchmarks $(ARGS)
+
+soak: $(STAMP) ## stream at a steady rate against a slow CDN and watch worker memory (ARGS="--minutes 30")
+	$(BIN)/python -m benchmarks.soak $(ARGS)
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

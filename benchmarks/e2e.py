@@ -147,11 +147,14 @@ class _RssSampler:
     def summary(self) -> dict[str, float]:
         if not self.samples:
             return {}
+        late = self.samples[len(self.samples) // 2 :]  # after warm-up: the trend that matters
+        slope = float(np.polyfit(np.arange(len(late)), late, 1)[0]) * 60 if len(late) > 2 else 0.0
         return {
             "first": round(self.samples[0]),
             "last": round(self.samples[-1]),
             "max": round(max(self.samples)),
             "samples": len(self.samples),
+            "mb_per_min_second_half": round(slope, 2),
         }
 
 
