@@ -4,6 +4,7 @@ a local image server, isolated settings per test, and worker subprocesses."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -49,25 +50,27 @@ def jpegs() -> dict[str, bytes]:
     return images
 
 
-@pytest.fixture
-async def image_server(jpegs: dict[str, bytes]) -> AsyncIterator[ImageServer]:
-    server = ImageServer(images=dict(jpegs))
+@contextlib.asynccontextmanager
+async def serving(images: dict[str, bytes], host: str = "127.0.0.1") -> AsyncIterator[ImageServer]:
+    server = ImageServer(images=dict(images), host=host)
     await server.start()
     try:
         yield server
     finally:
         await server.close()
+
+
+@pytest.fixture
+async def image_server(jpegs: dict[str, bytes]) -> AsyncIterator[ImageServer]:
+    async with serving(jpegs) as server:
+        yield server
 
 
 @pytest.fixture
 async def forbidden_server(jpegs: dict[str, bytes]) -> AsyncIterator[ImageServer]:
     """A server on 127.0.0.2: loopback, but outside the tests' allow-list (127.0.0.1/32)."""
-    server = ImageServer(images=dict(jpegs), host="127.0.0.2")
-    await server.start()
-    try:
+    async with serving(jpegs, "127.0.0.2") as server:
         yield server
-    finally:
-        await server.close()
 
 
 @pytest.fixture
