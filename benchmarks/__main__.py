@@ -107,10 +107,8 @@ async def _run(
     batch_size: int,
     concurrency: int,
 ) -> dict[str, Any]:
-    server = ImageServer(images=photos, latency_s=latency_s, jitter_s=jitter_s)
-    await server.start()
     names = sorted(photos)
-    try:
+    async with ImageServer(images=photos, latency_s=latency_s, jitter_s=jitter_s) as server:
         classifier = Classifier(DEFAULT_MODEL_DIR)
         stages = await _stages(classifier, list(photos.values()), server, names, p, batch_size, concurrency)
         naive = await _naive(urls, classifier, server, names, int(p["naive"]))
@@ -122,8 +120,6 @@ async def _run(
         say(f"  {main_run['images_per_s']} images/s")
         sweeps = await _sweeps(urls, image_urls, p, workdir, batch_size, concurrency)
         paced = await _paced(urls, server, names, p, workdir, main_run["images_per_s"], batch_size, concurrency)
-    finally:
-        await server.close()
     limit = stages["combined_limit_images_per_s"]
     return {
         "end_to_end": main_run,

@@ -50,15 +50,11 @@ async def _soak(
     jitter_s: float,
     workdir: Path,
 ) -> dict[str, Any]:
-    server = ImageServer(images=photos, latency_s=latency_s, jitter_s=jitter_s)
-    await server.start()
-    try:
-        events = int(rate * minutes * 60)
+    events = int(rate * minutes * 60)
+    async with ImageServer(images=photos, latency_s=latency_s, jitter_s=jitter_s) as server:
         run = await run_pipeline(
             urls, event_urls(server, sorted(photos), events, 0.0, seed=21), RunConfig(events, rate_per_s=rate), workdir
         )
-    finally:
-        await server.close()
     keys = ("events", "classified", "images_per_s", "latency_ms", "worker_rss_mb", "cpu_cores_used_by_workers")
     return {"minutes": minutes, "rate_per_s": rate, "cdn_latency_ms": latency_s * 1000, **{k: run[k] for k in keys}}
 

@@ -15,7 +15,6 @@ import functools
 import logging
 import signal
 import tempfile
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -178,7 +177,6 @@ def _envelope(event: EventT[bytes]) -> Envelope:
         partition=message.partition,
         offset=message.offset,
         timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
-        received_at=time.time(),
     )
 
 

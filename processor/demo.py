@@ -47,31 +47,29 @@ async def _run(
     say = _printer(progress)
     say(f"generating {images} listing photos over {listings} listings ...")
     catalogue, blobs = await asyncio.to_thread(generate_listings, images, listings)
-    server = ImageServer(images=blobs)
-    await server.start()
     procs: list[subprocess.Popen[bytes]] = []
     store = PostgresStore(settings.postgres_dsn, settings.postgres_table)
-    try:
-        await ensure_topics(
-            settings.broker_url,
-            [settings.input_topic, settings.output_topic, settings.dlq_topic],
-            settings.topic_partitions,
-        )
-        say(f"starting {workers} worker(s) ...")
-        procs = [start_worker(settings, root / f"worker-{i}.log") for i in range(workers)]
-        await wait_until_ready([root / f"worker-{i}.log" for i in range(workers)], procs, 120.0)
-        await store.start()
-        await store.migrate()
-        events = build_events(catalogue, server)
-        started = time.time()
-        await produce_lines(settings.broker_url, settings.input_topic, [orjson.dumps(e) for e in events])
-        done = await wait_for_outcomes(store, len(events), timeout_s, progress)
-        elapsed = time.time() - started
-        return await summarise(settings, store, events, catalogue, done, elapsed)
-    finally:
-        stop_workers(procs, settings.shutdown_grace_s + 10)
-        await store.close()
-        await server.close()
+    async with ImageServer(images=blobs) as server:
+        try:
+            await ensure_topics(
+                settings.broker_url,
+                [settings.input_topic, settings.output_topic, settings.dlq_topic],
+                settings.topic_partitions,
+            )
+            say(f"starting {workers} worker(s) ...")
+            procs = [start_worker(settings, root / f"worker-{i}.log") for i in range(workers)]
+            await wait_until_ready([root / f"worker-{i}.log" for i in range(workers)], procs, 120.0)
+            await store.start()
+            await store.migrate()
+            events = build_events(catalogue, server)
+            started = time.time()
+            await produce_lines(settings.broker_url, settings.input_topic, [orjson.dumps(e) for e in events])
+            done = await wait_for_outcomes(store, len(events), timeout_s, progress)
+            elapsed = time.time() - started
+            return await summarise(settings, store, events, catalogue, done, elapsed)
+        finally:
+            stop_workers(procs, settings.shutdown_grace_s + 10)
+            await store.close()
 
 
 def _printer(enabled: bool) -> Any:

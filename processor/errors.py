@@ -10,8 +10,9 @@ Each error says whether retrying can help (``retriable``) and which dead-letter
     │   └── TransientFetchError (retriable)     5xx, 429, timeouts, connection resets
     ├── TooLarge              too_large         byte or pixel cap exceeded
     ├── NotAnImage            not_an_image      body is not a decodable image
-    ├── ModelError            model_error       the model failed on this image alone
-    └── StorageError (retriable)                Postgres or broker refused a write
+    └── ModelError            model_error       the model failed on this image alone
+
+Storage failures (Postgres, broker) are not errors of an event: the pipeline retries them until they succeed.
 """
 
 from __future__ import annotations
@@ -58,8 +59,3 @@ class NotAnImage(ProcessorError):
 
 class ModelError(ProcessorError):
     kind = "model_error"
-
-
-class StorageError(ProcessorError):
-    kind = "storage_error"
-    retriable = True

@@ -37,7 +37,6 @@ class Envelope:
     partition: int = -1
     offset: int = -1
     timestamp_ms: int | None = None
-    received_at: float = 0.0  # time.time() when the worker took it
 
     def source(self) -> dict[str, Any]:
         return {"topic": self.topic, "partition": self.partition, "offset": self.offset}

@@ -63,6 +63,13 @@ class ImageServer:
             await self._runner.cleanup()
             self._runner = None
 
+    async def __aenter__(self) -> ImageServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     @web.middleware
     async def _count(self, request: web.Request, handler: object) -> web.StreamResponse:
         self.requests[request.path] += 1

@@ -4,7 +4,6 @@ a local image server, isolated settings per test, and worker subprocesses."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import signal
@@ -19,11 +18,10 @@ from typing import Any
 import pytest
 
 from processor import synth
+from processor.demo import READY_MARK
 from processor.imageserver import ImageServer
 from processor.settings import Settings
 from processor.stack import EmbeddedStack, StackUrls, stack_from_env
-
-READY_MARK = "partitions assigned"
 
 
 @pytest.fixture(scope="session")
@@ -50,26 +48,16 @@ def jpegs() -> dict[str, bytes]:
     return images
 
 
-@contextlib.asynccontextmanager
-async def serving(images: dict[str, bytes], host: str = "127.0.0.1") -> AsyncIterator[ImageServer]:
-    server = ImageServer(images=dict(images), host=host)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.close()
-
-
 @pytest.fixture
 async def image_server(jpegs: dict[str, bytes]) -> AsyncIterator[ImageServer]:
-    async with serving(jpegs) as server:
+    async with ImageServer(images=dict(jpegs)) as server:
         yield server
 
 
 @pytest.fixture
 async def forbidden_server(jpegs: dict[str, bytes]) -> AsyncIterator[ImageServer]:
     """A server on 127.0.0.2: loopback, but outside the tests' allow-list (127.0.0.1/32)."""
-    async with serving(jpegs, "127.0.0.2") as server:
+    async with ImageServer(images=dict(jpegs), host="127.0.0.2") as server:
         yield server
 
 
