@@ -188,18 +188,38 @@ def migrate(settings: Settings) -> None:
 @click.option("--seed", default=1, show_default=True)
 @click.option("--banner-share", default=0.5, show_default=True)
 @click.option(
+    "--backgrounds",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    multiple=True,
+    help="Folder of banner-free photographs to use as backgrounds too (repeatable; searched recursively).",
+)
+@click.option(
     "--held-out-photos",
     is_flag=True,
     help="Instead: banner/ and no_banner/ crops of photographs and banner styles never used in training.",
 )
-def synth(out: Path, count: int, seed: int, banner_share: float, held_out_photos: bool) -> None:
+@click.option(
+    "--photos-from",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    multiple=True,
+    help="With --held-out-photos: cut the set from these folders instead of the held-out installed photographs.",
+)
+def synth(
+    out: Path,
+    count: int,
+    seed: int,
+    banner_share: float,
+    backgrounds: tuple[Path, ...],
+    held_out_photos: bool,
+    photos_from: tuple[Path, ...],
+) -> None:
     """Write generated, labelled listing photos (images/ + labels.csv)."""
     from .synth import write_dataset, write_photo_testset
 
     if held_out_photos:
-        click.echo(f"wrote {write_photo_testset(out, count, seed)}")
+        click.echo(f"wrote {write_photo_testset(out, count, seed, photos_from)}")
     else:
-        click.echo(f"wrote {write_dataset(out, count, seed, banner_share)}")
+        click.echo(f"wrote {write_dataset(out, count, seed, banner_share, backgrounds)}")
 
 
 @main.command()

@@ -25,6 +25,13 @@ from .topics import ensure_topics, produce_lines, read_topic
 
 READY_MARK = "partitions assigned"
 BROKEN_EVERY = 50  # one event in 50 points at a missing image: it must end in the DLQ
+# The hero image is the first banner-free photo of the most telling position.
+HERO_ORDER = {
+    p: i
+    for i, p in enumerate(
+        ("front_three_quarter", "front", "side", "rear_three_quarter", "rear", "interior", "dashboard")
+    )
+}
 
 
 def run_demo(images: int, listings: int, workers: int, timeout_s: float, progress: bool) -> dict[str, Any]:
@@ -183,7 +190,7 @@ async def summarise(
     for listing in catalogue:
         mine = sorted(
             (r for r in rows if r["listing_id"] == listing.listing_id and not r["has_banner"]),
-            key=lambda r: r["position_index"],
+            key=lambda r: (HERO_ORDER.get(r["position"], len(HERO_ORDER)), r["position_index"]),
         )
         heroes[listing.listing_id] = mine[0]["image_id"] if mine else None
     truth = {f"{lst.listing_id}-{i:02d}": banner for lst in catalogue for i, (_, _, banner) in enumerate(lst.photos)}

@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .model import Classifier
-from .train import NO_POSITION, load_arrays, read_labels
+from .train import NO_POSITION, Labelled, load_arrays, read_labels
 
 BATCH = 64
 
@@ -58,8 +58,12 @@ def confusion(truth: list[str], predicted: list[str], labels: list[str]) -> list
 
 def evaluate(model_dir: Path, data: Path) -> dict[str, Any]:
     """Score every labelled image under ``data`` with the model in ``model_dir``."""
+    return evaluate_items(model_dir, read_labels(data), str(data))
+
+
+def evaluate_items(model_dir: Path, items: list[Labelled], data: str) -> dict[str, Any]:
+    """Score labelled images with the model in ``model_dir``; ``data`` names them in the report."""
     classifier = Classifier(model_dir)
-    items = read_labels(data)
     pixels = load_arrays(items, classifier.input_size)
     predictions = []
     for start in range(0, len(items), BATCH):
@@ -72,7 +76,7 @@ def evaluate(model_dir: Path, data: Path) -> dict[str, Any]:
     pred_b = [banner_names[int(s >= threshold)] for s in scores]
     report: dict[str, Any] = {
         "model": {"name": classifier.info.name, "version": classifier.info.version, "dir": str(model_dir)},
-        "data": str(data),
+        "data": data,
         "images": len(items),
         "banner": {
             "threshold": threshold,

@@ -7,6 +7,7 @@ only), optionally with position sub-folders (``banner/front/x.jpg``).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -25,6 +26,7 @@ from .model import METADATA_FILE, MODEL_FILE, build_model
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 NO_POSITION = ""
+REPORT_FILE = "evaluation.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +191,19 @@ def train(
         "metrics": metrics,
     }
     (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    write_report(out, [items[i] for i in val], f"{data} (validation split: {len(val)} images)")
     return metadata
+
+
+def write_report(model_dir: Path, items: list[Labelled], data: str) -> None:
+    """The evaluation report of a trained model: REPORT_FILE, plus confusion matrices as a PNG
+    when matplotlib is installed."""
+    from .evaluate import evaluate_items, plot_confusion
+
+    report = evaluate_items(model_dir, items, data)
+    (model_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    with contextlib.suppress(ImportError):
+        plot_confusion(report, model_dir / "confusion.png")
 
 
 BACKBONES = ("cnn", "efficientnet-lite0", "mobilenetv3small")
@@ -285,7 +299,9 @@ def _augment(image: Any, labels: Any, weights: Any) -> Any:
     import tensorflow as tf
 
     image = tf.image.random_flip_left_right(image)
-    img = tf.cast(image, tf.float32)
-    img = tf.image.random_brightness(img, 25.0)
+    img = tf.cast(image, tf.float32) / 255.0
+    img = tf.image.random_saturation(img, 0.6, 1.4)
+    img = tf.image.random_hue(img, 0.05)
+    img = tf.image.random_brightness(img, 0.1)
     img = tf.image.random_contrast(img, 0.8, 1.2)
-    return tf.cast(tf.clip_by_value(img, 0, 255), tf.uint8), labels, weights
+    return tf.cast(tf.clip_by_value(img, 0.0, 1.0) * 255.0, tf.uint8), labels, weights

@@ -72,6 +72,8 @@ def test_train_writes_a_loadable_model_directory(tmp_path: Path) -> None:
     assert set(info.positions) <= {*synth.POSITIONS, synth.OTHER} and meta["training"]["data_hash"].startswith(
         "sha256:"
     )
+    report = json.loads((tmp_path / "model" / "evaluation.json").read_text())
+    assert report["images"] == meta["metrics"]["validation_images"] and "banner" in report
     classifier = Classifier(tmp_path / "model")
     predictions = classifier.predict([np.zeros((64, 64, 3), np.uint8)] * 3)
     assert len(predictions) == 3 and all(0 <= p.banner_score <= 1 for p in predictions)

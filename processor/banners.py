@@ -1,0 +1,349 @@
+"""Dealer banners stamped onto photos: price strips, ribbons, badges, frames, watermarks.
+
+``stamp`` draws the styles used for training; ``stamp_unseen`` draws styles it never
+draws (the held-out photo test set uses them), so that a test measures generalization.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import math
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from .cars import colour
+
+Rgba = tuple[int, int, int, int]
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+DEALERS = (
+    "AutoHaus Nord",
+    "Best Cars",
+    "Premium Motors",
+    "Garage Dupont",
+    "Autos García",
+    "CarPoint",
+    "Motor Center Kraków",
+    "Autobedrijf de Vries",
+    "Concessionaria Rossi",
+    "City Cars Ltd",
+)
+OFFERS = (
+    "€ {p},-",
+    "{p} €",
+    "ab {r} €/Monat",
+    "0,9% Finanzierung",
+    "{r}€ / mes",
+    "Tel. 0{t}",
+    "$ {p}",
+    "Garantie 24 Monate",
+    "TOP ANGEBOT",
+    "Leasing {r} €",
+    "Prix: {p} €",
+    "Prezzo {p} €",
+    "Cena {p} zł",
+    "Prijs € {p}",
+    "£{p}",
+    "www.{d}.com",
+    "+49 {t}",
+    "Finance from {r}/mo",
+    "NEW ARRIVAL",
+    "1. Hand · Scheckheft",
+)
+WORDS = ("SALE", "NEW", "TOP", "-15%", "0%", "HOT", "DEAL", "NEU", "PROMO", "OUTLET")
+_FONT_FILES = (
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSans-Oblique.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSerif-Italic.ttf",
+    "STIXGeneral.ttf",
+    "STIXGeneralBol.ttf",
+    "STIXGeneralItalic.ttf",
+    "cmss10.ttf",
+    "cmb10.ttf",
+    "cmtt10.ttf",
+)
+
+
+@functools.cache
+def _font_paths() -> tuple[str, ...]:
+    roots = [Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/dejavu")]
+    spec = importlib.util.find_spec("matplotlib")  # matplotlib ships DejaVu, STIX and Computer Modern
+    if spec and spec.submodule_search_locations:
+        roots.append(Path(next(iter(spec.submodule_search_locations))) / "mpl-data/fonts/ttf")
+    found = {f: str(r / f) for r in reversed(roots) for f in _FONT_FILES if (r / f).exists()}
+    return tuple(found.values())
+
+
+def font(size: int, rng: random.Random | None = None) -> Font:
+    """A font of ``size`` px: a random installed one when ``rng`` is given, else Pillow's default."""
+    paths = _font_paths()
+    if rng is not None and paths and rng.random() < 0.85:
+        return ImageFont.truetype(rng.choice(paths), max(8, size))
+    return ImageFont.load_default(size=max(8, size))
+
+
+def offer_text(rng: random.Random) -> str:
+    text = rng.choice(OFFERS).format(
+        p=f"{rng.randint(5, 89)}.{rng.randint(0, 999):03d}",
+        r=rng.randint(99, 899),
+        t=rng.randint(100000000, 999999999),
+        d=rng.choice(DEALERS).lower().replace(" ", "-"),
+    )
+    return text if rng.random() < 0.5 else f"{rng.choice(DEALERS)}  {text}"
+
+
+def _ink(fill: tuple[int, ...]) -> Rgba:
+    return (255, 255, 255, 255) if sum(fill[:3]) < 380 else (0, 0, 0, 255)
+
+
+def _strip(rng: random.Random, overlay: Image.Image, fill: Rgba) -> None:
+    """A full-width strip at the top or bottom (or a bar across the lower third), one or two lines."""
+    w, h = overlay.size
+    draw = ImageDraw.Draw(overlay)
+    bh = int(h * rng.uniform(0.07, 0.22))
+    y = rng.choice((0, h - bh, int(h * rng.uniform(0.55, 0.8))))
+    draw.rectangle([0, y, w, y + bh], fill=fill)
+    if rng.random() < 0.3:  # an accent line
+        draw.rectangle([0, y, w, y + max(2, bh // 12)], fill=(*colour(rng), 255))
+    lines = 1 if rng.random() < 0.6 else 2
+    for k in range(lines):
+        size = int(bh * (0.55 if lines == 1 else 0.34))
+        x = w * rng.uniform(0.02, 0.35)
+        draw.text((x, y + bh * (0.2 + 0.42 * k)), offer_text(rng), fill=_ink(fill), font=font(size, rng))
+
+
+def _ribbon(rng: random.Random, overlay: Image.Image, fill: Rgba) -> None:
+    w, h = overlay.size
+    size = int(min(w, h) * rng.uniform(0.3, 0.5))
+    corner = Image.new("RGBA", (size * 2, size * 2), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(corner)
+    band = size * rng.uniform(0.2, 0.32)
+    draw.rectangle([0, size - band / 2, size * 2, size + band / 2], fill=fill)
+    draw.text(
+        (size * 0.55, size - band * 0.35),
+        rng.choice(WORDS + DEALERS)[:14],
+        fill=_ink(fill),
+        font=font(int(band * 0.55), rng),
+    )
+    corner = corner.rotate(rng.choice((45, -45, 135, -135)))
+    x, y = rng.choice((-size, w - size)), rng.choice((-size, h - size))
+    overlay.alpha_composite(corner, (max(0, x), max(0, y)), (max(0, -x), max(0, -y)))
+
+
+def _badge(rng: random.Random, overlay: Image.Image, fill: Rgba) -> None:
+    """A round or star-shaped sticker with a word or price, near a corner or anywhere."""
+    w, h = overlay.size
+    draw = ImageDraw.Draw(overlay)
+    r = min(w, h) * rng.uniform(0.08, 0.2)
+    if rng.random() < 0.5:
+        cx, cy = rng.choice((r + 10, w - r - 10)), rng.choice((r + 10, h - r - 10))
+    else:
+        cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
+    n = rng.choice((0, 5, 8, 12, 16, 20))
+    if n == 0:
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill, outline=_ink(fill), width=max(2, int(r / 12)))
+    else:
+        inner = rng.uniform(0.6, 0.85)
+        points = [
+            (
+                cx + r * (1 if k % 2 == 0 else inner) * math.cos(k * math.pi / n),
+                cy + r * (1 if k % 2 == 0 else inner) * math.sin(k * math.pi / n),
+            )
+            for k in range(2 * n)
+        ]
+        draw.polygon(points, fill=fill)
+    text = rng.choice(WORDS) if rng.random() < 0.5 else f"{rng.randint(5, 89)}.990€"
+    draw.text((cx - r * 0.7, cy - r * 0.25), text, fill=_ink(fill), font=font(int(r * 0.4), rng))
+
+
+def _frame(rng: random.Random, overlay: Image.Image, fill: Rgba) -> None:
+    w, h = overlay.size
+    draw = ImageDraw.Draw(overlay)
+    t = int(min(w, h) * rng.uniform(0.02, 0.08))
+    draw.rectangle([0, 0, w - 1, h - 1], outline=fill, width=t)
+    if rng.random() < 0.8:  # a caption band on one edge
+        bottom = rng.random() < 0.7
+        y0 = h - 3 * t if bottom else 0
+        draw.rectangle([0, y0, w, y0 + 3 * t], fill=fill)
+        draw.text((t * 2, y0 + 0.3 * t), offer_text(rng), fill=_ink(fill), font=font(int(t * 1.6), rng))
+
+
+def _box(rng: random.Random, overlay: Image.Image, fill: Rgba) -> None:
+    """A logo box or text panel with one to three lines, in a corner or anywhere."""
+    w, h = overlay.size
+    draw = ImageDraw.Draw(overlay)
+    bw, bh = int(w * rng.uniform(0.2, 0.55)), int(h * rng.uniform(0.08, 0.28))
+    if rng.random() < 0.6:
+        x, y = rng.choice((rng.randint(0, 20), w - bw - rng.randint(0, 20))), rng.choice((10, h - bh - 10))
+    else:
+        x, y = rng.randint(0, w - bw), rng.randint(0, h - bh)
+    draw.rounded_rectangle(
+        [x, y, x + bw, y + bh],
+        radius=rng.randint(0, bh // 3),
+        fill=fill,
+        outline=_ink(fill) if rng.random() < 0.3 else None,
+        width=3,
+    )
+    lines = rng.randint(1, 3)
+    for k in range(lines):
+        text = rng.choice(DEALERS) if k == 0 else offer_text(rng)
+        draw.text(
+            (x + bw * 0.05, y + bh * (0.1 + 0.8 * k / lines)),
+            text,
+            fill=_ink(fill),
+            font=font(int(bh * 0.6 / lines), rng),
+        )
+
+
+def _vertical(rng: random.Random, overlay: Image.Image, fill: Rgba) -> None:
+    w, h = overlay.size
+    bw = int(w * rng.uniform(0.07, 0.16))
+    x = rng.choice((0, w - bw))
+    ImageDraw.Draw(overlay).rectangle([x, 0, x + bw, h], fill=fill)
+    strip = Image.new("RGBA", (h, bw), (0, 0, 0, 0))
+    ImageDraw.Draw(strip).text((h * 0.05, bw * 0.2), offer_text(rng), fill=_ink(fill), font=font(int(bw * 0.5), rng))
+    overlay.alpha_composite(strip.rotate(rng.choice((90, 270)), expand=True), (x, 0))
+
+
+def _text(rng: random.Random, overlay: Image.Image, fill: Rgba) -> None:
+    """Bare text with an outline or a drop shadow, no box."""
+    w, h = overlay.size
+    draw = ImageDraw.Draw(overlay)
+    size = int(h * rng.uniform(0.05, 0.12))
+    x, y = w * rng.uniform(0.02, 0.4), h * rng.choice((rng.uniform(0.02, 0.15), rng.uniform(0.75, 0.88)))
+    text, face = offer_text(rng), font(size, rng)
+    if rng.random() < 0.5:
+        draw.text(
+            (x, y), text, fill=(*fill[:3], 255), font=face, stroke_width=max(1, size // 12), stroke_fill=_ink(fill)
+        )
+    else:
+        d = max(2, size // 10)
+        draw.text((x + d, y + d), text, fill=(0, 0, 0, 160), font=face)
+        draw.text((x, y), text, fill=(*fill[:3], 255), font=face)
+
+
+def _watermark(rng: random.Random, overlay: Image.Image, fill: Rgba) -> None:
+    """A large, faint dealer name across the middle, often tilted."""
+    w, h = overlay.size
+    layer = Image.new("RGBA", (w, h), (0, 0, 0, 0))
+    size = int(h * rng.uniform(0.08, 0.16))
+    ImageDraw.Draw(layer).text(
+        (w * rng.uniform(0.05, 0.3), h * rng.uniform(0.35, 0.55)),
+        rng.choice(DEALERS),
+        fill=(*fill[:3], rng.randint(90, 170)),
+        font=font(size, rng),
+    )
+    overlay.alpha_composite(layer.rotate(rng.choice((0, rng.uniform(-35, 35)))))
+
+
+def _slant(rng: random.Random, overlay: Image.Image, fill: Rgba) -> None:
+    """A parallelogram price tag or corner triangle."""
+    w, h = overlay.size
+    draw = ImageDraw.Draw(overlay)
+    bh, bw = h * rng.uniform(0.1, 0.2), w * rng.uniform(0.35, 0.7)
+    y = rng.choice((h * 0.03, h - bh - h * 0.03))
+    skew = bh * rng.uniform(0.3, 0.8)
+    if rng.random() < 0.5:
+        draw.polygon([(0, y), (bw + skew, y), (bw, y + bh), (0, y + bh)], fill=fill)
+        draw.text((w * 0.03, y + bh * 0.2), offer_text(rng), fill=_ink(fill), font=font(int(bh * 0.5), rng))
+    else:
+        side = min(w, h) * rng.uniform(0.25, 0.4)
+        cx = rng.choice((0, w))
+        cy = rng.choice((0, h))
+        draw.polygon([(cx, cy), (abs(cx - side), cy), (cx, abs(cy - side))], fill=fill)
+        draw.text(
+            (abs(cx - side * 0.6), abs(cy - side * 0.3)),
+            rng.choice(WORDS),
+            fill=_ink(fill),
+            font=font(int(side * 0.15), rng),
+        )
+
+
+STYLES: tuple[Callable[[random.Random, Image.Image, Rgba], None], ...] = (
+    _strip,
+    _strip,
+    _strip,
+    _ribbon,
+    _badge,
+    _badge,
+    _frame,
+    _box,
+    _box,
+    _vertical,
+    _text,
+    _watermark,
+    _slant,
+)
+
+
+def stamp(rng: random.Random, img: Image.Image) -> None:
+    """Overlay one to three banners of random styles, solid or see-through, in place."""
+    overlay = Image.new("RGBA", img.size, (0, 0, 0, 0))
+    for _ in range(rng.choices((1, 2, 3), (0.65, 0.28, 0.07))[0]):
+        fill = (*colour(rng), 255 if rng.random() < 0.75 else rng.randint(130, 230))
+        rng.choice(STYLES)(rng, overlay, fill)
+    img.paste(Image.alpha_composite(img.convert("RGBA"), overlay).convert("RGB"))
+
+
+def _dejavu(size: int, bold: bool = False) -> Font:
+    name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSerif.ttf"
+    for folder in ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/dejavu"):
+        with contextlib.suppress(OSError):
+            return ImageFont.truetype(f"{folder}/{name}", max(8, size))
+    return font(size)
+
+
+def stamp_unseen(rng: random.Random, img: Image.Image) -> None:
+    """Banner styles ``stamp`` never draws (other shapes, placements and layouts)."""
+    w, h = img.size
+    overlay = Image.new("RGBA", img.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    fill = (*colour(rng), rng.randint(170, 255))
+    ink = _ink(fill)
+    style = rng.choice(("price_tag", "two_lines", "side_strip", "burst"))
+    if style == "price_tag":
+        bw, bh = int(w * rng.uniform(0.3, 0.45)), int(h * rng.uniform(0.12, 0.18))
+        x, y = (w - bw) // 2, h - bh - int(h * 0.04)
+        draw.rounded_rectangle([x, y, x + bw, y + bh], radius=bh // 3, fill=fill, outline=ink, width=3)
+        draw.text(
+            (x + bh * 0.3, y + bh * 0.15), f"{rng.randint(9, 79)} 990 €", fill=ink, font=_dejavu(int(bh * 0.6), True)
+        )
+    elif style == "two_lines":
+        bh = int(h * rng.uniform(0.16, 0.24))
+        y = rng.choice((0, h - bh))
+        draw.rectangle([0, y, w, y + bh], fill=fill)
+        draw.text((w * 0.03, y + bh * 0.08), rng.choice(DEALERS), fill=ink, font=_dejavu(int(bh * 0.38), True))
+        draw.text((w * 0.03, y + bh * 0.52), offer_text(rng), fill=ink, font=_dejavu(int(bh * 0.3)))
+    elif style == "side_strip":
+        bw = int(w * rng.uniform(0.1, 0.16))
+        x = rng.choice((0, w - bw))
+        draw.rectangle([x, 0, x + bw, h], fill=fill)
+        strip = Image.new("RGBA", (h, bw), (0, 0, 0, 0))
+        ImageDraw.Draw(strip).text((h * 0.05, bw * 0.2), offer_text(rng), fill=ink, font=_dejavu(int(bw * 0.5), True))
+        overlay.alpha_composite(strip.rotate(90, expand=True), (x, 0))
+    else:
+        cx, cy, r = rng.choice((w * 0.2, w * 0.8)), rng.choice((h * 0.25, h * 0.75)), min(w, h) * rng.uniform(0.12, 0.2)
+        points = [
+            (
+                cx + (r if k % 2 == 0 else r * 0.75) * math.cos(k * math.pi / 12),
+                cy + (r if k % 2 == 0 else r * 0.75) * math.sin(k * math.pi / 12),
+            )
+            for k in range(24)
+        ]
+        draw.polygon(points, fill=fill)
+        draw.text(
+            (cx - r * 0.6, cy - r * 0.25),
+            rng.choice(("SALE", "NEU", "-20%", "TOP")),
+            fill=ink,
+            font=_dejavu(int(r * 0.5), True),
+        )
+    img.paste(Image.alpha_composite(img.convert("RGBA"), overlay).convert("RGB"))
