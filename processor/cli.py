@@ -267,8 +267,21 @@ def evaluate(model_dir: Path | None, data: Path, as_json: bool, plot: Path | Non
 
 
 @main.command()
-@click.option("--data", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, exists=True),
+    required=True,
+    multiple=True,
+    help="labels.csv or banner/ no_banner/ layout (repeatable: the sets are combined).",
+)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Model directory to write.")
+@click.option(
+    "--init",
+    "init_dir",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="Fine-tune this model directory (e.g. the shipped one) instead of starting from scratch (cnn only).",
+)
 @click.option("--epochs", default=30, show_default=True)
 @click.option("--seed", default=1, show_default=True)
 @click.option("--input-size", default=128, show_default=True)
@@ -284,8 +297,9 @@ def evaluate(model_dir: Path | None, data: Path, as_json: bool, plot: Path | Non
     "--backbone-weights", default=None, help='Keras application weights: "imagenet" (download) or a local file.'
 )
 def train(
-    data: Path,
+    data: tuple[Path, ...],
     out: Path,
+    init_dir: Path | None,
     epochs: int,
     seed: int,
     input_size: int,
@@ -300,6 +314,7 @@ def train(
     meta = run_training(
         data,
         out,
+        init=init_dir,
         epochs=epochs,
         seed=seed,
         input_size=input_size,

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import json
 import random
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .decode import decode_image
-from .model import METADATA_FILE, MODEL_FILE, build_model
+from .model import METADATA_FILE, MODEL_FILE, ModelInfo, build_model
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 NO_POSITION = ""
@@ -79,9 +80,10 @@ def best_threshold(scores: NDArray[np.float64], labels: NDArray[np.int64]) -> fl
 
 
 def train(
-    data: Path,
+    data: Path | Sequence[Path],
     out: Path,
     *,
+    init: Path | None = None,
     epochs: int = 30,
     seed: int = 1,
     input_size: int = 128,
@@ -97,9 +99,16 @@ def train(
     import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
-    items = read_labels(data)
+    sources = [data] if isinstance(data, Path) else list(data)
+    items = [item for source in sources for item in read_labels(source)]
     positions = tuple(sorted({i.position for i in items if i.position != NO_POSITION})) or ("other",)
     size = (input_size, input_size)
+    if init is not None:  # fine-tuning keeps the model's labels and input size
+        info = ModelInfo.read(init)
+        unknown = {i.position for i in items} - {*info.positions, NO_POSITION}
+        if unknown or backbone != "cnn":
+            raise ValueError(f"--init {init}: positions {sorted(unknown)} unknown to it, or a backbone was given")
+        positions, size = info.positions, info.input_size
     x = load_arrays(items, size)
     y_banner = np.array([i.banner for i in items], dtype=np.float32)
     y_pos = np.array([positions.index(i.position) if i.position in positions else 0 for i in items])
@@ -125,9 +134,13 @@ def train(
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
     if backbone == "cnn":
-        model = build_model(positions, size)
+        if init is None:
+            model, learning_rate = build_model(positions, size), 2e-3
+        else:
+            model = keras.models.load_model(init / MODEL_FILE, compile=False, safe_mode=True)
+            learning_rate = 5e-4
         model.compile(
-            optimizer=keras.optimizers.Adam(2e-3),
+            optimizer=keras.optimizers.Adam(learning_rate),
             loss={"banner": "binary_crossentropy", "position": "sparse_categorical_crossentropy"},
             metrics={"banner": ["accuracy"], "position": ["accuracy"]},
         )
@@ -181,7 +194,8 @@ def train(
         "preprocessing": "RGB uint8, resized (stretched) to input_size; the model rescales to [-1, 1]",
         "banner_threshold": threshold,
         "training": {
-            "data": str(data),
+            "data": [str(source) for source in sources],
+            "initialized_from": None if init is None else f"{info.name} {info.version}",
             "data_hash": data_hash(items),
             "images": len(items),
             "seed": seed,
@@ -191,7 +205,7 @@ def train(
         "metrics": metrics,
     }
     (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-    write_report(out, [items[i] for i in val], f"{data} (validation split: {len(val)} images)")
+    write_report(out, [items[i] for i in val], f"validation split: {len(val)} images")
     return metadata
 
 

