@@ -14,7 +14,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageChops, ImageDraw, ImageFont
 
 from .cars import colour
 
@@ -122,21 +122,28 @@ def _strip(rng: random.Random, overlay: Image.Image, fill: Rgba) -> None:
 
 
 def _ribbon(rng: random.Random, overlay: Image.Image, fill: Rgba) -> None:
+    """A diagonal band across one corner with a word or dealer name along it."""
     w, h = overlay.size
-    size = int(min(w, h) * rng.uniform(0.3, 0.5))
-    corner = Image.new("RGBA", (size * 2, size * 2), (0, 0, 0, 0))
-    draw = ImageDraw.Draw(corner)
-    band = size * rng.uniform(0.2, 0.32)
-    draw.rectangle([0, size - band / 2, size * 2, size + band / 2], fill=fill)
-    draw.text(
-        (size * 0.55, size - band * 0.35),
-        rng.choice(WORDS + DEALERS)[:14],
-        fill=_ink(fill),
-        font=font(int(band * 0.55), rng),
-    )
-    corner = corner.rotate(rng.choice((45, -45, 135, -135)))
-    x, y = rng.choice((-size, w - size)), rng.choice((-size, h - size))
-    overlay.alpha_composite(corner, (max(0, x), max(0, y)), (max(0, -x), max(0, -y)))
+    side = int(min(w, h) * rng.uniform(0.3, 0.5))
+    near, far = side * rng.uniform(0.25, 0.45), side * rng.uniform(0.6, 0.8)
+    tile = Image.new("RGBA", (side, side), (0, 0, 0, 0))  # drawn for the top-left corner, then mirrored
+    ImageDraw.Draw(tile).polygon([(near, 0), (far, 0), (0, far), (0, near)], fill=fill)
+    mask = tile.getchannel("A")  # text stays on the band
+    band = (far - near) / math.sqrt(2)
+    label = Image.new("RGBA", (int(side * 1.2), int(band)), (0, 0, 0, 0))
+    text, face = rng.choice(WORDS + DEALERS)[:14], font(int(band * 0.6), rng)
+    ImageDraw.Draw(label).text((label.width / 2, band / 2), text, fill=_ink(fill), font=face, anchor="mm")
+    label = label.rotate(45, expand=True)
+    centre = (near + far) / 4  # the band's midline crosses the tile's diagonal here
+    dx, dy = int(centre - label.width / 2), int(centre - label.height / 2)
+    tile.alpha_composite(label, (max(0, dx), max(0, dy)), (max(0, -dx), max(0, -dy)))
+    tile.putalpha(ImageChops.multiply(tile.getchannel("A"), mask))
+    flip_x, flip_y = rng.random() < 0.5, rng.random() < 0.5
+    if flip_x:
+        tile = tile.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if flip_y:
+        tile = tile.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    overlay.alpha_composite(tile, (w - side if flip_x else 0, h - side if flip_y else 0))
 
 
 def _badge(rng: random.Random, overlay: Image.Image, fill: Rgba) -> None:
@@ -235,11 +242,11 @@ def _watermark(rng: random.Random, overlay: Image.Image, fill: Rgba) -> None:
     """A large, faint dealer name across the middle, often tilted."""
     w, h = overlay.size
     layer = Image.new("RGBA", (w, h), (0, 0, 0, 0))
-    size = int(h * rng.uniform(0.08, 0.16))
+    size = int(h * rng.uniform(0.1, 0.2))
     ImageDraw.Draw(layer).text(
         (w * rng.uniform(0.05, 0.3), h * rng.uniform(0.35, 0.55)),
         rng.choice(DEALERS),
-        fill=(*fill[:3], rng.randint(90, 170)),
+        fill=(*fill[:3], rng.randint(120, 210)),
         font=font(size, rng),
     )
     overlay.alpha_composite(layer.rotate(rng.choice((0, rng.uniform(-35, 35)))))
