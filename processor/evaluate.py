@@ -68,14 +68,34 @@ def evaluate_items(model_dir: Path, items: list[Labelled], data: str) -> dict[st
     predictions = []
     for start in range(0, len(items), BATCH):
         predictions += classifier.predict(list(pixels[start : start + BATCH]))
-    scores = np.array([p.banner_score for p in predictions])
+    info = classifier.info
+    return build_report(
+        {"name": info.name, "version": info.version, "dir": str(model_dir)},
+        classifier.banner_threshold,
+        info.positions,
+        items,
+        np.array([p.banner_score for p in predictions]),
+        [p.position for p in predictions],
+        data,
+    )
+
+
+def build_report(
+    model: dict[str, str],
+    threshold: float,
+    positions: tuple[str, ...],
+    items: list[Labelled],
+    scores: NDArray[np.float64],
+    predicted_positions: list[str],
+    data: str,
+) -> dict[str, Any]:
+    """The evaluation report from a model's scores and predicted positions for labelled images."""
     truth_banner = np.array([i.banner for i in items])
-    threshold = classifier.banner_threshold
     banner_names = ["no_banner", "banner"]
     truth_b = [banner_names[t] for t in truth_banner]
     pred_b = [banner_names[int(s >= threshold)] for s in scores]
     report: dict[str, Any] = {
-        "model": {"name": classifier.info.name, "version": classifier.info.version, "dir": str(model_dir)},
+        "model": model,
         "data": data,
         "images": len(items),
         "banner": {
@@ -86,9 +106,9 @@ def evaluate_items(model_dir: Path, items: list[Labelled], data: str) -> dict[st
             "confusion": {"labels": banner_names, "matrix": confusion(truth_b, pred_b, banner_names)},
         },
     }
-    known = [(i.position, p.position) for i, p in zip(items, predictions, strict=True) if i.position != NO_POSITION]
+    known = [(i.position, p) for i, p in zip(items, predicted_positions, strict=True) if i.position != NO_POSITION]
     if known:
-        labels = sorted({t for t, _ in known} | set(classifier.info.positions))
+        labels = sorted({t for t, _ in known} | set(positions))
         truth_p, pred_p = [t for t, _ in known], [p for _, p in known]
         report["position"] = {
             "accuracy": round(sum(t == p for t, p in known) / len(known), 4),

@@ -28,6 +28,10 @@ from .model import METADATA_FILE, MODEL_FILE, ModelInfo, build_model
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 NO_POSITION = ""
 REPORT_FILE = "evaluation.json"
+COMPILE: dict[str, Any] = {  # losses and metrics of both heads, for every way of training
+    "loss": {"banner": "binary_crossentropy", "position": "sparse_categorical_crossentropy"},
+    "metrics": {"banner": ["accuracy"], "position": ["accuracy"]},
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,17 +102,20 @@ def train(
     import keras
     import tensorflow as tf
 
+    from .evaluate import build_report  # evaluate imports this module
+
     keras.utils.set_random_seed(seed)
     sources = [data] if isinstance(data, Path) else list(data)
     items = [item for source in sources for item in read_labels(source)]
     positions = tuple(sorted({i.position for i in items if i.position != NO_POSITION})) or ("other",)
     size = (input_size, input_size)
+    initialized_from = None
     if init is not None:  # fine-tuning keeps the model's labels and input size
         info = ModelInfo.read(init)
         unknown = {i.position for i in items} - {*info.positions, NO_POSITION}
         if unknown or backbone != "cnn":
             raise ValueError(f"--init {init}: positions {sorted(unknown)} unknown to it, or a backbone was given")
-        positions, size = info.positions, info.input_size
+        positions, size, initialized_from = info.positions, info.input_size, f"{info.name} {info.version}"
     x = load_arrays(items, size)
     y_banner = np.array([i.banner for i in items], dtype=np.float32)
     y_pos = np.array([positions.index(i.position) if i.position in positions else 0 for i in items])
@@ -118,7 +125,7 @@ def train(
     random.Random(seed).shuffle(order)
     n_val = max(1, len(order) // 8)
     val, tr = np.array(order[:n_val]), np.array(order[n_val:])
-    share = float(y_banner[tr].mean())
+    share = float(y_banner[tr].mean())  # class balancing: both banner classes weigh half
     banner_weight = np.where(y_banner == 1, 0.5 / max(share, 1e-3), 0.5 / max(1 - share, 1e-3)).astype(np.float32)
 
     def dataset(idx: NDArray[np.int64], training: bool) -> Any:
@@ -139,11 +146,7 @@ def train(
         else:
             model = keras.models.load_model(init / MODEL_FILE, compile=False, safe_mode=True)
             learning_rate = 5e-4
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate),
-            loss={"banner": "binary_crossentropy", "position": "sparse_categorical_crossentropy"},
-            metrics={"banner": ["accuracy"], "position": ["accuracy"]},
-        )
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate), **COMPILE)
         model.fit(
             dataset(tr, True),
             validation_data=dataset(val, False),
@@ -160,7 +163,7 @@ def train(
             x,
             y_banner,
             y_pos,
-            pos_weight,
+            {"banner": banner_weight, "position": pos_weight},
             tr,
             val,
             positions,
@@ -175,46 +178,52 @@ def train(
     pred = model.predict(x[val], batch_size=64, verbose=0)
     banner_scores = np.asarray(pred["banner"], dtype=np.float64).reshape(-1)
     threshold = best_threshold(banner_scores, y_banner[val].astype(np.int64))
-    known = pos_weight[val] > 0
-    metrics = {
-        "validation_images": len(val),
-        "banner_accuracy": float(np.mean((banner_scores >= threshold) == y_banner[val])),
-        "position_accuracy": float(np.mean(np.argmax(pred["position"], axis=1)[known] == y_pos[val][known]))
-        if known.any()
-        else None,
-    }
+    name = name or ("listing-image-cnn" if backbone == "cnn" else f"listing-image-{backbone}")
+    version = version or datetime.now(UTC).strftime("%Y.%m.%d.%H%M")
+    report = build_report(
+        {"name": name, "version": version, "dir": str(out)},
+        threshold,
+        positions,
+        [items[i] for i in val],
+        banner_scores,
+        [positions[k] for k in np.argmax(pred["position"], axis=1)],
+        f"validation split: {len(val)} images",
+    )
     out.mkdir(parents=True, exist_ok=True)
     model.save(out / MODEL_FILE)
     metadata = {
-        "name": name or ("listing-image-cnn" if backbone == "cnn" else f"listing-image-{backbone}"),
+        "name": name,
         "backbone": backbone,
-        "version": version or datetime.now(UTC).strftime("%Y.%m.%d.%H%M"),
+        "version": version,
         "labels": {"banner": ["no_banner", "banner"], "position": list(positions)},
         "input_size": list(size),
         "preprocessing": "RGB uint8, resized (stretched) to input_size; the model rescales to [-1, 1]",
         "banner_threshold": threshold,
         "training": {
             "data": [str(source) for source in sources],
-            "initialized_from": None if init is None else f"{info.name} {info.version}",
+            "initialized_from": initialized_from,
             "data_hash": data_hash(items),
             "images": len(items),
             "seed": seed,
             "epochs": epochs,
             "trained_at": datetime.now(UTC).isoformat(),
         },
-        "metrics": metrics,
+        "metrics": {
+            "validation_images": len(val),
+            "banner_accuracy": report["banner"]["accuracy"],
+            "position_accuracy": report["position"]["accuracy"] if "position" in report else None,
+        },
     }
     (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-    write_report(out, [items[i] for i in val], f"validation split: {len(val)} images")
+    write_report(out, report)
     return metadata
 
 
-def write_report(model_dir: Path, items: list[Labelled], data: str) -> None:
+def write_report(model_dir: Path, report: dict[str, Any]) -> None:
     """The evaluation report of a trained model: REPORT_FILE, plus confusion matrices as a PNG
     when matplotlib is installed."""
-    from .evaluate import evaluate_items, plot_confusion
+    from .evaluate import plot_confusion
 
-    report = evaluate_items(model_dir, items, data)
     (model_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     with contextlib.suppress(ImportError):
         plot_confusion(report, model_dir / "confusion.png")
@@ -257,7 +266,7 @@ def train_transfer(
     x: NDArray[np.uint8],
     y_banner: NDArray[np.float32],
     y_pos: NDArray[np.int64],
-    pos_weight: NDArray[np.float32],
+    weights_by_head: dict[str, NDArray[np.float32]],
     tr: NDArray[np.int64],
     val: NDArray[np.int64],
     positions: tuple[str, ...],
@@ -276,8 +285,6 @@ def train_transfer(
     extractor = build_backbone(backbone_name, input_size, weights)
     feats = extractor.predict(x, batch_size=64, verbose=verbose)
     mirrored = extractor.predict(x[:, :, ::-1], batch_size=64, verbose=verbose)
-    share = float(y_banner[tr].mean())
-    banner_weight = np.where(y_banner == 1, 0.5 / max(share, 1e-3), 0.5 / max(1 - share, 1e-3)).astype(np.float32)
     inputs = keras.Input((feats.shape[1],), name="features")
     hidden = layers.Dropout(0.3)(layers.Dense(256, activation="relu")(layers.Dropout(0.2)(inputs)))
     heads = keras.Model(
@@ -288,17 +295,13 @@ def train_transfer(
         },
         name="heads",
     )
-    heads.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
-        loss={"banner": "binary_crossentropy", "position": "sparse_categorical_crossentropy"},
-        metrics={"banner": ["accuracy"], "position": ["accuracy"]},
-    )
+    heads.compile(optimizer=keras.optimizers.Adam(1e-3), **COMPILE)
     train_x = np.concatenate([feats[tr], mirrored[tr]])
     twice = np.concatenate([tr, tr])
     heads.fit(
         train_x,
         {"banner": y_banner[twice], "position": y_pos[twice]},
-        sample_weight={"banner": banner_weight[twice], "position": pos_weight[twice]},
+        sample_weight={head: w[twice] for head, w in weights_by_head.items()},
         validation_data=(feats[val], {"banner": y_banner[val], "position": y_pos[val]}),
         epochs=epochs,
         batch_size=64,
