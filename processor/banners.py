@@ -6,7 +6,6 @@ draws (the held-out photo test set uses them), so that a test measures generaliz
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.util
 import math
@@ -74,13 +73,34 @@ _FONT_FILES = (
 
 
 @functools.cache
-def _font_paths() -> tuple[str, ...]:
+def _font_file(name: str) -> str | None:
+    """Where a font file is installed: the system's DejaVu folders first, then matplotlib's fonts
+    (DejaVu, STIX and Computer Modern)."""
     roots = [Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/dejavu")]
-    spec = importlib.util.find_spec("matplotlib")  # matplotlib ships DejaVu, STIX and Computer Modern
+    spec = importlib.util.find_spec("matplotlib")
     if spec and spec.submodule_search_locations:
         roots.append(Path(next(iter(spec.submodule_search_locations))) / "mpl-data/fonts/ttf")
-    found = {f: str(r / f) for r in reversed(roots) for f in _FONT_FILES if (r / f).exists()}
-    return tuple(found.values())
+    return next((str(root / name) for root in roots if (root / name).exists()), None)
+
+
+@functools.cache
+def _font_paths() -> tuple[str, ...]:
+    return tuple(path for path in map(_font_file, _FONT_FILES) if path)
+
+
+def _star(cx: float, cy: float, r: float, spikes: int, inner: float) -> list[tuple[float, float]]:
+    """The corners of a star: 2 * ``spikes`` of them, every other one at ``inner`` * r."""
+    return [
+        (
+            cx + r * (1 if k % 2 == 0 else inner) * math.cos(k * math.pi / spikes),
+            cy + r * (1 if k % 2 == 0 else inner) * math.sin(k * math.pi / spikes),
+        )
+        for k in range(2 * spikes)
+    ]
+
+
+def _composite(img: Image.Image, overlay: Image.Image) -> None:
+    img.paste(Image.alpha_composite(img.convert("RGBA"), overlay).convert("RGB"))
 
 
 def font(size: int, rng: random.Random | None = None) -> Font:
@@ -159,15 +179,7 @@ def _badge(rng: random.Random, overlay: Image.Image, fill: Rgba) -> None:
     if n == 0:
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill, outline=_ink(fill), width=max(2, int(r / 12)))
     else:
-        inner = rng.uniform(0.6, 0.85)
-        points = [
-            (
-                cx + r * (1 if k % 2 == 0 else inner) * math.cos(k * math.pi / n),
-                cy + r * (1 if k % 2 == 0 else inner) * math.sin(k * math.pi / n),
-            )
-            for k in range(2 * n)
-        ]
-        draw.polygon(points, fill=fill)
+        draw.polygon(_star(cx, cy, r, n, rng.uniform(0.6, 0.85)), fill=fill)
     text = rng.choice(WORDS) if rng.random() < 0.5 else f"{rng.randint(5, 89)}.990€"
     draw.text((cx - r * 0.7, cy - r * 0.25), text, fill=_ink(fill), font=font(int(r * 0.4), rng))
 
@@ -298,15 +310,12 @@ def stamp(rng: random.Random, img: Image.Image) -> None:
     for _ in range(rng.choices((1, 2, 3), (0.65, 0.28, 0.07))[0]):
         fill = (*colour(rng), 255 if rng.random() < 0.75 else rng.randint(130, 230))
         rng.choice(STYLES)(rng, overlay, fill)
-    img.paste(Image.alpha_composite(img.convert("RGBA"), overlay).convert("RGB"))
+    _composite(img, overlay)
 
 
 def _dejavu(size: int, bold: bool = False) -> Font:
-    name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSerif.ttf"
-    for folder in ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/dejavu"):
-        with contextlib.suppress(OSError):
-            return ImageFont.truetype(f"{folder}/{name}", max(8, size))
-    return font(size)
+    path = _font_file("DejaVuSans-Bold.ttf" if bold else "DejaVuSerif.ttf")
+    return ImageFont.truetype(path, max(8, size)) if path else font(size)
 
 
 def stamp_unseen(rng: random.Random, img: Image.Image) -> None:
@@ -339,18 +348,11 @@ def stamp_unseen(rng: random.Random, img: Image.Image) -> None:
         overlay.alpha_composite(strip.rotate(90, expand=True), (x, 0))
     else:
         cx, cy, r = rng.choice((w * 0.2, w * 0.8)), rng.choice((h * 0.25, h * 0.75)), min(w, h) * rng.uniform(0.12, 0.2)
-        points = [
-            (
-                cx + (r if k % 2 == 0 else r * 0.75) * math.cos(k * math.pi / 12),
-                cy + (r if k % 2 == 0 else r * 0.75) * math.sin(k * math.pi / 12),
-            )
-            for k in range(24)
-        ]
-        draw.polygon(points, fill=fill)
+        draw.polygon(_star(cx, cy, r, 12, 0.75), fill=fill)
         draw.text(
             (cx - r * 0.6, cy - r * 0.25),
             rng.choice(("SALE", "NEU", "-20%", "TOP")),
             fill=ink,
             font=_dejavu(int(r * 0.5), True),
         )
-    img.paste(Image.alpha_composite(img.convert("RGBA"), overlay).convert("RGB"))
+    _composite(img, overlay)

@@ -19,6 +19,7 @@ import random
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
@@ -224,18 +225,10 @@ def write_dataset(
     (out / "images").mkdir(parents=True, exist_ok=True)
     photos = installed_photos() + photos_in(backgrounds)
     starts = range(0, count, CHUNK)
-    with ProcessPoolExecutor(max_workers=min(len(starts), os.cpu_count() or 1) or 1) as pool:
-        chunks = (
-            pool.map(
-                _write_chunk,
-                *zip(
-                    *[(out, s, min(CHUNK, count - s), seed * 100_003 + s, banner_share, photos) for s in starts],
-                    strict=True,
-                ),
-            )
-            if count
-            else []
-        )
+    counts = [min(CHUNK, count - s) for s in starts]
+    seeds = [seed * 100_003 + s for s in starts]
+    with ProcessPoolExecutor(max_workers=max(1, min(len(starts), os.cpu_count() or 1))) as pool:
+        chunks = pool.map(_write_chunk, repeat(out), starts, counts, seeds, repeat(banner_share), repeat(photos))
         rows = [row for chunk in chunks for row in chunk]
     labels = out / "labels.csv"
     with labels.open("w", newline="") as fh:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +30,10 @@ def test_every_position_draws_a_different_picture() -> None:
 
 
 @pytest.mark.parametrize("stamp", [banners.stamp, banners.stamp_unseen])
-def test_banners_change_the_picture(stamp: object) -> None:
+def test_banners_change_the_picture(stamp: Callable[[random.Random, Image.Image], None]) -> None:
     for seed in range(20):
         img = Image.new("RGB", (640, 480), (90, 140, 60))
-        stamp(random.Random(seed), img)  # type: ignore[operator]
+        stamp(random.Random(seed), img)
         changed = (np.asarray(img, dtype=np.int16) - (90, 140, 60)).any(axis=2).mean()
         assert changed > 0.005, f"seed {seed}: banner covers {changed:.4f} of the image"
 
