@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from .model import BACKBONES
 from .settings import Settings
 
 SettingsCommand = Callable[..., Any]
@@ -288,7 +289,7 @@ def evaluate(model_dir: Path | None, data: Path, as_json: bool, plot: Path | Non
 @click.option("--version", "model_version", default=None, help="Model version (default: date and time).")
 @click.option(
     "--backbone",
-    type=click.Choice(["cnn", "efficientnet-lite0", "mobilenetv3small"]),
+    type=click.Choice(BACKBONES),
     default="cnn",
     show_default=True,
     help="cnn: compact CNN from scratch; others: frozen ImageNet backbone, new heads.",

@@ -22,6 +22,7 @@ from .errors import ModelError
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
+BACKBONES = ("cnn", "efficientnet-lite0", "mobilenetv3small")  # cnn: from scratch; others: ImageNet transfer
 
 
 @dataclass(frozen=True, slots=True)

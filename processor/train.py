@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .decode import decode_image
-from .model import METADATA_FILE, MODEL_FILE, ModelInfo, build_model
+from .model import BACKBONES, METADATA_FILE, MODEL_FILE, ModelInfo, build_model
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 NO_POSITION = ""
@@ -227,9 +227,6 @@ def write_report(model_dir: Path, report: dict[str, Any]) -> None:
     (model_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     with contextlib.suppress(ImportError):
         plot_confusion(report, model_dir / "confusion.png")
-
-
-BACKBONES = ("cnn", "efficientnet-lite0", "mobilenetv3small")
 
 
 def build_backbone(name: str, input_size: int, weights: str | None = None) -> Any:
