@@ -287,6 +287,47 @@ def _slant(rng: random.Random, overlay: Image.Image, fill: Rgba) -> None:
         )
 
 
+def _sticker(rng: random.Random, overlay: Image.Image, fill: Rgba) -> None:
+    """A generic sticker: a random shape (pill, ellipse, hexagon, tag, burst), anywhere, any size,
+    with a price or a word, sometimes outlined or shadowed."""
+    w, h = overlay.size
+    draw = ImageDraw.Draw(overlay)
+    bw = w * rng.uniform(0.12, 0.5)
+    bh = min(h * 0.45, bw * rng.uniform(0.2, 0.8))
+    x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
+    box = (x, y, x + bw, y + bh)
+    shape = rng.choice(("pill", "ellipse", "hexagon", "tag", "burst"))
+    outline = _ink(fill) if rng.random() < 0.4 else None
+    if rng.random() < 0.3:  # a drop shadow under the sticker
+        d = max(2, int(bh * 0.06))
+        _shape(draw, shape, (x + d, y + d, x + bw + d, y + bh + d), (0, 0, 0, 110), None)
+    _shape(draw, shape, box, fill, outline)
+    text = rng.choice((f"{rng.randint(5, 89)} {rng.randint(0, 999):03d} €", rng.choice(WORDS), offer_text(rng)))
+    face = font(int(bh * rng.uniform(0.3, 0.55)), rng)
+    if isinstance(face, ImageFont.FreeTypeFont) and (length := draw.textlength(text, font=face)) > bw * 0.85:
+        face = face.font_variant(size=max(8, int(face.size * bw * 0.85 / length)))
+    draw.text((x + bw / 2, y + bh / 2), text, fill=_ink(fill), font=face, anchor="mm")
+
+
+def _shape(
+    draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, float, float], fill: Rgba, outline: Rgba | None
+) -> None:
+    x0, y0, x1, y1 = box
+    width = max(2, int((y1 - y0) * 0.05))
+    if shape == "pill":
+        draw.rounded_rectangle(box, radius=(y1 - y0) / 2, fill=fill, outline=outline, width=width)
+    elif shape == "ellipse":
+        draw.ellipse(box, fill=fill, outline=outline, width=width)
+    elif shape == "burst":
+        r = (y1 - y0) / 2
+        draw.polygon(_star((x0 + x1) / 2, (y0 + y1) / 2, max(r, (x1 - x0) / 3), 14, 0.8), fill=fill, outline=outline)
+    else:  # a hexagon, or a price tag with one pointed end
+        cut, mid = (y1 - y0) / 2, (y0 + y1) / 2
+        left = [(x0, mid), (x0 + cut, y0)] if shape == "hexagon" else [(x0, y0)]
+        bottom_left = (x0 + cut, y1) if shape == "hexagon" else (x0, y1)
+        draw.polygon([*left, (x1 - cut, y0), (x1, mid), (x1 - cut, y1), bottom_left], fill=fill, outline=outline)
+
+
 STYLES: tuple[Callable[[random.Random, Image.Image, Rgba], None], ...] = (
     _strip,
     _strip,
@@ -301,6 +342,8 @@ STYLES: tuple[Callable[[random.Random, Image.Image, Rgba], None], ...] = (
     _text,
     _watermark,
     _slant,
+    _sticker,
+    _sticker,
 )
 
 

@@ -15,7 +15,7 @@ from processor import synth
 from processor.evaluate import evaluate, roc_auc
 from processor.model import Classifier, ModelInfo
 from processor.settings import DEFAULT_MODEL_DIR
-from processor.train import train
+from processor.train import best_threshold, train
 
 # Measured on this set when the model shipped (README, "The model"), less a margin: a retrained model
 # that generalizes worse to real photographs fails here.
@@ -29,6 +29,16 @@ def test_roc_auc() -> None:
     assert roc_auc(np.array([0.5, 0.5, 0.5, 0.5]), labels) == 0.5
     assert roc_auc(np.array([0.1, 0.6, 0.4, 0.9]), labels) == 0.75
     assert roc_auc(np.array([0.1, 0.2]), np.array([0, 0])) is None
+
+
+def test_threshold_is_the_middle_of_the_best_range() -> None:
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    assert best_threshold(np.array([0.05, 0.1, 0.2, 0.8, 0.9, 0.95]), labels) == pytest.approx(
+        0.5, abs=0.01
+    )  # 0.21-0.8 are perfect
+    assert best_threshold(np.array([0.05, 0.1, 0.6, 0.7, 0.9, 0.95]), labels) == pytest.approx(
+        0.655, abs=0.01
+    )  # only 0.61-0.7
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,15 @@ def test_banners_change_the_picture(stamp: Callable[[random.Random, Image.Image]
         assert changed > 0.005, f"seed {seed}: banner covers {changed:.4f} of the image"
 
 
+@pytest.mark.parametrize("style", sorted(set(banners.STYLES), key=lambda f: f.__name__), ids=lambda f: f.__name__)
+def test_every_banner_style_draws_something_visible(style: Callable[..., None]) -> None:
+    for seed in range(30):
+        overlay = Image.new("RGBA", (640, 480), (0, 0, 0, 0))
+        style(random.Random(seed), overlay, (200, 30, 30, 255))
+        covered = (np.asarray(overlay.getchannel("A")) > 0).mean()
+        assert covered > 0.004, f"{style.__name__} seed {seed}: covers {covered:.4f} of the image"
+
+
 def test_dataset_is_reproducible_across_worker_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(synth, "CHUNK", 7)  # 20 images -> 3 chunks over the process pool
     first = synth.write_dataset(tmp_path / "a", 20, seed=9)
