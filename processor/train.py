@@ -321,4 +321,6 @@ def _augment(image: Any, labels: Any, weights: Any) -> Any:
     img = tf.image.random_hue(img, 0.05)
     img = tf.image.random_brightness(img, 0.1)
     img = tf.image.random_contrast(img, 0.8, 1.2)
+    grey = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(img))  # black-and-white photographs
+    img = tf.where(tf.random.uniform(()) < 0.1, grey, img)
     return tf.cast(tf.clip_by_value(img, 0.0, 1.0) * 255.0, tf.uint8), labels, weights

@@ -80,6 +80,8 @@ def test_photo_testset_from_a_folder(tmp_path: Path) -> None:
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (700, 900, 3), dtype=np.uint8)).save(folder / "p.jpg")
     out = synth.write_photo_testset(tmp_path / "test", 10, seed=2, photos_from=[folder])
     assert len(list((out / "banner").glob("*.jpg"))) == 5 and len(list((out / "no_banner").glob("*.jpg"))) == 5
+    styles = {path.stem.split("-", 1)[1] for path in (out / "banner").glob("*.jpg")}
+    assert styles <= {"price_tag", "two_lines", "side_strip", "burst"} and styles, styles
     for path in out.rglob("*.jpg"):
         with Image.open(path) as img:
             assert 480 <= img.width <= 1024
