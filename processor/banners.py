@@ -347,13 +347,17 @@ STYLES: tuple[Callable[[random.Random, Image.Image, Rgba], None], ...] = (
 )
 
 
-def stamp(rng: random.Random, img: Image.Image) -> None:
-    """Overlay one to three banners of random styles, solid or see-through, in place."""
+def stamp(rng: random.Random, img: Image.Image) -> str:
+    """Overlay one to three banners of random styles, solid or see-through, in place; return the styles."""
     overlay = Image.new("RGBA", img.size, (0, 0, 0, 0))
+    drawn = []
     for _ in range(rng.choices((1, 2, 3), (0.65, 0.28, 0.07))[0]):
         fill = (*colour(rng), 255 if rng.random() < 0.75 else rng.randint(130, 230))
-        rng.choice(STYLES)(rng, overlay, fill)
+        style = rng.choice(STYLES)
+        style(rng, overlay, fill)
+        drawn.append(style.__name__.lstrip("_"))
     _composite(img, overlay)
+    return "+".join(drawn)
 
 
 def _dejavu(size: int, bold: bool = False) -> Font:

@@ -200,6 +200,12 @@ def migrate(settings: Settings) -> None:
     help="Instead: banner/ and no_banner/ crops of photographs and banner styles never used in training.",
 )
 @click.option(
+    "--calibration-set",
+    is_flag=True,
+    help="Instead: banner/ and no_banner/ crops of the training photographs (installed + --backgrounds), "
+    "half stamped with the training styles, to choose the banner threshold on (processor calibrate).",
+)
+@click.option(
     "--photos-from",
     type=click.Path(path_type=Path, exists=True, file_okay=False),
     multiple=True,
@@ -212,13 +218,16 @@ def synth(
     banner_share: float,
     backgrounds: tuple[Path, ...],
     held_out_photos: bool,
+    calibration_set: bool,
     photos_from: tuple[Path, ...],
 ) -> None:
     """Write generated, labelled listing photos (images/ + labels.csv)."""
-    from .synth import write_dataset, write_photo_testset
+    from .synth import write_calibration_set, write_dataset, write_photo_testset
 
     if held_out_photos:
         click.echo(f"wrote {write_photo_testset(out, count, seed, photos_from)}")
+    elif calibration_set:
+        click.echo(f"wrote {write_calibration_set(out, count, seed, backgrounds)}")
     else:
         click.echo(f"wrote {write_dataset(out, count, seed, banner_share, backgrounds)}")
 
@@ -265,6 +274,33 @@ def evaluate(model_dir: Path | None, data: Path, as_json: bool, plot: Path | Non
                 f"  {label:<12} precision {m['precision']:.3f} recall {m['recall']:.3f} f1 {m['f1']:.3f}"
                 f" (n={m['support']})"
             )
+
+
+@main.command()
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    required=True,
+    help="Model directory whose banner threshold to choose.",
+)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, exists=True),
+    required=True,
+    help="labels.csv, or banner/ and no_banner/ folders (e.g. synth --calibration-set, or your own photos).",
+)
+@click.option("--write", is_flag=True, help="Store the new threshold in the model's metadata.json.")
+def calibrate(model_dir: Path, data: Path, write: bool) -> None:
+    """Choose the banner threshold on labelled photographs (the middle of the best-accuracy range)."""
+    from .evaluate import calibrate as run_calibration
+
+    result = run_calibration(model_dir, data, write)
+    t, a = result["threshold"], result["accuracy"]
+    click.echo(
+        f"{result['images']} images: threshold {t['old']} -> {t['new']}, accuracy {a['old']:.4f} -> {a['new']:.4f}"
+        + ("" if write else " (not written; --write stores it)")
+    )
 
 
 @main.command()

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from .model import Classifier
-from .train import NO_POSITION, Labelled, load_arrays, read_labels
+from .model import METADATA_FILE, Classifier, Prediction
+from .train import NO_POSITION, Labelled, best_threshold, data_hash, load_arrays, read_labels
 
 BATCH = 64
 
@@ -61,13 +62,44 @@ def evaluate(model_dir: Path, data: Path) -> dict[str, Any]:
     return evaluate_items(model_dir, read_labels(data), str(data))
 
 
-def evaluate_items(model_dir: Path, items: list[Labelled], data: str) -> dict[str, Any]:
-    """Score labelled images with the model in ``model_dir``; ``data`` names them in the report."""
-    classifier = Classifier(model_dir)
+def _predict(classifier: Classifier, items: list[Labelled]) -> list[Prediction]:
     pixels = load_arrays(items, classifier.input_size)
     predictions = []
     for start in range(0, len(items), BATCH):
         predictions += classifier.predict(list(pixels[start : start + BATCH]))
+    return predictions
+
+
+def calibrate(model_dir: Path, data: Path, write: bool = False) -> dict[str, Any]:
+    """Choose the banner threshold on labelled images (``train.best_threshold``); with ``write``, store it
+    in the model's metadata. Returns the old and new threshold and the accuracy at each."""
+    classifier = Classifier(model_dir)
+    items = read_labels(data)
+    scores = np.array([p.banner_score for p in _predict(classifier, items)])
+    labels = np.array([i.banner for i in items])
+    old, new = classifier.banner_threshold, best_threshold(scores, labels)
+    result = {
+        "data": str(data),
+        "images": len(items),
+        "threshold": {"old": old, "new": new},
+        "accuracy": {
+            "old": float(np.mean((scores >= old) == labels)),
+            "new": float(np.mean((scores >= new) == labels)),
+        },
+    }
+    if write:
+        path = model_dir / METADATA_FILE
+        meta = json.loads(path.read_text())
+        meta["banner_threshold"] = new
+        meta["threshold_chosen_on"] = {"data": str(data), "images": len(items), "data_hash": data_hash(items)}
+        path.write_text(json.dumps(meta, indent=2) + "\n")
+    return result
+
+
+def evaluate_items(model_dir: Path, items: list[Labelled], data: str) -> dict[str, Any]:
+    """Score labelled images with the model in ``model_dir``; ``data`` names them in the report."""
+    classifier = Classifier(model_dir)
+    predictions = _predict(classifier, items)
     info = classifier.info
     return build_report(
         {"name": info.name, "version": info.version, "dir": str(model_dir)},

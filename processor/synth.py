@@ -16,7 +16,7 @@ import importlib.util
 import io
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import repeat
@@ -265,6 +265,23 @@ def write_photo_testset(out: Path, count: int, seed: int, photos_from: Sequence[
     )
     if not photos:
         raise RuntimeError("no held-out photographs found (pip install scikit-image scikit-learn)")
+    return _write_photo_set(out, count, seed, photos, banners.stamp_unseen)
+
+
+def write_calibration_set(out: Path, count: int, seed: int, backgrounds: Sequence[Path] = ()) -> Path:
+    """Bare crops of the training photographs (no drawn car), half stamped with the training styles, in
+    the banner/ and no_banner/ layout: closer to real listing photos than the generated validation split,
+    so a better set to choose the banner threshold on (``processor calibrate``); no held-out photograph
+    or unseen style is used."""
+    photos = installed_photos() + photos_in(backgrounds)
+    if not photos:
+        raise RuntimeError("no photographs found (pip install scikit-image, or give --backgrounds)")
+    return _write_photo_set(out, count, seed, photos, banners.stamp)
+
+
+def _write_photo_set(
+    out: Path, count: int, seed: int, photos: tuple[Path, ...], stamp: Callable[[random.Random, Image.Image], str]
+) -> Path:
     rng = random.Random(seed)
     for folder in ("banner", "no_banner"):
         (out / folder).mkdir(parents=True, exist_ok=True)
@@ -273,6 +290,6 @@ def write_photo_testset(out: Path, count: int, seed: int, photos_from: Sequence[
         img = photo_crop(rng, photos, (width, int(width * rng.uniform(0.62, 0.8))))
         name = f"no_banner/{i:05d}.jpg"
         if i % 2 == 0:  # the style goes into the name, for a per-style look at the misses
-            name = f"banner/{i:05d}-{banners.stamp_unseen(rng, img)}.jpg"
+            name = f"banner/{i:05d}-{stamp(rng, img)}.jpg"
         (out / name).write_bytes(to_jpeg(img, rng.randint(70, 95)))
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from processor import synth
+from processor import banners, synth
 from processor.evaluate import evaluate, roc_auc
 from processor.model import Classifier, ModelInfo
 from processor.settings import DEFAULT_MODEL_DIR
@@ -69,6 +70,25 @@ def test_shipped_model_on_held_out_photographs(tmp_path: Path) -> None:
     report = evaluate(DEFAULT_MODEL_DIR, data)
     assert report["images"] == 200
     assert report["banner"]["accuracy"] >= HELD_OUT_FLOOR, report["banner"]
+
+
+def test_calibrate_command_moves_a_bad_threshold_and_writes_it(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, model)
+    meta = json.loads((model / "metadata.json").read_text())
+    (model / "metadata.json").write_text(json.dumps({**meta, "banner_threshold": 0.999}))
+    data = synth.write_calibration_set(tmp_path / "calib", 60, seed=4)
+    assert {p.stem.split("-", 1)[1].split("+")[0] for p in (data / "banner").glob("*.jpg")} <= {
+        f.__name__.lstrip("_") for f in banners.STYLES
+    }
+    command = [sys.executable, "-m", "processor", "calibrate", "--model", str(model), "--data", str(data)]
+    done = subprocess.run([*command, "--write"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "threshold 0.999 -> " in done.stdout, done.stdout
+    written = json.loads((model / "metadata.json").read_text())
+    assert written["banner_threshold"] < 0.999 and written["threshold_chosen_on"]["images"] == 60
+    report = evaluate(model, data)
+    assert report["banner"]["threshold"] == written["banner_threshold"] and report["banner"]["accuracy"] >= 0.85
 
 
 def test_evaluate_command_prints_json_and_plots(folder_set: Path, tmp_path: Path) -> None:
