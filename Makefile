@@ -49,7 +49,8 @@ soak: $(STAMP) ## stream at a steady rate against a slow CDN and watch worker me
 # Plasma's other wallpapers (landscapes with horizons, which the first stage mistook for banners); 4 epochs
 # on a fourth (the first three sets were drawn before the corner-ribbon fix); then 6 epochs on two sets that
 # add 35 more photographs (OpenCV's sample photos, Ubuntu Touch 16.04 wallpapers, Klimt) and the generic
-# sticker style. Eight more of those photographs make a third held-out set.
+# sticker style; the banner threshold is chosen on bare crops of the training photographs (calibrate).
+# Eight more of those photographs make a third held-out set.
 MODEL_WORK ?= /tmp/listing-model
 MODEL_VERSION ?= $(shell date -u +%Y.%m.%d.%H%M)
 WALLPAPER_PACKAGES := mate-backgrounds ukui-wallpapers lomiri-wallpapers-20.04 plasma-workspace-wallpapers
@@ -82,6 +83,10 @@ model: $(STAMP) ## retrain the shipped model in MODEL_WORK (/tmp/listing-model) 
 	$(SYNTH) --out $(MODEL_WORK)/synth9 --seed 9 --backgrounds $(MODEL_WORK)/plasma --backgrounds $(MODEL_WORK)/extra
 	$(BIN)/processor train --init $(MODEL_WORK)/stage3 --data $(MODEL_WORK)/synth8 --data $(MODEL_WORK)/synth9 \
 		--out $(MODEL_WORK)/model --epochs 6 --seed 8 --version $(MODEL_VERSION)
+	$(BIN)/processor synth --calibration-set --out $(MODEL_WORK)/calib --count 1000 --seed 21 \
+		--backgrounds $(MODEL_WORK)/unpacked/usr/share/backgrounds --backgrounds $(MODEL_WORK)/plasma \
+		--backgrounds $(MODEL_WORK)/extra
+	$(BIN)/processor calibrate --model $(MODEL_WORK)/model --data $(MODEL_WORK)/calib --write
 	$(MAKE) model-evaluate MODEL=$(MODEL_WORK)/model
 	@echo "copy $(MODEL_WORK)/model to processor/models/default to ship it"
 

@@ -3,6 +3,7 @@ with the right kind, the worker keeps running, and nothing is fetched from a blo
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import aiohttp
@@ -94,9 +95,15 @@ async def test_worker_keeps_classifying_when_redis_is_down(
     outcome = await wait_for_rows(settings, {e["image_id"] for e in events})
     assert set(outcome.values()) == {"ok"}
     assert "redis get failed" in worker.log()
-    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as resp:
-        text = await resp.text()
-    assert 'processor_events_total{outcome="classified"} 8.0' in text
+    classified = 'processor_events_total{outcome="classified"} 8.0'
+    async with aiohttp.ClientSession() as session:
+        for _ in range(50):  # the counter moves just after the row is stored, which is what we waited for
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                text = await resp.text()
+            if classified in text:
+                break
+            await asyncio.sleep(0.2)
+    assert classified in text
     errors = next(line for line in text.splitlines() if line.startswith("processor_cache_errors_total "))
     assert float(errors.split()[1]) >= 1
 
