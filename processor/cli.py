@@ -11,12 +11,14 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from .model import BACKBONES
 from .settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 SettingsCommand = Callable[..., Any]
 
@@ -183,6 +185,15 @@ def migrate(settings: Settings) -> None:
     click.echo(f"{settings.postgres_table}: schema version {asyncio.run(run())}")
 
 
+def _model_option(required: bool, help: str) -> Callable[[F], F]:
+    path = click.Path(path_type=Path, exists=True, file_okay=False)
+    return click.option("--model", "model_dir", type=path, required=required, default=None, help=help)
+
+
+def _data_option(help: str) -> Callable[[F], F]:
+    return click.option("--data", type=click.Path(path_type=Path, exists=True), required=True, help=help)
+
+
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
 @click.option("--count", default=4000, show_default=True, help="Images to write.")
@@ -233,19 +244,8 @@ def synth(
 
 
 @main.command()
-@click.option(
-    "--model",
-    "model_dir",
-    type=click.Path(path_type=Path, exists=True),
-    default=None,
-    help="Model directory (default: the shipped model).",
-)
-@click.option(
-    "--data",
-    type=click.Path(path_type=Path, exists=True),
-    required=True,
-    help="labels.csv, or banner/ and no_banner/ folders.",
-)
+@_model_option(required=False, help="Model directory (default: the shipped model).")
+@_data_option("labels.csv, or banner/ and no_banner/ folders.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="Write confusion matrices (PNG).")
 def evaluate(model_dir: Path | None, data: Path, as_json: bool, plot: Path | None) -> None:
@@ -277,22 +277,11 @@ def evaluate(model_dir: Path | None, data: Path, as_json: bool, plot: Path | Non
 
 
 @main.command()
-@click.option(
-    "--model",
-    "model_dir",
-    type=click.Path(path_type=Path, exists=True, file_okay=False),
-    required=True,
-    help="Model directory whose banner threshold to choose.",
-)
-@click.option(
-    "--data",
-    type=click.Path(path_type=Path, exists=True),
-    required=True,
-    help="labels.csv, or banner/ and no_banner/ folders (e.g. synth --calibration-set, or your own photos).",
-)
+@_model_option(required=True, help="Model directory whose banner threshold to choose.")
+@_data_option("labels.csv, or banner/ and no_banner/ folders (e.g. synth --calibration-set, or your own photos).")
 @click.option("--write", is_flag=True, help="Store the new threshold in the model's metadata.json.")
 def calibrate(model_dir: Path, data: Path, write: bool) -> None:
-    """Choose the banner threshold on labelled photographs (the middle of the best-accuracy range)."""
+    """Choose the banner threshold on labelled photographs (the middle of the near-best accuracy range)."""
     from .evaluate import calibrate as run_calibration
 
     result = run_calibration(model_dir, data, write)
