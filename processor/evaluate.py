@@ -77,23 +77,20 @@ def calibrate(model_dir: Path, data: Path, write: bool = False) -> dict[str, Any
     items = read_labels(data)
     scores = np.array([p.banner_score for p in _predict(classifier, items)])
     labels = np.array([i.banner for i in items])
-    old, new = classifier.banner_threshold, best_threshold(scores, labels)
-    result = {
+    thresholds = {"old": classifier.banner_threshold, "new": best_threshold(scores, labels)}
+    if write:
+        meta = {
+            **classifier.info.raw,
+            "banner_threshold": thresholds["new"],
+            "threshold_chosen_on": {"data": str(data), "images": len(items), "data_hash": data_hash(items)},
+        }
+        (model_dir / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return {
         "data": str(data),
         "images": len(items),
-        "threshold": {"old": old, "new": new},
-        "accuracy": {
-            "old": float(np.mean((scores >= old) == labels)),
-            "new": float(np.mean((scores >= new) == labels)),
-        },
+        "threshold": thresholds,
+        "accuracy": {k: float(np.mean((scores >= t) == labels)) for k, t in thresholds.items()},
     }
-    if write:
-        path = model_dir / METADATA_FILE
-        meta = json.loads(path.read_text())
-        meta["banner_threshold"] = new
-        meta["threshold_chosen_on"] = {"data": str(data), "images": len(items), "data_hash": data_hash(items)}
-        path.write_text(json.dumps(meta, indent=2) + "\n")
-    return result
 
 
 def evaluate_items(model_dir: Path, items: list[Labelled], data: str) -> dict[str, Any]:

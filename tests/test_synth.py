@@ -30,7 +30,7 @@ def test_every_position_draws_a_different_picture() -> None:
 
 
 @pytest.mark.parametrize("stamp", [banners.stamp, banners.stamp_unseen])
-def test_banners_change_the_picture(stamp: Callable[[random.Random, Image.Image], None]) -> None:
+def test_banners_change_the_picture(stamp: Callable[[random.Random, Image.Image], str]) -> None:
     for seed in range(20):
         img = Image.new("RGB", (640, 480), (90, 140, 60))
         stamp(random.Random(seed), img)
