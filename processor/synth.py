@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from . import banners
@@ -136,7 +137,10 @@ def _texture_background(rng: random.Random, size: tuple[int, int]) -> Image.Imag
         x, y, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(w * 0.03, w * 0.3)
         draw.ellipse([x - r, y - r * rng.uniform(0.4, 1.5), x + r, y + r], fill=colour(rng, 10, 245))
     img = img.filter(ImageFilter.GaussianBlur(rng.uniform(2, 12)))
-    grain = Image.effect_noise(size, rng.uniform(8, 30)).convert("RGB")
+    # Pillow's effect_noise draws from C's rand(), which no seed reaches: the same seed gave other grain
+    # in another worker process. Seeded NumPy noise keeps a dataset reproducible.
+    noise = np.random.default_rng(rng.getrandbits(64)).normal(128, rng.uniform(8, 30), (h, w))
+    grain = Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8)).convert("RGB")
     return Image.blend(img, grain, rng.uniform(0.03, 0.12))
 
 

@@ -47,6 +47,11 @@ def test_every_banner_style_draws_something_visible(style: Callable[..., None]) 
         assert covered > 0.004, f"{style.__name__} seed {seed}: covers {covered:.4f} of the image"
 
 
+def test_texture_backgrounds_depend_only_on_the_seed() -> None:
+    first, second = (synth._texture_background(random.Random(5), (320, 240)) for _ in range(2))
+    assert first.tobytes() == second.tobytes()
+
+
 def test_dataset_is_reproducible_across_worker_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(synth, "CHUNK", 7)  # 20 images -> 3 chunks over the process pool
     first = synth.write_dataset(tmp_path / "a", 20, seed=9)
