@@ -49,8 +49,9 @@ soak: $(STAMP) ## stream at a steady rate against a slow CDN and watch worker me
 # Plasma's other wallpapers (landscapes with horizons, which the first stage mistook for banners); 4 epochs
 # on a fourth (the first three sets were drawn before the corner-ribbon fix); then 6 epochs on two sets that
 # add 35 more photographs (OpenCV's sample photos, Ubuntu Touch 16.04 wallpapers, Klimt) and the generic
-# sticker style; the banner threshold is chosen on bare crops of the training photographs (calibrate).
-# Eight more of those photographs make a third held-out set.
+# sticker style (eight more of those photographs make a third held-out set); then 6 epochs on two sets that
+# add 19 more photographs (model-more-photos). The banner threshold is chosen on bare crops of the training
+# photographs and on generated listing photos, pooled (calibrate).
 MODEL_WORK ?= /tmp/listing-model
 MODEL_VERSION ?= $(shell date -u +%Y.%m.%d.%H%M)
 WALLPAPER_PACKAGES := mate-backgrounds ukui-wallpapers lomiri-wallpapers-20.04 plasma-workspace-wallpapers
@@ -69,7 +70,7 @@ EXTRA_TEST_PHOTOS := $(addprefix $(CV)/data/,licenseplate_motion.jpg messi5.jpg 
 	usr/share/visp-images-data/ViSP-images/Solvay/Solvay_conference_1927_Version2_2126x1463.jpg
 ALL_BACKGROUNDS = --backgrounds $(MODEL_WORK)/plasma --backgrounds $(MODEL_WORK)/extra --backgrounds $(MODEL_WORK)/more
 SYNTH = $(BIN)/processor synth --count 16000 --backgrounds $(MODEL_WORK)/unpacked/usr/share/backgrounds
-model: $(STAMP) ## retrain the shipped model in MODEL_WORK (/tmp/listing-model) and evaluate it (Debian/Ubuntu; ~3 h on 2 cores)
+model: $(STAMP) ## retrain the shipped model in MODEL_WORK (/tmp/listing-model) and evaluate it (Debian/Ubuntu; ~3.5 h on 2 cores)
 	$(MAKE) model-photos
 	$(SYNTH) --out $(MODEL_WORK)/synth4 --seed 4
 	$(BIN)/processor train --data $(MODEL_WORK)/synth4 --out $(MODEL_WORK)/stage1 --epochs 30 --seed 4 --input-size 160
