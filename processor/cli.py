@@ -298,13 +298,7 @@ def calibrate(model_dir: Path, data: tuple[Path, ...], write: bool) -> None:
 
 
 @main.command()
-@click.option(
-    "--data",
-    type=click.Path(path_type=Path, exists=True),
-    required=True,
-    multiple=True,
-    help="labels.csv or banner/ no_banner/ layout (repeatable: the sets are combined).",
-)
+@_data_option("labels.csv or banner/ no_banner/ layout (repeatable: the sets are combined).", multiple=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Model directory to write.")
 @click.option(
     "--init",
