@@ -54,7 +54,7 @@ class ListingRules:
     hero_rule: HeroRule = HeroRule.FIRST_BANNER_FREE
     preferred_positions: tuple[str, ...] = DEFAULT_PREFERRED
     required_positions: tuple[str, ...] = DEFAULT_REQUIRED
-    covers: Mapping[str, tuple[str, ...]] = field(default=DEFAULT_COVERS)
+    covers: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: DEFAULT_COVERS)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hero_rule", HeroRule(self.hero_rule))  # accepts the plain string
