@@ -1,0 +1,135 @@
+"""The model registry: which model directory the workers should run, and which ran before.
+
+One row per (name, version) in ``model_versions``; exactly one row is ``active`` (a partial
+unique index enforces it). ``promote`` makes a directory the active model, ``active`` tells
+the workers which one that is; rolling back is promoting the old directory again.
+Asyncpg only: the workers import this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+TABLE = "model_versions"
+METADATA_FILE = "metadata.json"
+MIGRATION_LOCK = 0x6D6F_6431  # pg advisory lock id of this table's migrations
+
+MIGRATIONS = [  # append, never edit
+    f"""
+    CREATE TABLE IF NOT EXISTS {TABLE} (
+        name text NOT NULL,
+        version text NOT NULL,
+        model_dir text NOT NULL,
+        evaluation jsonb,
+        promoted_at timestamptz NOT NULL DEFAULT now(),
+        promoted_by text NOT NULL,
+        active boolean NOT NULL DEFAULT false,
+        PRIMARY KEY (name, version)
+    );
+    CREATE UNIQUE INDEX IF NOT EXISTS {TABLE}_one_active ON {TABLE} (active) WHERE active;
+    """,
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersion:
+    """A registered model directory."""
+
+    name: str
+    version: str
+    model_dir: Path
+    evaluation: dict[str, Any] | None
+    promoted_at: datetime
+    promoted_by: str
+    active: bool
+
+
+async def migrate(pool: asyncpg.Pool) -> int:
+    """Create or migrate ``model_versions`` (idempotent, under an advisory lock); return its version."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await conn.execute("""CREATE TABLE IF NOT EXISTS processor_schema_migrations (
+            table_name text NOT NULL, version integer NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (table_name, version))""")
+        done = await conn.fetchval(
+            "SELECT coalesce(max(version), 0) FROM processor_schema_migrations WHERE table_name = $1", TABLE
+        )
+        for version, sql in enumerate(MIGRATIONS[done:], start=done + 1):
+            await conn.execute(sql)
+            await conn.execute(
+                "INSERT INTO processor_schema_migrations (table_name, version) VALUES ($1, $2)", TABLE, version
+            )
+    return len(MIGRATIONS)
+
+
+def read_metadata(model_dir: Path) -> dict[str, Any]:
+    """A model directory's metadata.json (name, version, labels, ...)."""
+    meta: dict[str, Any] = json.loads((model_dir / METADATA_FILE).read_text())
+    return meta
+
+
+def _resolve_and_read(model_dir: Path) -> tuple[Path, dict[str, Any]]:
+    return model_dir.resolve(), read_metadata(model_dir)
+
+
+async def promote(
+    pool: asyncpg.Pool, model_dir: Path, evaluation: dict[str, Any] | None = None, promoted_by: str = "unknown"
+) -> ModelVersion:
+    """Make ``model_dir`` the one active model (registering it, or re-activating it for a rollback).
+
+    Checks nothing but its metadata: the CLI checks that the model loads and fits the running one.
+    """
+    model_dir, meta = await asyncio.to_thread(_resolve_and_read, model_dir)
+    payload = None if evaluation is None else json.dumps(evaluation)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(f"LOCK TABLE {TABLE} IN SHARE ROW EXCLUSIVE MODE")  # one promotion at a time
+        await conn.execute(f"UPDATE {TABLE} SET active = false WHERE active")
+        row = await conn.fetchrow(
+            f"""INSERT INTO {TABLE} (name, version, model_dir, evaluation, promoted_at, promoted_by, active)
+            VALUES ($1, $2, $3, $4::jsonb, now(), $5, true)
+            ON CONFLICT (name, version) DO UPDATE SET model_dir = excluded.model_dir,
+                evaluation = coalesce(excluded.evaluation, {TABLE}.evaluation),
+                promoted_at = excluded.promoted_at, promoted_by = excluded.promoted_by, active = true
+            RETURNING *""",
+            str(meta["name"]),
+            str(meta["version"]),
+            str(model_dir),
+            payload,
+            promoted_by,
+        )
+    return _version(row)
+
+
+async def active(pool: asyncpg.Pool) -> ModelVersion | None:
+    """The active model, or None when nothing was ever promoted (run settings.model_dir then)."""
+    row = await pool.fetchrow(f"SELECT * FROM {TABLE} WHERE active")
+    return None if row is None else _version(row)
+
+
+async def history(pool: asyncpg.Pool) -> list[ModelVersion]:
+    """Every registered model, the most recently promoted first."""
+    rows = await pool.fetch(f"SELECT * FROM {TABLE} ORDER BY promoted_at DESC, name, version")
+    return [_version(r) for r in rows]
+
+
+def _version(row: asyncpg.Record) -> ModelVersion:
+    evaluation = row["evaluation"]
+    return ModelVersion(
+        name=row["name"],
+        version=row["version"],
+        model_dir=Path(row["model_dir"]),
+        evaluation=None if evaluation is None else json.loads(evaluation),
+        promoted_at=row["promoted_at"],
+        promoted_by=row["promoted_by"],
+        active=row["active"],
+    )
+
+
+__all__ = ["ModelVersion", "active", "history", "migrate", "promote", "read_metadata"]
