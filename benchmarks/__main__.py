@@ -18,10 +18,10 @@ from typing import Any
 
 import click
 
-from processor.imageserver import ImageServer
+from processor.dev.imageserver import ImageServer
+from processor.dev.stack import EmbeddedStack, StackUrls
 from processor.model import Classifier
 from processor.settings import DEFAULT_MODEL_DIR
-from processor.stack import EmbeddedStack, StackUrls
 from processor.topics import ensure_topics, produce_lines
 
 from .cdn import event_urls, make_photos

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from concurrent.futures import ThreadPoolExecutor
 
-from processor import synth
-from processor.imageserver import ImageServer
+from processor.dev.imageserver import ImageServer
+from processor.ml import synth
 
 BENCH_SIZES = ((640, 480), (800, 600), (1024, 768), (1280, 960), (1600, 1200))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,9 +16,10 @@ import numpy as np
 import orjson
 import psutil
 
-from processor.demo import count_outcomes, start_worker, stop_workers, wait_until_ready
+from processor.dev.demo import count_outcomes
+from processor.dev.harness import WorkerProcess, isolated_settings, wait_ready
+from processor.dev.stack import StackUrls, free_port, stop_processes
 from processor.settings import Settings
-from processor.stack import StackUrls, free_port
 from processor.store import PostgresStore
 from processor.topics import ensure_topics, produce_lines, read_topic
 
@@ -38,18 +38,10 @@ class RunConfig:
 
 
 def run_settings(urls: StackUrls, config: RunConfig) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    return Settings(
-        broker_url=urls.broker_url,
-        postgres_dsn=urls.postgres_dsn,
-        redis_url=urls.redis_url,
-        input_topic=f"bench-in-{tag}",
-        output_topic=f"bench-out-{tag}",
-        dlq_topic=f"bench-dlq-{tag}",
-        consumer_group=f"bench-{tag}",
-        postgres_table=f"bench_{tag}",
+    return isolated_settings(
+        urls,
+        "bench",
         topic_partitions=8,
-        allow_networks="127.0.0.1/32",
         batch_size=config.batch_size,
         fetch_concurrency=config.fetch_concurrency,
         max_in_flight=config.max_in_flight,
@@ -61,20 +53,17 @@ def run_settings(urls: StackUrls, config: RunConfig) -> Settings:
 async def run_pipeline(urls: StackUrls, image_urls: list[str], config: RunConfig, workdir: Path) -> dict[str, Any]:
     """Stream ``config.events`` events through ``config.workers`` workers and measure everything."""
     settings = run_settings(urls, config)
-    await ensure_topics(
-        settings.broker_url,
-        [settings.input_topic, settings.output_topic, settings.dlq_topic],
-        settings.topic_partitions,
-    )
+    await ensure_topics(settings.broker_url, settings.topics, settings.topic_partitions)
     ports = [free_port() for _ in range(config.workers)]
     logs = [workdir / f"{settings.consumer_group}-{i}.log" for i in range(config.workers)]
-    procs = [
-        start_worker(settings.with_overrides(metrics_port=p, log_level="INFO"), log)
+    workers = [
+        WorkerProcess(settings.with_overrides(metrics_port=p, log_level="INFO"), log)
         for p, log in zip(ports, logs, strict=True)
     ]
+    procs = [w.proc for w in workers]
     store = PostgresStore(settings.postgres_dsn, settings.postgres_table)
     try:
-        await wait_until_ready(logs, procs, 120)
+        await wait_ready(workers, 120)
         await store.start()
         cpu0 = _cpu_seconds(procs)
         started = time.time()
@@ -89,7 +78,7 @@ async def run_pipeline(urls: StackUrls, image_urls: list[str], config: RunConfig
         batches = await _scrape(ports)
         return await _measure(settings, store, config, started, cpu_s, batches) | {"worker_rss_mb": rss.summary()}
     finally:
-        stop_workers(procs, 20)
+        stop_processes(procs, 20)
         await store.close()
 
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 
-from processor.imageserver import ImageServer
-from processor.stack import EmbeddedStack, StackUrls
+from processor.dev.imageserver import ImageServer
+from processor.dev.stack import EmbeddedStack, StackUrls
 
 from .cdn import event_urls, make_photos
 from .e2e import RunConfig, run_pipeline

@@ -19,10 +19,11 @@ import orjson
 import psutil
 import pytest
 
-from processor.imageserver import ImageServer
+from processor.dev.harness import WorkerProcess
+from processor.dev.imageserver import ImageServer
 from processor.settings import Settings
 
-from .conftest import WorkerProcess, event
+from .conftest import event
 from .helpers import fetch_dead_letters, fetch_rows, wait_for_rows
 from .test_end_to_end import produce
 

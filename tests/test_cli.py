@@ -12,10 +12,11 @@ from pathlib import Path
 
 import orjson
 
-from processor.imageserver import ImageServer
+from processor.dev.harness import WorkerProcess
+from processor.dev.imageserver import ImageServer
 from processor.settings import Settings
 
-from .conftest import WorkerProcess, event
+from .conftest import event
 from .helpers import fetch_rows, wait_for_rows
 
 PROCESSOR = [sys.executable, "-m", "processor"]

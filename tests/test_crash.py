@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from processor.imageserver import ImageServer
+from processor.dev.imageserver import ImageServer
 from processor.settings import Settings
 from processor.topics import read_topic
 

@@ -10,7 +10,7 @@ import jsonschema
 import orjson
 import pytest
 
-from processor.imageserver import ImageServer
+from processor.dev.imageserver import ImageServer
 from processor.settings import Settings
 from processor.topics import ensure_topics, produce_lines, read_topic
 

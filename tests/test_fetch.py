@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from processor.dev.imageserver import ImageServer
 from processor.errors import BlockedUrl, FetchFailed, TooLarge, TransientFetchError
 from processor.fetch import Fetcher
-from processor.imageserver import ImageServer
 from processor.settings import Settings
 
 

@@ -10,9 +10,9 @@ import aiohttp
 import orjson
 from PIL import Image
 
-from processor.imageserver import ImageServer
+from processor.dev.imageserver import ImageServer
+from processor.dev.stack import free_port
 from processor.settings import Settings
-from processor.stack import free_port
 
 from .conftest import event
 from .helpers import fetch_dead_letters, fetch_rows, wait_for_rows

@@ -10,11 +10,13 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,15 +148,7 @@ class EmbeddedStack:
 
     def stop(self) -> None:
         """Stop every server (SIGTERM, then SIGKILL) and remove the directory we made."""
-        for proc in self._procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self._procs:
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(self._procs, 5)
         self._procs.clear()
         if self._postgres is not None:
             self._postgres.cleanup()
@@ -170,3 +164,17 @@ def stack_from_env() -> StackUrls | None:
     if all(values):
         return StackUrls(*values)  # type: ignore[arg-type]
     return None
+
+
+def stop_processes(procs: Iterable[subprocess.Popen[Any]], grace_s: float, sig: int = signal.SIGTERM) -> None:
+    """Signal every live process, wait up to ``grace_s`` for each, kill the ones still running."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+    for proc in procs:
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -17,13 +14,13 @@ from typing import Any
 import orjson
 from tqdm import tqdm
 
+from ..settings import Settings
+from ..store import PostgresStore
+from ..topics import ensure_topics, produce_lines, read_topic
+from .harness import WorkerProcess, wait_ready
 from .imageserver import ImageServer, generate_listings
-from .settings import Settings
-from .stack import EmbeddedStack
-from .store import PostgresStore
-from .topics import ensure_topics, produce_lines, read_topic
+from .stack import EmbeddedStack, stop_processes
 
-READY_MARK = "partitions assigned"
 BROKEN_EVERY = 50  # one event in 50 points at a missing image: it must end in the DLQ
 # The hero image is the first banner-free photo of the most telling position.
 HERO_ORDER = {
@@ -54,18 +51,18 @@ async def _run(
     say = _printer(progress)
     say(f"generating {images} listing photos over {listings} listings ...")
     catalogue, blobs = await asyncio.to_thread(generate_listings, images, listings)
-    procs: list[subprocess.Popen[bytes]] = []
+    workers_run: list[WorkerProcess] = []
     store = PostgresStore(settings.postgres_dsn, settings.postgres_table)
     async with ImageServer(images=blobs) as server:
         try:
             await ensure_topics(
                 settings.broker_url,
-                [settings.input_topic, settings.output_topic, settings.dlq_topic],
+                settings.topics,
                 settings.topic_partitions,
             )
             say(f"starting {workers} worker(s) ...")
-            procs = [start_worker(settings, root / f"worker-{i}.log") for i in range(workers)]
-            await wait_until_ready([root / f"worker-{i}.log" for i in range(workers)], procs, 120.0)
+            workers_run = [WorkerProcess(settings, root / f"worker-{i}.log") for i in range(workers)]
+            await wait_ready(workers_run, 120.0)
             await store.start()
             await store.migrate()
             events = build_events(catalogue, server)
@@ -75,59 +72,12 @@ async def _run(
             elapsed = time.time() - started
             return await summarise(settings, store, events, catalogue, done, elapsed)
         finally:
-            stop_workers(procs, settings.shutdown_grace_s + 10)
+            stop_processes([w.proc for w in workers_run], settings.shutdown_grace_s + 10)
             await store.close()
 
 
 def _printer(enabled: bool) -> Any:
     return (lambda msg: print(msg, file=sys.stderr, flush=True)) if enabled else (lambda msg: None)
-
-
-def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
-    """A ``processor worker`` subprocess configured by environment variables."""
-    env = {
-        **os.environ,
-        **{f"PROCESSOR_{k.upper()}": _env_value(v) for k, v in settings.model_dump().items() if v is not None},
-    }
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "processor", "worker"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def _env_value(value: Any) -> str:
-    if isinstance(value, tuple | list):
-        return ",".join(str(v) for v in value)
-    return str(value)
-
-
-async def wait_until_ready(logs: list[Path], procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
-    """Wait until every worker logged its partition assignment."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for proc, log in zip(procs, logs, strict=True):
-            if proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        if all(READY_MARK in log.read_text(errors="replace") for log in logs):
-            return
-        await asyncio.sleep(0.2)
-    raise TimeoutError(f"workers not consuming after {timeout_s} s; see {logs[0]}")
-
-
-def stop_workers(procs: list[subprocess.Popen[bytes]], grace_s: float) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def build_events(catalogue: list[Any], server: ImageServer) -> list[dict[str, Any]]:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from . import synth
+from ..ml import synth
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass
@@ -71,11 +74,11 @@ class ImageServer:
         await self.close()
 
     @web.middleware
-    async def _count(self, request: web.Request, handler: object) -> web.StreamResponse:
+    async def _count(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         self.requests[request.path] += 1
         if self.latency_s or self.jitter_s:
             await asyncio.sleep(max(0.0, self.latency_s + random.uniform(-self.jitter_s, self.jitter_s)))
-        return await handler(request)  # type: ignore[operator]
+        return await handler(request)
 
     async def _image(self, request: web.Request) -> web.Response:
         data = self.images.get(request.match_info["name"])

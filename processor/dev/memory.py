@@ -1,0 +1,86 @@
+"""In-memory twins of the sink's collaborators (result store, publisher, cache), so the pipeline core
+runs without any server, as FastStream tests a handler with an in-memory broker. Each keeps what it
+was given for tests to inspect, and can be told to fail its next calls, like an outage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..cache import CachedResult
+from ..events import Classification, DeadLetter
+from ..sink import Record
+
+
+class Outage:
+    """Makes the next ``failures`` calls raise ConnectionError."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+
+    def check(self, what: str) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError(f"{what} unavailable")
+
+
+class MemoryPublisher(Outage):
+    """A broker that confirms every record at once."""
+
+    def __init__(self, failures: int = 0) -> None:
+        super().__init__(failures)
+        self.records: list[Record] = []
+
+    async def publish(self, records: Sequence[Record]) -> None:
+        self.check("broker")
+        self.records.extend(records)
+
+
+class MemoryStore(Outage):
+    """The results table: one row per image, a newer event time or model version replaces it."""
+
+    def __init__(self, failures: int = 0) -> None:
+        super().__init__(failures)
+        self.rows: dict[str, Classification] = {}
+        self.dead: list[DeadLetter] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def migrate(self) -> int:
+        return 1
+
+    async def write(self, results: Sequence[Classification], dead: Sequence[DeadLetter]) -> None:
+        self.check("database")
+        for r in results:
+            old = self.rows.get(r.event.image_id)
+            if old is None or (r.event_time, r.model_version) > (old.event_time, old.model_version):
+                self.rows[r.event.image_id] = r
+        self.dead.extend(dead)
+
+
+class MemoryCache:
+    """A dict by URL and by content hash, without expiry."""
+
+    def __init__(self) -> None:
+        self.by_url: dict[str, CachedResult] = {}
+        self.by_hash: dict[str, CachedResult] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def get_url(self, url: str) -> CachedResult | None:
+        return self.by_url.get(url)
+
+    async def get_hash(self, content_hash: str) -> CachedResult | None:
+        return self.by_hash.get(content_hash)
+
+    async def put_many(self, entries: list[tuple[str, CachedResult]]) -> None:
+        for url, result in entries:
+            self.by_url[url] = result
+            self.by_hash[result.content_hash] = result
