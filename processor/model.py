@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import numpy as np
 from numpy.typing import NDArray
 
@@ -22,7 +20,6 @@ from .errors import ModelError
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
-BACKBONES = ("cnn", "efficientnet-lite0", "mobilenetv3small")  # cnn: from scratch; others: ImageNet transfer
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,36 +58,6 @@ class ModelInfo:
         )
 
 
-# (filters, stride) of the depthwise-separable blocks: 0.14 M parameters, ~0.65x the speed of the
-# 5-block version this replaced, which generalized worse to unseen photographs.
-BLOCKS = ((48, 2), (64, 1), (96, 2), (96, 1), (128, 2), (128, 1), (192, 2), (256, 1))
-
-
-def build_model(positions: tuple[str, ...], input_size: tuple[int, int]) -> Any:
-    """A compact depthwise-separable CNN with a banner head and a position head."""
-    import keras
-    from keras import layers
-
-    inputs = keras.Input((input_size[1], input_size[0], 3), dtype="uint8", name="image")
-    x = layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
-    x = layers.Conv2D(24, 3, strides=2, padding="same", use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
-    x = layers.ReLU(6.0)(x)
-    for filters, stride in BLOCKS:
-        x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.ReLU(6.0)(x)
-        x = layers.Conv2D(filters, 1, use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.ReLU(6.0)(x)
-    # A banner is a local thing (a strip, a badge): max pooling keeps it; average keeps the scene.
-    pooled = layers.Concatenate()([layers.GlobalAveragePooling2D()(x), layers.GlobalMaxPooling2D()(x)])
-    pooled = layers.Dropout(0.2)(pooled)
-    banner = layers.Dense(1, activation="sigmoid", name="banner")(pooled)
-    position = layers.Dense(len(positions), activation="softmax", name="position")(pooled)
-    return keras.Model(inputs, {"banner": banner, "position": position}, name="listing_image_cnn")
-
-
 def _compiled_call(model: Any) -> Any:
     """A compiled forward pass: tf.function on TensorFlow (2-6x cheaper per call than
     ``model.predict``; XLA is off, it was slower on CPUs), ``predict_on_batch`` elsewhere."""
@@ -108,6 +75,7 @@ class Classifier:
     """A loaded model directory."""
 
     def __init__(self, model_dir: Path, banner_threshold: float | None = None) -> None:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ info logs
         import keras
 
         self.info = ModelInfo.read(model_dir)

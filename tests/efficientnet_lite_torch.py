@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from processor.backbone import STAGES  # the architecture spec; the implementation below is independent
+from processor.ml.backbone import STAGES  # the architecture spec; the implementation below is independent
 
 
 class SameConv(nn.Conv2d):

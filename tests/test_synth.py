@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from processor import banners, synth
-from processor.cars import DRAWERS, POSITIONS
+from processor.ml import synth
+from processor.ml.synth import banners, scenes
+from processor.ml.synth.cars import DRAWERS, POSITIONS
 
 
 def test_every_position_draws_a_different_picture() -> None:
@@ -48,7 +49,7 @@ def test_every_banner_style_draws_something_visible(style: Callable[..., None]) 
 
 
 def test_texture_backgrounds_depend_only_on_the_seed() -> None:
-    first, second = (synth._texture_background(random.Random(5), (320, 240)) for _ in range(2))
+    first, second = (scenes._texture_background(random.Random(5), (320, 240)) for _ in range(2))
     assert first.tobytes() == second.tobytes()
 
 

