@@ -26,7 +26,8 @@ from .acking import OrderedAcker
 from .cache import ResultCache
 from .events import Envelope
 from .model import Classifier
-from .pipeline import Pipeline, Record
+from .pipeline import Pipeline
+from .sink import Record
 from .settings import Settings
 from .store import PostgresStore
 

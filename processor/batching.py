@@ -17,8 +17,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from . import metrics
-
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -45,12 +43,14 @@ class MicroBatcher(Generic[T, R]):
         *,
         split_on_error: bool = True,
         name: str = "batch",
+        on_batch: Callable[[int, str], None] | None = None,
     ) -> None:
         self._fn = fn
         self.max_size = max_size
         self.max_delay_s = max_delay_s
         self._split = split_on_error
         self._name = name
+        self._on_batch = on_batch  # called with (size, why it closed) before each batch runs
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.stats = BatchStats()
@@ -83,9 +83,8 @@ class MicroBatcher(Generic[T, R]):
             self.stats.items += len(batch)
             self.stats.sizes[len(batch)] += 1
             self.stats.closed[reason] += 1
-            if self._name == "inference":
-                metrics.BATCH_SIZE.observe(len(batch))
-                metrics.BATCH_CLOSED.labels(reason=reason).inc()
+            if self._on_batch is not None:
+                self._on_batch(len(batch), reason)
             await self._call(batch)
 
     async def _collect(self) -> tuple[list[tuple[T, asyncio.Future[R]]], str]:

@@ -19,3 +19,9 @@ LATENCY = Histogram(
     "Event time to stored result.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )
+
+
+def observe_inference_batch(size: int, reason: str) -> None:
+    """Record one inference batch: its size and why it closed (full | timeout)."""
+    BATCH_SIZE.observe(size)
+    BATCH_CLOSED.labels(reason=reason).inc()

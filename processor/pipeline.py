@@ -1,7 +1,7 @@
 """The pipeline core: one event in, one stored outcome out. No Faust here.
 
     parse -> cache(url) -> fetch -> cache(hash) -> decode (threads) -> inference batcher
-          -> store batcher: Postgres, then the output/DLQ topic (broker-confirmed), then Redis
+                -> sink: Postgres, then the output/DLQ topic (broker-confirmed), then Redis
 
 ``process()`` returns only when the outcome is in Postgres and the broker confirmed
 its record, so the caller may acknowledge the input as soon as it returns. Every
@@ -16,9 +16,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
 
 import numpy as np
 import orjson
@@ -26,52 +24,47 @@ from numpy.typing import NDArray
 
 from . import metrics
 from .batching import MicroBatcher
-from .cache import CachedResult, ResultCache
+from .cache import CachedResult
 from .decode import DecodedImage, decode_image
 from .errors import ProcessorError
 from .events import Classification, DeadLetter, Envelope, ImageEvent, Outcome, event_time_of, parse_event
 from .fetch import Fetcher
 from .model import Classifier, Prediction
 from .settings import Settings
-from .store import PostgresStore
+from .sink import Cache, Publisher, ResultStore, Sink, until_done
 
 log = logging.getLogger(__name__)
-STORE_BACKOFF_MAX_S = 10.0
-
-Record = tuple[str, bytes | None, bytes]  # topic, key, value
-
-
-class Publisher(Protocol):
-    """Sends records and returns once the broker has confirmed every one of them."""
-
-    async def publish(self, records: Sequence[Record]) -> None: ...
 
 
 class Pipeline:
     """Owns the fetcher, decode pool, model, cache and sinks; create once per worker."""
 
     def __init__(
-        self, settings: Settings, classifier: Classifier, store: PostgresStore, cache: ResultCache, publisher: Publisher
+        self, settings: Settings, classifier: Classifier, store: ResultStore, cache: Cache, publisher: Publisher
     ) -> None:
         self.settings = settings
         self.classifier = classifier
         self.store = store
         self.cache = cache
-        self.publisher = publisher
         self.fetcher = Fetcher(settings)
         self._decode_pool = ThreadPoolExecutor(
             settings.decode_threads or os.cpu_count() or 2, thread_name_prefix="decode"
         )
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.inference = MicroBatcher(
-            self._infer, settings.batch_size, settings.batch_delay_ms / 1000, name="inference"
+            self._infer,
+            settings.batch_size,
+            settings.batch_delay_ms / 1000,
+            name="inference",
+            on_batch=metrics.observe_inference_batch,
         )
-        self.sink: MicroBatcher[Outcome, None] = MicroBatcher(
-            self._store,
+        self.sink = Sink(
+            store,
+            publisher,
+            cache,
+            (settings.output_topic, settings.dlq_topic),
             settings.store_batch_size,
             settings.store_batch_delay_ms / 1000,
-            split_on_error=False,
-            name="store",
         )
         self._started = False
 
@@ -80,8 +73,8 @@ class Pipeline:
         if self._started:
             return
         self._started = True
-        await _until_done(self.store.start, "postgres connect")
-        await _until_done(lambda: self.store.migrate(), "postgres migrate")
+        await until_done(self.store.start, "postgres connect")
+        await until_done(self.store.migrate, "postgres migrate")
         await self.fetcher.start()
         await self.cache.start()
         self.inference.start()
@@ -190,38 +183,6 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._infer_pool, self.classifier.predict, images)
 
-    async def _store(self, outcomes: list[Outcome]) -> list[None]:
-        """Postgres, then broker, then cache; retried with backoff until stored or stopped."""
-        results = [o for o in outcomes if isinstance(o, Classification)]
-        dead = [o for o in outcomes if isinstance(o, DeadLetter)]
-        records = [self._record(o) for o in outcomes]
-        await _until_done(lambda: self.store.write(results, dead), "postgres write")
-        await _until_done(lambda: self.publisher.publish(records), "broker publish")
-        await self.cache.put_many([(r.event.url, _cached(r)) for r in results if r.cache != "url"])
-        return [None] * len(outcomes)
-
-    def _record(self, outcome: Outcome) -> Record:
-        if isinstance(outcome, Classification):
-            return (self.settings.output_topic, outcome.event.listing_id.encode(), orjson.dumps(outcome.to_output()))
-        key = outcome.listing_id.encode() if outcome.listing_id else None
-        return (self.settings.dlq_topic, key, orjson.dumps(outcome.to_output()))
-
-
-async def _until_done(step: Callable[[], Awaitable[object]], what: str) -> None:
-    """Run a storage step until it succeeds; cancellation (shutdown) is the only way out."""
-    delay = 0.1
-    while True:
-        try:
-            await step()
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # storage outage: keep the events, wait, try again
-            metrics.STORE_RETRIES.inc()
-            log.warning("%s failed, retrying in %.1f s: %s: %s", what, delay, type(exc).__name__, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, STORE_BACKOFF_MAX_S)
-
 
 def best_effort_ids(raw: bytes) -> dict[str, str]:
     """image_id and listing_id of an invalid event when they are usable strings (for accounting)."""
@@ -236,10 +197,6 @@ def best_effort_ids(raw: bytes) -> dict[str, str]:
         for k in ("image_id", "listing_id")
         if isinstance(v := doc.get(k), str) and 0 < len(v) <= 256 and "\x00" not in v
     }
-
-
-def _cached(r: Classification) -> CachedResult:
-    return CachedResult(r.content_hash, r.banner_score, r.position_scores, r.width, r.height)
 
 
 def _ms(since: float) -> float:

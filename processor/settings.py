@@ -70,6 +70,11 @@ class Settings(BaseSettings):
             value = [part.strip() for part in value.split(",") if part.strip()]
         return tuple(ipaddress.ip_network(v, strict=False) for v in value)
 
+    @property
+    def topics(self) -> tuple[str, str, str]:
+        """The topics a worker reads and writes: input, output, dead letters."""
+        return (self.input_topic, self.output_topic, self.dlq_topic)
+
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given non-None fields replaced and re-validated."""
         data = self.model_dump()

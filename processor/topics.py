@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -54,6 +54,23 @@ async def produce_lines(broker_url: str, topic: str, lines: Iterable[bytes]) -> 
     finally:
         await producer.stop()
     return len(futures)
+
+
+class KafkaPublisher:
+    """A plain aiokafka producer as a sink Publisher: returns once the broker confirmed every record."""
+
+    def __init__(self, broker_url: str) -> None:
+        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap(broker_url), acks="all", linger_ms=5)
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def publish(self, records: Sequence[tuple[str, bytes | None, bytes]]) -> None:
+        futures = [await self._producer.send(topic, value, key=key) for topic, key, value in records]
+        await asyncio.gather(*futures)
 
 
 async def read_topic(

@@ -1,38 +1,89 @@
-"""The pipeline core without a broker: a model that fails on one image, and storage that comes back."""
+"""The pipeline core, run twice: with the in-memory twins of its sinks (no server at all) and against
+the real stack (Postgres, Redis, the broker). A model that fails on one image, and storage that comes back."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import io
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
+import pytest
 from numpy.typing import NDArray
+from PIL import Image
 
 from processor.cache import ResultCache
+from processor.dev.imageserver import ImageServer
+from processor.dev.memory import MemoryCache, MemoryPublisher, MemoryStore, Outage
+from processor.dev.stack import StackUrls
 from processor.errors import ModelError
 from processor.events import Classification, DeadLetter, Envelope
-from processor.imageserver import ImageServer
 from processor.model import Classifier, Prediction
-from processor.pipeline import Pipeline, Record
+from processor.pipeline import Pipeline
 from processor.settings import Settings
+from processor.sink import Cache, Publisher, Record, ResultStore
 from processor.store import PostgresStore
+from processor.topics import KafkaPublisher, ensure_topics, read_topic
 
 from .conftest import event
 
 
-class RecordingPublisher:
-    """Stands in for the broker here (the broker path is covered by the end-to-end tests)."""
+class FlakyPublisher(Outage):
+    """Any publisher whose first ``failures`` calls fail, like a broker outage."""
 
-    def __init__(self, failures: int = 0) -> None:
-        self.records: list[Record] = []
-        self.failures = failures
+    def __init__(self, inner: Publisher, failures: int) -> None:
+        super().__init__(failures)
+        self.inner = inner
 
     async def publish(self, records: Sequence[Record]) -> None:
-        if self.failures:
-            self.failures -= 1
-            raise ConnectionError("broker unavailable")
-        self.records.extend(records)
+        self.check("broker")
+        await self.inner.publish(records)
+
+
+@dataclass
+class Backend:
+    """The sinks one run of the tests uses, and how to read back what they stored."""
+
+    name: str
+    store: ResultStore
+    cache: Cache
+    publisher: FlakyPublisher
+    settings: Settings
+
+    async def stored_images(self) -> set[str]:
+        if isinstance(self.store, MemoryStore):
+            return set(self.store.rows)
+        store = PostgresStore(self.settings.postgres_dsn, self.settings.postgres_table)
+        await store.start()
+        try:
+            return {r["image_id"] for r in await store.fetch_all()}
+        finally:
+            await store.close()
+
+    async def published(self, expected: int) -> list[object]:
+        inner = self.publisher.inner
+        if isinstance(inner, MemoryPublisher):
+            return [orjson.loads(value) for _, _, value in inner.records]
+        topics = (self.settings.output_topic, self.settings.dlq_topic)
+        return [r for t in topics for r in await read_topic(self.settings.broker_url, t, timeout_s=3)]
+
+
+@pytest.fixture(params=["memory", "real"])
+async def backend(request: pytest.FixtureRequest, settings: Settings, stack_urls: StackUrls) -> AsyncIterator[Backend]:
+    if request.param == "memory":
+        yield Backend("memory", MemoryStore(), MemoryCache(), FlakyPublisher(MemoryPublisher(), 2), settings)
+        return
+    await ensure_topics(settings.broker_url, settings.topics, 1)
+    kafka = KafkaPublisher(settings.broker_url)
+    await kafka.start()
+    try:
+        store = PostgresStore(settings.postgres_dsn, settings.postgres_table)
+        cache = ResultCache(stack_urls.redis_url, f"test:{settings.consumer_group}", 60)
+        yield Backend("real", store, cache, FlakyPublisher(kafka, 2), settings)
+    finally:
+        await kafka.stop()
 
 
 class PoisonedClassifier(Classifier):
@@ -45,25 +96,19 @@ class PoisonedClassifier(Classifier):
 
 
 def white_jpeg() -> bytes:
-    import io
-
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.new("RGB", (320, 240), (255, 255, 255)).save(buf, "JPEG")
     return buf.getvalue()
 
 
 async def test_one_bad_image_fails_alone_and_storage_outages_are_retried(
-    settings: Settings, image_server: ImageServer, jpegs: dict[str, bytes]
+    backend: Backend, image_server: ImageServer, jpegs: dict[str, bytes]
 ) -> None:
-    settings = settings.with_overrides(redis_url="", batch_size=16, batch_delay_ms=200)
+    settings = backend.settings.with_overrides(batch_size=16, batch_delay_ms=200)
     image_server.images["white.jpg"] = white_jpeg()
-    classifier = PoisonedClassifier(settings.model_dir)
-    publisher = RecordingPublisher(failures=2)
-    store = PostgresStore(settings.postgres_dsn, settings.postgres_table)
-    cache = ResultCache("", "m", 60)
-    pipeline = Pipeline(settings, classifier, store, cache, publisher)
+    pipeline = Pipeline(
+        settings, PoisonedClassifier(settings.model_dir), backend.store, backend.cache, backend.publisher
+    )
     await pipeline.start()
     try:
         names = [*sorted(jpegs)[:7], "white.jpg"]
@@ -76,9 +121,7 @@ async def test_one_bad_image_fails_alone_and_storage_outages_are_retried(
     assert [type(o) for o in outcomes] == [Classification] * 7 + [DeadLetter]
     assert isinstance(outcomes[-1], DeadLetter) and outcomes[-1].kind == "model_error"
     assert pipeline.inference.stats.splits >= 3, "the poisoned batch was not split down to the bad image"
-    assert len(publisher.records) == 8  # published once each, after two failed attempts were retried
-    await store.start()
-    try:
-        assert len(await store.fetch_all()) == 7
-    finally:
-        await store.close()
+    assert backend.publisher.failures == 0, "the two broker failures were not retried"
+    published = await backend.published(8)
+    assert len(published) == 8  # published once each, after two failed attempts were retried
+    assert await backend.stored_images() == {f"p-{i}" for i in range(7)}
