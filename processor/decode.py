@@ -17,7 +17,6 @@ from PIL import Image
 
 from .errors import NotAnImage, TooLarge
 
-Image.MAX_IMAGE_PIXELS = None  # our own cap, checked from the header, replaces Pillow's
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO"})
 
 
@@ -73,7 +72,9 @@ def _decode_pillow(data: bytes, size: tuple[int, int], max_pixels: int) -> Decod
             rgb = _to_rgb(img)
     except (NotAnImage, TooLarge):
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's own cap (2x MAX_IMAGE_PIXELS), above ours by default
+        raise TooLarge(str(exc)) from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise NotAnImage(f"cannot decode image: {exc}") from None
     return DecodedImage(_resize(np.asarray(rgb, dtype=np.uint8), size), width, height)
 

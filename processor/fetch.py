@@ -42,8 +42,8 @@ class _WaitBackoffOrRetryAfter(wait_base):
         exc = outcome.exception() if outcome is not None else None
         if isinstance(exc, TransientFetchError) and exc.retry_after_s is not None:
             return min(exc.retry_after_s, MAX_RETRY_AFTER_S)
-        attempt = getattr(retry_state, "attempt_number", 1)
-        return self.first_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
+        attempt = int(getattr(retry_state, "attempt_number", 1))
+        return self.first_s * 2.0 ** (attempt - 1) * random.uniform(0.5, 1.5)
 
 
 class Fetcher:

@@ -154,10 +154,16 @@ class PostgresStore:
                 await conn.execute(self._insert_dlq, *_columns([_dlq_row(d) for d in dead], 10))
 
     async def fetch_all(self) -> list[asyncpg.Record]:
-        return await self.pool.fetch(f"SELECT * FROM {_ident(self.table)} ORDER BY listing_id, image_id")
+        rows: list[asyncpg.Record] = await self.pool.fetch(
+            f"SELECT * FROM {_ident(self.table)} ORDER BY listing_id, image_id"
+        )
+        return rows
 
     async def fetch_dead_letters(self) -> list[asyncpg.Record]:
-        return await self.pool.fetch(f"SELECT * FROM {DLQ_TABLE} ORDER BY source_partition, source_offset")
+        rows: list[asyncpg.Record] = await self.pool.fetch(
+            f"SELECT * FROM {DLQ_TABLE} ORDER BY source_partition, source_offset"
+        )
+        return rows
 
 
 def _latest_per_image(results: Sequence[Classification]) -> list[Classification]:
