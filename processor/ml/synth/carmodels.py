@@ -29,6 +29,8 @@ BODY, TYRE, RIM = 0.0, 1.0, 2.0
 # Texture alpha written by Repaint: what the shader does with a texel.
 PAINT, GLASS, LIGHT, MATTE = 255, 128, 90, 0
 
+CLEAR_LENS = (205, 208, 210)
+
 Floats = NDArray[np.float32]
 
 
@@ -146,10 +148,12 @@ def _attnum(xml: str, section: str, name: str) -> tuple[float, str] | None:
     block = re.search(rf'<section name="{re.escape(section)}">(.*?)</section>', xml, re.S)
     if block is None:
         return None
-    found = re.search(rf'<attnum name="{re.escape(name)}"[^>]*?(?:unit="([^"]*)")?[^>]*?val="([-+.\deE]+)"', block[1])
-    if found is None:
+    tag = re.search(rf'<attnum name="{re.escape(name)}"[^>]*>', block[1])
+    value = re.search(r'val="([-+.\deE]+)"', tag[0]) if tag else None
+    if tag is None or value is None:
         return None
-    return float(found[2]), found[1] or ""
+    unit = re.search(r'unit="([^"]*)"', tag[0])
+    return float(value[1]), unit[1] if unit else ""
 
 
 def _metres(value: tuple[float, str] | None, default: float) -> float:
@@ -258,17 +262,19 @@ class Repaint:
         red = ((h < 8) | (h > 165)) & (s > 0.5) & (v > 0.3)
         yellow = (h >= 20) & (h <= 38) & (s > 0.4) & (v > 0.5)
         white = (s < 0.2) & (v > 0.8)
-        size = max(3, texture.shape[0] // 48)
+        size = max(3, texture.shape[0] // 24)  # wider than lettering, narrower than headlights
         big_white = cv2.morphologyEx(white.astype(np.uint8), cv2.MORPH_OPEN, np.ones((size, size), np.uint8)) > 0
         glass = ((v < 0.3) | ((s < 0.15) & (v < 0.8))) | (alpha < 128)
         livery = (s > 0.35) & (v > 0.35) & ~red & ~yellow
         lights = red | yellow | big_white
+        self.clear = yellow
         self.paint = (near_body | livery | (white & ~big_white)) & ~lights & ~(glass & ~near_body)
         self.shade = np.clip(v / max(1e-3, float(v[self.paint].mean()) if self.paint.any() else 1.0), 0.8, 1.1)
         self.rgb = rgb
         kind = np.full(alpha.shape, MATTE, np.uint8)
         kind[glass] = GLASS
         kind[lights] = LIGHT
+        kind[yellow] = GLASS
         kind[self.paint] = PAINT
         self.kind = kind
 
@@ -276,6 +282,7 @@ class Repaint:
         """The texture in ``paint`` (RGBA; alpha says what each texel is, see PAINT/GLASS/LIGHT/MATTE)."""
         colour = np.asarray(paint, np.float32) * self.shade[..., None]
         rgb = np.where(self.paint[..., None], np.clip(colour, 0, 255), self.rgb).astype(np.uint8)
+        rgb[self.clear] = CLEAR_LENS  # racing yellow headlights: clear lenses on road cars
         return np.dstack([rgb, self.kind])
 
 

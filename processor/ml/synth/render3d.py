@@ -223,11 +223,13 @@ def frame_camera(rng: random.Random, car: CarModel, azimuth: float, size: tuple[
         fov_deg=rng.uniform(22.0, 58.0),
         roll_deg=rng.gauss(0.0, 1.2),
     )
-    for _ in range(3):  # the projected size goes about as 1/distance
-        mvp, _ = camera_matrix(car, cam, size)
-        width, height = _extent(car, mvp)
-        scale = max(width / fill, height / 0.9)
-        cam = Camera(cam.azimuth_deg, cam.height_m, max(2.5, cam.distance_m * scale), cam.fov_deg, cam.roll_deg)
+    radius = float(np.linalg.norm(car.box_max - car.box_min)) / 2
+    near, far = radius + 0.3, 80.0
+    for _ in range(24):  # bisection: the projected size shrinks as the camera backs away
+        cam = Camera(azimuth, cam.height_m, (near + far) / 2, cam.fov_deg, cam.roll_deg)
+        width, height = _extent(car, camera_matrix(car, cam, size)[0])
+        near, far = (cam.distance_m, far) if max(width / fill, height / 0.9) > 1 else (near, cam.distance_m)
+    scale = max(width / fill, height / 0.9)
     room_x, room_y = max(0.0, 1 - width / scale) / 2, max(0.0, 0.9 - height / scale) / 2
     shift = (rng.uniform(-room_x, room_x) * 0.8, rng.uniform(-room_y, room_y) * 0.8 - 0.03)
     return Camera(cam.azimuth_deg, cam.height_m, cam.distance_m, cam.fov_deg, cam.roll_deg, shift)
@@ -300,13 +302,13 @@ def render_car(
         ctx.blend_func = ctx.ONE, ctx.ONE_MINUS_SRC_ALPHA
         ctx.disable(ctx.DEPTH_TEST)
         _set(ground_prog, mvp=mvp.T.astype("f4").tobytes())
-        floor = rng.choice(FLOORS)
+        floor, tone = rng.choice(FLOORS), rng.uniform(0.75, 1.25)
         lit = light.amb_col[1] + light.sun_col[1] * light.sun_dir[2]
         _uniforms(
             ground_prog,
             box_min=tuple(car.box_min[:2] - 0.05),
             box_max=tuple(car.box_max[:2] + 0.05),
-            floor_col=tuple(c * rng.uniform(0.8, 1.2) for c in floor),
+            floor_col=tuple(c * tone for c in floor),
             light=(lit, lit, lit),
             opaque=1.0 if opaque_ground else 0.0,
             shadow=rng.uniform(0.45, 0.8),
