@@ -1,0 +1,89 @@
+"""Images for the labelling pages: fetched server-side with the SSRF-safe Fetcher, re-encoded, cached.
+
+The browser only ever loads ``/image?id=...`` from the app itself. Re-encoding to a fresh JPEG
+means that whatever the source sent (HTML, SVG with script, a polyglot) never reaches the page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections import OrderedDict
+
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import NotAnImage, TooLarge
+from ..fetch import Fetcher
+from ..settings import Settings
+
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO"})
+JPEG_QUALITY = 88
+
+
+def to_display_jpeg(data: bytes, longest_px: int, max_pixels: int) -> bytes:
+    """A JPEG of at most ``longest_px`` on its longest side; raise NotAnImage or TooLarge."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format not in ALLOWED_FORMATS:
+                raise NotAnImage(f"not an allowed image format: {img.format}")
+            width, height = img.size
+            if width * height > max_pixels:
+                raise TooLarge(f"image is {width}x{height} pixels, over the cap of {max_pixels}")
+            img.draft("RGB", (longest_px, longest_px))  # JPEG: decode at a reduced scale when it can
+            rgb = img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise NotAnImage(f"cannot decode the image: {exc}") from None
+    rgb.thumbnail((longest_px, longest_px))
+    out = io.BytesIO()
+    rgb.save(out, "JPEG", quality=JPEG_QUALITY)
+    return out.getvalue()
+
+
+def image_format(data: bytes, max_pixels: int) -> str:
+    """The format of image bytes (e.g. "JPEG"), checked like ``to_display_jpeg`` checks; for exports."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if img.format not in ALLOWED_FORMATS:
+                raise NotAnImage(f"not an allowed image format: {img.format}")
+            if width * height > max_pixels:
+                raise TooLarge(f"image is {width}x{height} pixels, over the cap of {max_pixels}")
+            img.verify()
+            return str(img.format)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise NotAnImage(f"cannot decode the image: {exc}") from None
+
+
+class ImageProxy:
+    """Fetches, re-encodes and keeps the last ``cache_items`` images in memory; ``start()``, ``close()``."""
+
+    def __init__(self, settings: Settings, cache_items: int, longest_px: int) -> None:
+        self._settings = settings
+        self._fetcher = Fetcher(settings)
+        self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self._cache_items = cache_items
+        self._longest_px = longest_px
+
+    async def start(self) -> None:
+        await self._fetcher.start()
+
+    async def close(self) -> None:
+        await self._fetcher.close()
+
+    async def fetch_original(self, url: str) -> bytes:
+        """The source bytes, as the Fetcher allows (raise a ProcessorError subclass)."""
+        return (await self._fetcher.fetch(url)).data
+
+    async def display(self, url: str) -> bytes:
+        """A display JPEG of the image at ``url`` (raise a ProcessorError subclass)."""
+        cached = self._cache.get(url)
+        if cached is not None:
+            self._cache.move_to_end(url)
+            return cached
+        data = await self.fetch_original(url)
+        jpeg = await asyncio.to_thread(to_display_jpeg, data, self._longest_px, self._settings.max_image_pixels)
+        if self._cache_items:
+            self._cache[url] = jpeg
+            while len(self._cache) > self._cache_items:
+                self._cache.popitem(last=False)
+        return jpeg

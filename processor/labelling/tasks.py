@@ -1,0 +1,178 @@
+"""The labelling queue in Postgres: hand out images, record answers, decide, and the admin's review.
+
+An image shown to someone gets a row in ``label_answers`` at once (verdict NULL), so a
+person is never shown the same image twice (the primary key), and a shown image holds one
+of the N slots for ``assignment_ttl_s`` while it waits for the answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from .config import LabelConfig
+from .consensus import Outcome, Verdict, Vote, decide
+
+
+class QueueError(ValueError):
+    """A refused answer or decision; the message is safe to show."""
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """An image to label."""
+
+    image_id: str
+    listing_id: str
+    url: str
+    model_banner_score: float | None
+    model_position: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a labeller submitted for an image."""
+
+    image_id: str
+    verdict: Verdict
+    banner: bool | None
+    position: str | None
+    guidelines_version: int
+
+
+TASK_COLUMNS = "t.image_id, t.listing_id, t.url, t.model_banner_score, t.model_position"
+
+CLAIM = f"""
+    SELECT {TASK_COLUMNS} FROM label_tasks t
+    WHERE t.status = 'open'
+      AND NOT EXISTS (SELECT 1 FROM label_answers a WHERE a.image_id = t.image_id AND a.user_id = $1)
+      AND t.votes + (SELECT count(*) FROM label_answers a WHERE a.image_id = t.image_id AND a.verdict IS NULL
+                     AND a.shown_at > now() - make_interval(secs => $2)) < $3
+    ORDER BY t.votes DESC, t.created_at, md5(t.image_id)
+    LIMIT 1 FOR UPDATE SKIP LOCKED
+"""
+
+
+def _task(row: asyncpg.Record) -> Task:
+    return Task(row["image_id"], row["listing_id"], row["url"], row["model_banner_score"], row["model_position"])
+
+
+async def next_task(pool: asyncpg.Pool, user_id: int, config: LabelConfig) -> Task | None:
+    """The image this person should label now: the one shown and not yet answered, else a new one."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            f"SELECT {TASK_COLUMNS} FROM label_answers a JOIN label_tasks t USING (image_id) "
+            "WHERE a.user_id = $1 AND a.verdict IS NULL AND t.status = 'open' ORDER BY a.shown_at LIMIT 1",
+            user_id,
+        )
+        if row is None:
+            row = await conn.fetchrow(CLAIM, user_id, float(config.assignment_ttl_s), config.max_labellers)
+            if row is None:
+                return None
+            await conn.execute(
+                "INSERT INTO label_answers (image_id, user_id) VALUES ($1, $2)", row["image_id"], user_id
+            )
+    return _task(row)
+
+
+async def task_url(pool: asyncpg.Pool, image_id: str) -> str | None:
+    """The source URL of a queued image (the app fetches it; the page never sees it as a link)."""
+    url: str | None = await pool.fetchval("SELECT url FROM label_tasks WHERE image_id = $1", image_id)
+    return url
+
+
+async def record_answer(pool: asyncpg.Pool, user_id: int, answer: Answer, config: LabelConfig) -> Outcome:
+    """Store an answer to an image this person was shown, and decide the image if it is still open."""
+    async with pool.acquire() as conn, conn.transaction():
+        status = await conn.fetchval("SELECT status FROM label_tasks WHERE image_id = $1 FOR UPDATE", answer.image_id)
+        updated = await conn.execute(
+            "UPDATE label_answers SET verdict = $3, banner = $4, position = $5, guidelines_version = $6, "
+            "answered_at = now() WHERE image_id = $1 AND user_id = $2 AND verdict IS NULL",
+            answer.image_id,
+            user_id,
+            answer.verdict,
+            answer.banner,
+            answer.position,
+            answer.guidelines_version,
+        )
+        if status is None or updated.endswith(" 0"):
+            raise QueueError("that image was not waiting for your answer")
+        column = "skips" if answer.verdict == "skip" else "votes"
+        await conn.execute(f"UPDATE label_tasks SET {column} = {column} + 1 WHERE image_id = $1", answer.image_id)
+        if status != "open":  # decided while this person looked: the answer still counts for agreement
+            return Outcome("open")
+        return await _decide(conn, answer.image_id, config)
+
+
+async def _decide(conn: asyncpg.Connection, image_id: str, config: LabelConfig) -> Outcome:
+    rows = await conn.fetch(
+        "SELECT verdict, banner, position FROM label_answers WHERE image_id = $1 AND verdict IS NOT NULL", image_id
+    )
+    outcome = decide([Vote(r["verdict"], r["banner"], r["position"]) for r in rows], config.agree, config.max_labellers)
+    if outcome.status != "open":
+        banner, position = outcome.label if outcome.label is not None else (None, None)
+        await conn.execute(
+            "UPDATE label_tasks SET status = $2, banner = $3, position = $4, decided_at = now() WHERE image_id = $1",
+            image_id,
+            outcome.status,
+            banner,
+            position,
+        )
+    return outcome
+
+
+async def review_queue(pool: asyncpg.Pool, limit: int = 20) -> list[asyncpg.Record]:
+    """Images the labellers could not agree on, oldest first, with their answers tallied."""
+    rows: list[asyncpg.Record] = await pool.fetch(
+        f"""SELECT {TASK_COLUMNS}, t.votes, t.skips,
+            coalesce((SELECT jsonb_agg(jsonb_build_object('verdict', x.verdict, 'banner', x.banner,
+                'position', x.position, 'n', x.n) ORDER BY x.n DESC)
+              FROM (SELECT verdict, banner, position, count(*) AS n FROM label_answers a
+                    WHERE a.image_id = t.image_id AND a.verdict IS NOT NULL
+                    GROUP BY verdict, banner, position) x), '[]'::jsonb)::text AS tally
+        FROM label_tasks t WHERE t.status = 'review' ORDER BY t.decided_at, t.image_id LIMIT $1""",
+        limit,
+    )
+    return rows
+
+
+async def resolve(pool: asyncpg.Pool, admin_id: int, image_id: str, label: tuple[bool, str] | None) -> None:
+    """The admin's decision on a reviewed image: a label, or None to discard the image."""
+    banner, position = label if label is not None else (None, None)
+    status = "resolved" if label is not None else "discarded"
+    done = await pool.execute(
+        "UPDATE label_tasks SET status = $2, banner = $3, position = $4, decided_by = $5, decided_at = now() "
+        "WHERE image_id = $1 AND status = 'review'",
+        image_id,
+        status,
+        banner,
+        position,
+        admin_id,
+    )
+    if done.endswith(" 0"):
+        raise QueueError("that image is not in the review queue")
+
+
+async def status_counts(pool: asyncpg.Pool) -> dict[str, int]:
+    rows = await pool.fetch("SELECT status, count(*) AS n FROM label_tasks GROUP BY status")
+    counts = dict.fromkeys(("open", "final", "review", "resolved", "discarded"), 0)
+    counts.update({r["status"]: r["n"] for r in rows})
+    return counts
+
+
+async def agreement(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """Per labeller: answers by kind, and how often their label matched the final one (consensus or admin)."""
+    rows: list[asyncpg.Record] = await pool.fetch("""
+        SELECT u.id, u.username, u.role, u.active,
+            count(a.verdict) AS answers,
+            count(*) FILTER (WHERE a.verdict = 'unsure') AS unsure,
+            count(*) FILTER (WHERE a.verdict = 'skip') AS skipped,
+            count(*) FILTER (WHERE a.verdict = 'label' AND t.status IN ('final', 'resolved')) AS decided,
+            count(*) FILTER (WHERE a.verdict = 'label' AND t.status IN ('final', 'resolved')
+                             AND a.banner = t.banner AND a.position = t.position) AS agreed
+        FROM label_users u
+        LEFT JOIN label_answers a ON a.user_id = u.id
+        LEFT JOIN label_tasks t ON t.image_id = a.image_id
+        GROUP BY u.id ORDER BY u.username""")
+    return rows

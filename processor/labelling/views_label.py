@@ -1,0 +1,87 @@
+"""The labeller's pages: one image at a time, its answer, the image itself, and the rules."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from ..errors import ProcessorError
+from . import guidelines
+from .consensus import VERDICTS, Verdict
+from .tasks import Answer, QueueError, next_task, record_answer, task_url
+from .web import CONFIG, IMAGES, POOL, POSITIONS, error_page, render, session_of
+
+routes = web.RouteTableDef()
+MAX_ID_CHARS = 1000
+# Keyboard shortcuts: y / n answer "banner?", these keys pick positions in order; u unsure, s skip.
+POSITION_KEYS = "1234567890qwertiopadfghjklzxcvm"
+
+
+def position_keys(positions: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(position, key) pairs; positions beyond the keys get none."""
+    return [(p, POSITION_KEYS[i] if i < len(POSITION_KEYS) else "") for i, p in enumerate(positions)]
+
+
+@routes.get("/label")
+async def label_page(request: web.Request) -> web.StreamResponse:
+    pool, session = request.app[POOL], session_of(request)
+    rules = await guidelines.current(pool)
+    task = await next_task(pool, session.user.id, request.app[CONFIG])
+    if task is None:
+        return render(request, "done.html", guidelines_version=rules.version)
+    return render(
+        request,
+        "label.html",
+        task=task,
+        positions=position_keys(request.app[POSITIONS]),
+        guidelines_version=rules.version,
+    )
+
+
+def parse_answer(form: Mapping[str, object], positions: tuple[str, ...]) -> Answer:
+    """The submitted answer; raise QueueError for anything malformed."""
+    image_id, verdict = form.get("image_id"), form.get("verdict")
+    version = str(form.get("guidelines_version", ""))
+    if not isinstance(image_id, str) or not 0 < len(image_id) <= MAX_ID_CHARS or verdict not in VERDICTS:
+        raise QueueError("incomplete answer")
+    if not version.isdigit():
+        raise QueueError("the page did not say which rules it showed")
+    chosen: Verdict = verdict  # narrowed by the check against VERDICTS
+    if chosen != "label":
+        return Answer(image_id, chosen, None, None, int(version))
+    banner, position = form.get("banner"), form.get("position")
+    if banner not in ("yes", "no") or position not in positions:
+        raise QueueError("answer both questions, or press unsure or skip")
+    return Answer(image_id, chosen, banner == "yes", str(position), int(version))
+
+
+@routes.post("/label")
+async def label_answer(request: web.Request) -> web.StreamResponse:
+    pool, session = request.app[POOL], session_of(request)
+    try:
+        answer = parse_answer(await request.post(), request.app[POSITIONS])
+        if not await guidelines.exists(pool, answer.guidelines_version):
+            raise QueueError("unknown version of the rules")
+        await record_answer(pool, session.user.id, answer, request.app[CONFIG])
+    except QueueError as exc:
+        return error_page(request, 409, f"Not saved: {exc}.")
+    raise web.HTTPSeeOther("/label")
+
+
+@routes.get("/image")
+async def image(request: web.Request) -> web.StreamResponse:
+    """A queued image, fetched by the app and re-encoded; the id selects it, the URL never comes from the page."""
+    url = await task_url(request.app[POOL], request.query.get("id", ""))
+    if url is None:
+        return web.Response(status=404, text="no such image")
+    try:
+        body = await request.app[IMAGES].display(url)
+    except ProcessorError as exc:
+        return web.Response(status=502, text=f"the image could not be shown ({exc.kind})")
+    return web.Response(body=body, content_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@routes.get("/guidelines")
+async def guidelines_page(request: web.Request) -> web.StreamResponse:
+    return render(request, "guidelines.html", rules=await guidelines.current(request.app[POOL]))
