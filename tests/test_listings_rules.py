@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -145,12 +146,13 @@ def test_record_matches_the_schema_and_round_trips() -> None:
     at = datetime(2026, 12, 1, 8, 30, tzinfo=UTC)
     for images in ([], [img("a", 0, banner=True)], [img("a", 0, "side"), img("b", None, UNSURE, version="2")]):
         for rules in (SEED, PREFERRED):
-            state = compute_state("L", images, rules, updated_at=at)
+            state = replace(compute_state("L", images, rules, updated_at=at), revision=3)
             record = state.to_output()
             jsonschema.validate(record, SCHEMA, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
             assert record["updated_at"] == "2026-12-01T08:30:00Z"
             back = ListingState.from_output(json.loads(json.dumps(record)))
-            assert back == state and back.updated_at == at and back.state_hash == record["state_hash"]
+            assert back == state and (back.updated_at, back.revision) == (at, 3)
+            assert back.state_hash == record["state_hash"]
 
 
 def test_hash_ignores_updated_at_only() -> None:

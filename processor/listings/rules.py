@@ -84,7 +84,7 @@ class ImageResult:
 
 @dataclass(frozen=True, slots=True)
 class ListingState:
-    """One listing's state; equality ignores ``updated_at`` (the content is what counts)."""
+    """One listing's state; equality ignores ``updated_at`` and ``revision`` (the content is what counts)."""
 
     listing_id: str
     hero_rule: HeroRule
@@ -100,6 +100,7 @@ class ListingState:
     feed: tuple[str, ...]  # banner-free image ids in listing order
     model_versions: tuple[str, ...]  # ascending, as integer tuples
     updated_at: datetime = field(compare=False)
+    revision: int = field(default=0, compare=False)  # the store's change counter; 0 before storing
 
     @property
     def bannered_count(self) -> int:
@@ -110,7 +111,7 @@ class ListingState:
         return tuple(p for p in self.required_positions if p not in self.covered_positions)
 
     def content(self) -> dict[str, Any]:
-        """The record without ``updated_at`` and ``state_hash``: what the hash covers."""
+        """The record without ``revision``, ``updated_at`` and ``state_hash``: what the hash covers."""
         return {
             "listing_id": self.listing_id,
             "hero": {
@@ -144,7 +145,7 @@ class ListingState:
     def to_output(self) -> dict[str, Any]:
         """The ``listing-updates`` record (schemas/listing-update.schema.json)."""
         updated = self.updated_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
-        return {**self.content(), "state_hash": self.state_hash, "updated_at": updated}
+        return {**self.content(), "state_hash": self.state_hash, "revision": self.revision, "updated_at": updated}
 
     @classmethod
     def from_output(cls, record: Mapping[str, Any]) -> ListingState:
@@ -165,6 +166,7 @@ class ListingState:
             feed=tuple(record["feed"]),
             model_versions=tuple(record["model_versions"]),
             updated_at=datetime.fromisoformat(record["updated_at"]),
+            revision=int(record["revision"]),
         )
 
 

@@ -5,12 +5,17 @@ order, so two workers never deadlock) while it reads the surviving image rows an
 the states. Two workers recomputing one listing therefore run one after the other, and
 the later one reads a later snapshot: the stored state is always that of the latest
 committed image rows, whichever worker writes last.
+
+Each change bumps the row's ``revision``; ``mark_published`` records the revision the
+broker acknowledged. Until then ``recompute`` keeps returning the stored state (same
+revision, same ``updated_at``), so a crash between storing and publishing loses nothing.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import asyncpg
@@ -39,6 +44,8 @@ def migrations(table: str) -> list[str]:
             model_versions text[] NOT NULL,
             state jsonb NOT NULL,
             state_hash text NOT NULL,
+            revision bigint NOT NULL,
+            published_revision bigint NOT NULL DEFAULT 0,
             updated_at timestamptz NOT NULL
         );
         """,
@@ -68,23 +75,32 @@ class ListingStore:
             SELECT listing_id, image_id, position_index, has_banner, position, model_version
             FROM {_ident(images_table)} WHERE listing_id = ANY($1::text[]) AND NOT deleted
         """
-        self._select_hashes = f"SELECT listing_id, state_hash FROM {t} WHERE listing_id = ANY($1::text[])"
+        self._select_stored = f"""
+            SELECT listing_id, state_hash, revision, published_revision, updated_at
+            FROM {t} WHERE listing_id = ANY($1::text[])
+        """
         self._upsert = f"""
             INSERT INTO {t} AS l (listing_id, hero_image_id, hero_reason, coverage_score, banner_share,
-                image_count, banner_free_count, model_versions, state, state_hash, updated_at)
+                image_count, banner_free_count, model_versions, state, state_hash, revision, updated_at)
             SELECT s.id, s.hero, s.reason, s.score, s.share, s.images, s.free,
                 ARRAY(SELECT v FROM jsonb_array_elements_text(s.state -> 'model_versions') WITH ORDINALITY AS e(v, n)
                     ORDER BY n),
-                s.state, s.hash, s.at
+                s.state, s.hash, s.revision, s.at
             FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::int[], $7::int[],
-                $8::jsonb[], $9::text[], $10::timestamptz[]) AS s(id, hero, reason, score, share, images, free,
-                state, hash, at)
+                $8::jsonb[], $9::text[], $10::bigint[], $11::timestamptz[]) AS s(id, hero, reason, score, share,
+                images, free, state, hash, revision, at)
             ON CONFLICT (listing_id) DO UPDATE SET
                 hero_image_id = excluded.hero_image_id, hero_reason = excluded.hero_reason,
                 coverage_score = excluded.coverage_score, banner_share = excluded.banner_share,
                 image_count = excluded.image_count, banner_free_count = excluded.banner_free_count,
                 model_versions = excluded.model_versions, state = excluded.state,
-                state_hash = excluded.state_hash, updated_at = excluded.updated_at
+                state_hash = excluded.state_hash, revision = excluded.revision, updated_at = excluded.updated_at
+        """
+        self._mark_published = f"""
+            UPDATE {t} AS l SET published_revision = greatest(l.published_revision, p.revision)
+            FROM (SELECT id, max(revision) AS revision FROM unnest($1::text[], $2::bigint[]) AS u(id, revision)
+                GROUP BY id) AS p
+            WHERE l.listing_id = p.id
         """
 
     async def migrate(self) -> int:
@@ -107,7 +123,9 @@ class ListingStore:
         return len(steps)
 
     async def recompute(self, listing_ids: Iterable[str]) -> list[ListingState]:
-        """Recompute the listings' states from their surviving image rows; return those that changed.
+        """Recompute the listings' states from their surviving image rows; store those that
+        changed; return every state still to publish (changed now, or stored and not yet
+        marked published), in listing_id order.
 
         One transaction and four statements whatever the batch size. A listing whose images
         are all deleted keeps a row whose state says ``no_images``.
@@ -118,16 +136,22 @@ class ListingStore:
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(self._lock, ids, LISTING_LOCK_SPACE)
             rows = await conn.fetch(self._select_images, ids)
-            stored = {r["listing_id"]: r["state_hash"] for r in await conn.fetch(self._select_hashes, ids)}
+            stored = {r["listing_id"]: r for r in await conn.fetch(self._select_stored, ids)}
             now = datetime.now(UTC)  # after the lock: a later writer never stamps an earlier time
             images: dict[str, list[ImageResult]] = {i: [] for i in ids}
             for r in rows:
                 images[r["listing_id"]].append(_image(r))
             states = [compute_state(i, images[i], self.rules, updated_at=now) for i in ids]
-            changed = [s for s in states if stored.get(s.listing_id) != s.state_hash]
+            changed, pending = _to_publish(states, stored)
             if changed:
                 await conn.execute(self._upsert, *_columns(changed))
-        return changed
+        return pending
+
+    async def mark_published(self, states: Iterable[ListingState]) -> None:
+        """Record that the broker acknowledged these states: ``recompute`` stops returning them."""
+        published = [(s.listing_id, s.revision) for s in states]
+        if published:
+            await self._pool.execute(self._mark_published, *map(list, zip(*published, strict=True)))
 
     async def get(self, listing_id: str) -> ListingState | None:
         """The stored state of a listing, if it was ever computed."""
@@ -135,6 +159,25 @@ class ListingStore:
         if state is None:
             return None
         return ListingState.from_output(orjson.loads(state) if isinstance(state, str | bytes) else state)
+
+
+def _to_publish(
+    states: list[ListingState], stored: dict[str, asyncpg.Record]
+) -> tuple[list[ListingState], list[ListingState]]:
+    """The states to write (content changed: next revision) and all states to publish
+    (those plus stored revisions not yet marked published, as they were stored)."""
+    changed, pending = [], []
+    for state in states:
+        old = stored.get(state.listing_id)
+        if old is None or old["state_hash"] != state.state_hash:
+            state = replace(state, revision=(old["revision"] if old else 0) + 1)
+            changed.append(state)
+        elif old["revision"] > old["published_revision"]:
+            state = replace(state, revision=old["revision"], updated_at=old["updated_at"])
+        else:
+            continue
+        pending.append(state)
+    return changed, pending
 
 
 def _image(r: asyncpg.Record) -> ImageResult:
@@ -152,6 +195,7 @@ def _columns(states: list[ListingState]) -> list[list[object]]:
         [s.banner_free_count for s in states],
         [orjson.dumps(s.to_output()).decode() for s in states],
         [s.state_hash for s in states],
+        [s.revision for s in states],
         [s.updated_at for s in states],
     ]
 
