@@ -1,0 +1,155 @@
+"""The labelling queue against Postgres: active-learning fill, hand-out, consensus, review, agreement, export."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from processor.dev.imageserver import ImageServer
+from processor.labelling import guidelines, sampling
+from processor.labelling.consensus import Verdict
+from processor.labelling.export import export, held_out
+from processor.labelling.tasks import Answer, QueueError, agreement, next_task, record_answer, resolve, review_queue
+
+from .labelling_support import LabelDb, label_db  # noqa: F401
+
+THRESHOLD = 0.54
+
+
+async def answer(db: LabelDb, user: int, verdict: Verdict = "label", banner: bool = False, position: str = "front"):  # type: ignore[no-untyped-def]
+    task = await next_task(db.pool, user, db.config)
+    assert task is not None
+    version = (await guidelines.current(db.pool)).version
+    label = verdict == "label"
+    await record_answer(
+        db.pool,
+        user,
+        Answer(task.image_id, verdict, banner if label else None, position if label else None, version),
+        db.config,
+    )
+    return task.image_id
+
+
+async def status(db: LabelDb, image_id: str) -> str:
+    return str(await db.pool.fetchval("SELECT status FROM label_tasks WHERE image_id = $1", image_id))
+
+
+async def test_the_queue_takes_uncertain_images_first_and_a_random_share(label_db: LabelDb) -> None:
+    db = label_db
+    await db.classify("sure", "http://x/1", banner_score=0.99, position="front")
+    await db.classify("banner-doubt", "http://x/2", banner_score=0.55, position="front")
+    await db.classify("position-doubt", "http://x/3", banner_score=0.02, position=None)
+    for i in range(20):
+        await db.classify(f"other-{i:02d}", f"http://x/o{i}", banner_score=0.98 - i * 0.001, position="side")
+    filled = await sampling.fill(db.pool, db.settings.postgres_table, 4, 0.25, THRESHOLD)
+    assert (filled.random, filled.uncertain) == (1, 3)
+    rows = {r["image_id"]: r for r in await db.pool.fetch("SELECT * FROM label_tasks")}
+    assert rows["banner-doubt"]["reason"] == "banner" and rows["position-doubt"]["reason"] == "position"
+    assert sum(r["reason"] == "random" for r in rows.values()) == 1
+    again = await sampling.fill(db.pool, db.settings.postgres_table, 100, 0.0, THRESHOLD)
+    assert again.uncertain == 23 - 4  # every image is queued once
+
+
+async def test_deleted_rows_are_never_queued(label_db: LabelDb) -> None:
+    db = label_db
+    await db.classify("kept", "http://x/1", banner_score=0.5)
+    await db.classify("gone", "http://x/2", banner_score=0.5)
+    await db.pool.execute(f'ALTER TABLE "{db.settings.postgres_table}" ADD COLUMN IF NOT EXISTS deleted boolean')
+    await db.pool.execute(f"UPDATE \"{db.settings.postgres_table}\" SET deleted = true WHERE image_id = 'gone'")
+    filled = await sampling.fill(db.pool, db.settings.postgres_table, 10, 0.5, THRESHOLD)
+    assert filled.random + filled.uncertain == 1
+    assert await db.pool.fetchval("SELECT image_id FROM label_tasks") == "kept"
+
+
+async def test_three_agreeing_labellers_make_a_label_final_and_nobody_sees_an_image_twice(label_db: LabelDb) -> None:
+    db = label_db
+    await db.classify("img", "http://x/1", banner_score=0.5)
+    await sampling.fill(db.pool, db.settings.postgres_table, 10, 0.0, THRESHOLD)
+    users = [await db.user(f"l{i}") for i in range(3)]
+    await answer(db, users[0], banner=True, position="rear")
+    assert await next_task(db.pool, users[0], db.config) is None  # answered: never again for this person
+    await answer(db, users[1], banner=True, position="rear")
+    assert await status(db, "img") == "open"
+    await answer(db, users[2], banner=True, position="rear")
+    row = await db.pool.fetchrow("SELECT status, banner, position FROM label_tasks")
+    assert tuple(row) == ("final", True, "rear")
+    stamped = await db.pool.fetch("SELECT DISTINCT guidelines_version FROM label_answers")
+    assert [r[0] for r in stamped] == [(await guidelines.current(db.pool)).version]
+
+
+async def test_an_image_is_shown_to_at_most_n_at_once(label_db: LabelDb) -> None:
+    db = label_db
+    await db.classify("img", "http://x/1", banner_score=0.5)
+    await sampling.fill(db.pool, db.settings.postgres_table, 10, 0.0, THRESHOLD)
+    users = [await db.user(f"l{i}") for i in range(6)]
+    shown = [await next_task(db.pool, u, db.config) for u in users]
+    assert [t is not None for t in shown] == [True] * 5 + [False]
+    assert await next_task(db.pool, users[0], db.config) == shown[0]  # a reload shows the same image
+
+
+async def test_disagreement_goes_to_review_where_the_admin_decides(label_db: LabelDb) -> None:
+    db = label_db
+    await db.classify("img", "http://x/1", banner_score=0.5)
+    await sampling.fill(db.pool, db.settings.postgres_table, 10, 0.0, THRESHOLD)
+    users = [await db.user(f"l{i}") for i in range(4)]
+    admin = await db.user("boss", "admin")
+    for user, position in zip(users, ("front", "side", "rear"), strict=False):
+        await answer(db, user, position=position)
+    await answer(db, users[3], verdict="unsure")  # 1 + 1 slot cannot reach 3
+    assert await status(db, "img") == "review"
+    queue = await review_queue(db.pool)
+    assert [r["image_id"] for r in queue] == ["img"] and '"unsure"' in queue[0]["tally"]
+    await resolve(db.pool, admin, "img", (False, "side"))
+    assert await status(db, "img") == "resolved"
+    try:
+        await resolve(db.pool, admin, "img", None)
+    except QueueError:
+        pass
+    else:
+        raise AssertionError("resolved twice")
+    by_user = {r["username"]: r for r in await agreement(db.pool)}
+    assert (by_user["l1"]["agreed"], by_user["l1"]["decided"]) == (1, 1)
+    assert (by_user["l0"]["agreed"], by_user["l0"]["decided"]) == (0, 1)
+    assert by_user["l3"]["unsure"] == 1
+
+
+async def test_an_answer_needs_a_shown_image(label_db: LabelDb) -> None:
+    db = label_db
+    await db.classify("img", "http://x/1", banner_score=0.5)
+    await sampling.fill(db.pool, db.settings.postgres_table, 10, 0.0, THRESHOLD)
+    user = await db.user("l0")
+    try:
+        await record_answer(db.pool, user, Answer("img", "label", True, "front", 1), db.config)
+    except QueueError:
+        return
+    raise AssertionError("an answer to an image that was never shown was stored")
+
+
+async def test_export_writes_train_and_holdout_sets_that_train_reads(
+    label_db: LabelDb, image_server: ImageServer, jpegs: dict[str, bytes], tmp_path: Path
+) -> None:
+    from processor.ml.dataset import read_labels
+
+    db = label_db
+    names = sorted(jpegs)[:12]
+    for i, name in enumerate(names):
+        await db.classify(f"img-{i:02d}", image_server.url(name), banner_score=0.5)
+    await db.classify("broken", image_server.base_url + "/html", banner_score=0.5)
+    await db.classify("blocked", "http://10.0.0.1/x.jpg", banner_score=0.5)
+    await sampling.fill(db.pool, db.settings.postgres_table, 100, 0.5, THRESHOLD)
+    await db.pool.execute(
+        "UPDATE label_tasks SET status = 'final', banner = image_id LIKE '%1', position = 'front' "
+        "WHERE image_id <> 'img-11'"
+    )
+    await db.pool.execute("UPDATE label_tasks SET status = 'review' WHERE image_id = 'img-11'")
+    summary = await export(db.pool, db.settings, tmp_path, 30)
+    assert set(summary.failed) == {"broken", "blocked"}
+    holdout = {f"img-{i:02d}" for i in range(11) if held_out(f"img-{i:02d}", 30)}
+    assert (summary.train, summary.holdout) == (11 - len(holdout), len(holdout))
+    train, test = read_labels(tmp_path / "train"), read_labels(tmp_path / "holdout")
+    assert len(train) == summary.train and len(test) == summary.holdout
+    assert all(item.path.exists() and item.position == "front" for item in train + test)
+    with (tmp_path / "holdout" / "labels.csv").open() as fh:
+        assert {r["image_id"] for r in csv.DictReader(fh)} == holdout
+    randoms = read_labels(tmp_path / "holdout-random")
+    assert all(r.path.exists() for r in randoms) and len(randoms) == summary.holdout_random
