@@ -16,14 +16,14 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from processor.dev.stack import StackUrls
+from processor.events import version_key
 from processor.listings import ImageResult, ListingRules, ListingState, ListingStore, compute_state
 from processor.listings.store import LISTING_LOCK_SPACE
-from processor.store import PostgresStore
+from processor.store import NOT_OLDER, PostgresStore
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
-VERSIONS = ("2026.11.30.4", "2026.11.30.5")  # text and integer order agree, as the images table compares text
+VERSIONS = ("2026.11.30.9", "2026.11.30.10")  # in this order as numbers, the other way round as text
 POSITIONS = ("front", "front_three_quarter", "side", "rear", "interior", "dashboard", "engine", "unsure")
-KEPT_NOT_NULL = {"image_id", "listing_id", "event_time", "deleted"}
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Db:
 
 @pytest.fixture(scope="module")
 async def db(stack_urls: StackUrls) -> AsyncIterator[Db]:
-    """The image store's real table plus the tombstone column (until its migration adds it), and the listings table."""
+    """The image store's table, as its migrations make it, and the listings table."""
     tag = uuid.uuid4().hex[:10]
     images, listings = f"images_{tag}", f"listings_{tag}"
     image_store = PostgresStore(stack_urls.postgres_dsn, table=images)
@@ -46,12 +46,6 @@ async def db(stack_urls: StackUrls) -> AsyncIterator[Db]:
         await image_store.close()
     pool = await asyncpg.create_pool(stack_urls.postgres_dsn, min_size=1, max_size=4)
     try:
-        await pool.execute(f'ALTER TABLE "{images}" ADD COLUMN IF NOT EXISTS deleted boolean NOT NULL DEFAULT false')
-        columns = await pool.fetch(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = $1 AND is_nullable = 'NO'", images
-        )
-        for c in {r["column_name"] for r in columns} - KEPT_NOT_NULL:
-            await pool.execute(f'ALTER TABLE "{images}" ALTER COLUMN "{c}" DROP NOT NULL')
         store = ListingStore(pool, ListingRules(), images_table=images, table=listings)
         assert await store.migrate() == 1
         assert await store.migrate() == 1
@@ -73,24 +67,23 @@ class Event:
     has_banner: bool = False
     position: str = "front"
 
-    def survives_over(self, other: Event) -> bool:
-        """The images table's guard: newer event time, or same time and newer model version."""
-        return (self.t, self.version or "") > (other.t, other.version or "")
+    def order_key(self) -> tuple[int, bool, tuple[int, ...]]:
+        """The image store's order: event time, then a deletion over a result, then model version."""
+        return self.t, self.version is None, version_key(self.version) if self.version else ()
 
 
 async def write(pool: asyncpg.Pool | asyncpg.Connection, table: str, e: Event) -> None:
-    """Upsert one image row or tombstone with the image store's newest-wins guard."""
+    """Upsert one image row or tombstone with the image store's guard (a row is replaced by an outcome not older)."""
     deleted = e.version is None
     await pool.execute(
         f"""INSERT INTO "{table}" AS t (image_id, listing_id, position_index, has_banner, position,
-                model_version, event_time, deleted)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                model_version, event_time, deleted, classified_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
             ON CONFLICT (image_id) DO UPDATE SET listing_id = excluded.listing_id,
                 position_index = excluded.position_index, has_banner = excluded.has_banner,
                 position = excluded.position, model_version = excluded.model_version,
                 event_time = excluded.event_time, deleted = excluded.deleted
-            WHERE t.event_time < excluded.event_time
-               OR (t.event_time = excluded.event_time AND t.model_version < excluded.model_version)""",
+            WHERE {NOT_OLDER}""",
         e.image_id,
         e.listing_id,
         None if deleted else e.position_index,
@@ -105,7 +98,7 @@ async def write(pool: asyncpg.Pool | asyncpg.Connection, table: str, e: Event) -
 def survivors(events: list[Event], listing_id: str) -> list[ImageResult]:
     latest: dict[str, Event] = {}
     for e in events:
-        if e.listing_id == listing_id and (e.image_id not in latest or e.survives_over(latest[e.image_id])):
+        if e.listing_id == listing_id and (e.image_id not in latest or e.order_key() >= latest[e.image_id].order_key()):
             latest[e.image_id] = e
     return [
         ImageResult(e.image_id, e.position_index, e.has_banner, e.position, e.version)
@@ -122,8 +115,8 @@ def new_listing() -> str:
     return f"L-{uuid.uuid4().hex[:12]}"
 
 
-# One listing's history: per (listing, image, time) either one deletion or results of distinct model
-# versions, so that the surviving row never depends on arrival order (true duplicates are added later).
+# Two listings' histories: one content per (image, time, version or deletion), so that the surviving
+# row never depends on arrival order (true duplicates are added later).
 raw_events = st.lists(
     st.tuples(
         st.integers(0, 1),  # listing

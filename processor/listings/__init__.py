@@ -14,7 +14,6 @@ from .rules import (
     ListingState,
     compute_state,
     listing_order,
-    version_key,
 )
 from .store import ListingStore
 
@@ -31,5 +30,4 @@ __all__ = [
     "ListingStore",
     "compute_state",
     "listing_order",
-    "version_key",
 ]

@@ -7,7 +7,6 @@ order in which they arrived, so recomputing it from rows is always safe.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,6 +15,8 @@ from types import MappingProxyType
 from typing import Any
 
 import orjson
+
+from ..events import version_key
 
 UNSURE = "unsure"  # a position the model would not commit to: covers nothing, never preferred
 
@@ -98,7 +99,7 @@ class ListingState:
     banner_free_count: int
     banner_share: float
     feed: tuple[str, ...]  # banner-free image ids in listing order
-    model_versions: tuple[str, ...]  # ascending, as integer tuples
+    model_versions: tuple[str, ...]  # ascending by events.version_key (as the image store compares them)
     updated_at: datetime = field(compare=False)
     revision: int = field(default=0, compare=False)  # the store's change counter; 0 before storing
 
@@ -170,11 +171,6 @@ class ListingState:
         )
 
 
-def version_key(version: str) -> tuple[tuple[int, ...], str]:
-    """Order model versions by their integers ("2026.11.30.10" after "2026.11.30.9"), then text."""
-    return tuple(int(n) for n in re.findall(r"\d+", version)), version
-
-
 def listing_order(image: ImageResult) -> tuple[bool, int, str]:
     """Listing order: by position_index, images without one last, ties by image_id."""
     return image.position_index is None, image.position_index or 0, image.image_id
@@ -202,7 +198,7 @@ def compute_state(
         banner_free_count=len(free),
         banner_share=_share(len(ordered) - len(free), len(ordered), empty=0.0),
         feed=tuple(i.image_id for i in free),
-        model_versions=tuple(sorted({i.model_version for i in ordered}, key=version_key)),
+        model_versions=tuple(sorted({i.model_version for i in ordered}, key=lambda v: (version_key(v), v))),
         updated_at=updated_at or datetime.now(UTC),
     )
 
