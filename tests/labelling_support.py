@@ -1,6 +1,7 @@
 """Fixtures of the labelling tests: a Postgres schema of their own, seeded classifications, a running app.
 
-Import the fixtures a test module uses from here (``# noqa: F401``).
+A test module imports the fixtures it uses (``label_db_fixture``, ...; ``# noqa: F401``); pytest knows them by
+their ``name`` (``label_db``, ...).
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ class LabelDb:
         return await create_user(self.pool, username, PASSWORD, role)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-async def label_db(settings: Settings) -> AsyncIterator[LabelDb]:
+@pytest.fixture(name="label_db")
+async def label_db_fixture(settings: Settings) -> AsyncIterator[LabelDb]:
     schema = f"label_{uuid.uuid4().hex[:10]}"
     store = PostgresStore(settings.postgres_dsn, settings.postgres_table)
     await store.start()
@@ -119,8 +120,8 @@ class RunningApp:
         return self.app[POOL]
 
 
-@pytest.fixture
-async def label_app(label_db: LabelDb) -> AsyncIterator[RunningApp]:
+@pytest.fixture(name="label_app")
+async def label_app_fixture(label_db: LabelDb) -> AsyncIterator[RunningApp]:
     app = create_app(label_db.settings, label_db.config)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

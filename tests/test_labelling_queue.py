@@ -11,8 +11,10 @@ from processor.labelling.consensus import Verdict
 from processor.labelling.export import export, held_out
 from processor.labelling.tasks import Answer, QueueError, agreement, next_task, record_answer, resolve, review_queue
 
-from .labelling_support import LabelDb
-from .labelling_support import label_db as _label_db  # noqa: F401  (a fixture)
+from .labelling_support import (
+    LabelDb,
+    label_db_fixture,  # noqa: F401
+)
 
 THRESHOLD = 0.54
 
