@@ -1,0 +1,543 @@
+"""deploy/: Kubernetes manifests, Prometheus rules and the Grafana dashboard, checked offline.
+
+Kubernetes objects are validated with kubernetes-validate (strict: unknown fields fail), the KEDA
+ScaledObject against the CRD schema in deploy/k8s/schemas, and the numbers that must agree across files
+(partitions, threads, ports, grace periods) against each other. Prometheus rules go through
+`promtool check rules` and `promtool test rules`; without promtool those tests skip, unless
+PROCESSOR_TEST_REQUIRE_TOOLS=1 (CI sets it), where they fail.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from processor.settings import Settings
+from processor.topics import bootstrap
+
+ROOT = Path(__file__).parents[1]
+K8S = ROOT / "deploy" / "k8s"
+PROMETHEUS = ROOT / "deploy" / "prometheus"
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboard.json"
+OVERLAYS = ("keda", "hpa")
+KUBERNETES_VERSION = "1.30.0"
+WORKER = "listing-image-processor"
+SCRAPE_JOB = "listing-image-processor"
+
+# The worker's metrics, as agreed for issue #16 (processor/metrics.py serves them).
+CONTRACT_METRICS = {
+    "processor_consumer_lag",
+    "processor_oldest_unacked_age_seconds",
+    "processor_stuck_partitions",
+    "processor_events_total",
+    "processor_dead_letters_total",
+    "processor_batch_size",
+    "processor_batches_total",
+    "processor_model_info",
+    "processor_last_progress_timestamp_seconds",
+    "processor_event_latency_seconds",
+    "processor_store_retries_total",
+    "processor_cache_errors_total",
+    "processor_fetch_responses_total",
+    "processor_in_flight",
+}
+HISTOGRAMS = {"processor_batch_size", "processor_event_latency_seconds"}
+DEAD_LETTER_KINDS = {
+    "invalid_event",
+    "blocked_url",
+    "fetch_failed",
+    "too_large",
+    "not_an_image",
+    "model_error",
+    "internal_error",
+    "storage_rejected",
+}
+# Worst-case memory of a worker beyond its buffers: steady RSS of benchmarks/results/soak-2core.json.
+STEADY_RSS_MIB = 768
+
+
+# ---------------------------------------------------------------------------------------------------
+# A minimal kustomize: enough for what deploy/k8s uses, and loud about anything else.
+
+_KUSTOMIZATION_KEYS = {"apiVersion", "kind", "namespace", "resources", "images"}
+_CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+
+
+def _containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    template = obj.get("spec", {}).get("template", {}).get("spec", {})
+    return [*template.get("initContainers", []), *template.get("containers", [])]
+
+
+def render(directory: Path) -> list[dict[str, Any]]:
+    """The objects `kubectl kustomize directory` prints, for resources, namespace and images only."""
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    unsupported = kustomization.keys() - _KUSTOMIZATION_KEYS
+    assert not unsupported, f"render() does not implement {unsupported}: extend it or keep kustomizations simple"
+    objects: list[dict[str, Any]] = []
+    for resource in kustomization["resources"]:
+        path = directory / resource
+        if path.is_dir():
+            objects.extend(render(path))
+        else:
+            objects.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
+    for obj in objects:
+        if "namespace" in kustomization and obj["kind"] not in _CLUSTER_SCOPED:
+            obj["metadata"]["namespace"] = kustomization["namespace"]
+        for image in kustomization.get("images", []):
+            for container in _containers(obj):
+                if container["image"].split(":")[0] == image["name"]:
+                    container["image"] = f"{image.get('newName', image['name'])}:{image['newTag']}"
+    return objects
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [o for o in by_kind(objects, kind) if name is None or o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    return request.param, render(K8S / "overlays" / request.param)
+
+
+@pytest.fixture(scope="module")
+def base() -> list[dict[str, Any]]:
+    return render(K8S / "base")
+
+
+@pytest.fixture(scope="module")
+def config(base: list[dict[str, Any]]) -> dict[str, str]:
+    data: dict[str, str] = one(base, "ConfigMap")["data"]
+    return data
+
+
+@pytest.fixture(scope="module")
+def worker(base: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(base, "Deployment", WORKER)
+
+
+def _kustomize_command() -> list[str] | None:
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    return None
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_render_matches_kustomize_where_installed(name: str) -> None:
+    """Keeps the tests' renderer honest: same objects as the real kustomize (skipped without it)."""
+    command = _kustomize_command()
+    if command is None:
+        pytest.skip("neither kustomize nor kubectl is installed")
+    out = subprocess.run([*command, str(K8S / "overlays" / name)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+    def key(o: dict[str, Any]) -> str:
+        return f"{o['kind']}/{o['metadata'].get('namespace', '')}/{o['metadata']['name']}"
+
+    theirs = {key(o): o for o in yaml.safe_load_all(out.stdout) if o}
+    ours = {key(o): o for o in render(K8S / "overlays" / name)}
+    assert theirs == ours
+
+
+# ---------------------------------------------------------------------------------------------------
+# Schemas
+
+
+def test_every_object_is_valid_kubernetes(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    _name, objects = overlay
+    for obj in objects:
+        if obj["apiVersion"].startswith("keda.sh/"):
+            continue  # not in kubernetes-validate; see test_scaled_object_matches_the_keda_crd
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def test_kubernetes_validation_can_fail(worker: dict[str, Any]) -> None:
+    broken = copy.deepcopy(worker)
+    broken["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["paht"] = "/readyz"
+    with pytest.raises(kubernetes_validate.ValidationError, match="paht"):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def _strict(schema: Any) -> Any:
+    """No unknown properties anywhere (the API server would prune them silently)."""
+    if isinstance(schema, dict):
+        schema = {k: _strict(v) for k, v in schema.items()}
+        open_ended = "additionalProperties" in schema or schema.get("x-kubernetes-preserve-unknown-fields")
+        if schema.get("type") == "object" and "properties" in schema and not open_ended:
+            schema["additionalProperties"] = False
+        return schema
+    if isinstance(schema, list):
+        return [_strict(v) for v in schema]
+    return schema
+
+
+@pytest.fixture(scope="module")
+def keda_validator() -> jsonschema.protocols.Validator:
+    crd = yaml.safe_load((K8S / "schemas" / "keda.sh_scaledobjects.yaml").read_text())
+    assert crd["spec"]["group"] == "keda.sh" and crd["spec"]["names"]["kind"] == "ScaledObject"
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
+    schema = _strict(version["schema"]["openAPIV3Schema"])
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
+def _scaled_object() -> dict[str, Any]:
+    return one(render(K8S / "overlays" / "keda"), "ScaledObject")
+
+
+def test_scaled_object_matches_the_keda_crd(keda_validator: jsonschema.protocols.Validator) -> None:
+    scaled = _scaled_object()
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in keda_validator.iter_errors(scaled)]
+    assert not errors
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "why"),
+    [
+        (("spec", "triggers", 0, "metadata", "lagThreshold"), 1000, "is not of type 'string'"),
+        (("spec", "maxReplicas"), 12, "Additional properties"),
+        (("spec", "advanced", "horizontalPodAutoscalerConfig", "behavior", "scaleDown", "selectPolicy"), "max", "enum"),
+    ],
+)
+def test_keda_schema_catches_mistakes(
+    keda_validator: jsonschema.protocols.Validator, path: tuple[Any, ...], value: Any, why: str
+) -> None:
+    scaled = _scaled_object()
+    target = scaled
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    messages = " ".join(e.message for e in keda_validator.iter_errors(scaled))
+    assert why in messages or (why == "enum" and "is not one of" in messages)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Settings, and the numbers that must agree across files
+
+
+def test_configmap_holds_known_settings_and_no_secrets(config: dict[str, str]) -> None:
+    names = {k.removeprefix("PROCESSOR_").lower(): v for k, v in config.items()}
+    assert all(k.startswith("PROCESSOR_") for k in config)
+    unknown = sorted(f"PROCESSOR_{k.upper()}" for k in names if k not in Settings.model_fields)
+    assert not unknown, f"the ConfigMap sets variables no setting reads: {unknown}"
+    settings = Settings.model_validate(names)
+    assert settings.decode_threads >= 1, "0 means os.cpu_count(): the node's CPUs, not the pod's"
+    assert settings.metrics_port > 0
+    assert "PROCESSOR_POSTGRES_DSN" not in config and "PROCESSOR_REDIS_URL" not in config
+    example = yaml.safe_load((K8S / "secret.example.yaml").read_text())
+    assert set(example["stringData"]) == {"PROCESSOR_POSTGRES_DSN", "PROCESSOR_REDIS_URL"}
+
+
+def test_only_one_autoscaler_per_overlay(base: list[dict[str, Any]], overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    name, objects = overlay
+    assert not by_kind(base, "ScaledObject") and not by_kind(base, "HorizontalPodAutoscaler")
+    autoscalers = [o["kind"] for o in objects if o["kind"] in {"ScaledObject", "HorizontalPodAutoscaler"}]
+    assert autoscalers == [{"keda": "ScaledObject", "hpa": "HorizontalPodAutoscaler"}[name]]
+    # The autoscaler owns the count; a replicas field would reset it on every apply.
+    assert "replicas" not in one(objects, "Deployment", WORKER)["spec"]
+
+
+def test_autoscalers_stop_at_the_partition_count(config: dict[str, str]) -> None:
+    partitions = int(config["PROCESSOR_TOPIC_PARTITIONS"])
+    scaled = _scaled_object()["spec"]
+    hpa = one(render(K8S / "overlays" / "hpa"), "HorizontalPodAutoscaler")["spec"]
+    assert scaled["maxReplicaCount"] == hpa["maxReplicas"] == partitions
+    assert 2 <= scaled["minReplicaCount"] <= partitions and 2 <= hpa["minReplicas"] <= partitions
+    assert scaled["fallback"]["replicas"] <= partitions
+    for target in (scaled["scaleTargetRef"], hpa["scaleTargetRef"]):
+        assert (target["kind"], target["name"]) == ("Deployment", WORKER)
+
+
+def test_keda_reads_the_lag_of_the_workers_group_and_topics(config: dict[str, str]) -> None:
+    triggers = _scaled_object()["spec"]["triggers"]
+    assert {t["type"] for t in triggers} == {"kafka"}
+    topics = {t["metadata"]["topic"] for t in triggers}
+    assert topics == {config["PROCESSOR_INPUT_TOPIC"], config["PROCESSOR_BACKFILL_TOPIC"]}
+    for trigger in triggers:
+        meta = trigger["metadata"]
+        assert meta["consumerGroup"] == config["PROCESSOR_CONSUMER_GROUP"]
+        assert meta["bootstrapServers"] == bootstrap(config["PROCESSOR_BROKER_URL"])
+        assert int(meta["lagThreshold"]) > 0
+        assert meta["allowIdleConsumers"] == "false"  # never a worker without a partition
+
+
+def test_hpa_scales_on_the_lag_metric_the_adapter_serves() -> None:
+    hpa = one(render(K8S / "overlays" / "hpa"), "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "External"
+    assert metric["external"]["metric"]["name"] == "processor_consumer_lag"
+    assert metric["external"]["target"]["type"] == "AverageValue"
+    values = yaml.safe_load((K8S / "overlays" / "hpa" / "prometheus-adapter-values.yaml").read_text())
+    (rule,) = values["rules"]["external"]
+    assert rule["name"]["as"] == "processor_consumer_lag"
+    assert "processor_consumer_lag" in rule["seriesQuery"]
+
+
+def _worker_container(worker: dict[str, Any]) -> dict[str, Any]:
+    (container,) = worker["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_probes_hit_the_metrics_port_and_the_right_paths(worker: dict[str, Any], config: dict[str, str]) -> None:
+    container = _worker_container(worker)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    port = int(config["PROCESSOR_METRICS_PORT"])
+    expected = {"startupProbe": "/healthz", "livenessProbe": "/healthz", "readinessProbe": "/readyz"}
+    for probe, path in expected.items():
+        get = container[probe]["httpGet"]
+        assert get["path"] == path, probe
+        assert ports.get(get["port"], get["port"]) == port, probe
+    # Model load: the startup probe allows at least two minutes before liveness takes over.
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 120
+    annotations = worker["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == port
+    service = one(render(K8S / "base"), "Service", WORKER)
+    assert service["metadata"]["name"] == SCRAPE_JOB
+    assert service["spec"]["selector"].items() <= worker["spec"]["template"]["metadata"]["labels"].items()
+    assert ports[service["spec"]["ports"][0]["targetPort"]] == port
+
+
+def test_termination_grace_outlasts_the_drain(worker: dict[str, Any], config: dict[str, str]) -> None:
+    grace = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= float(config["PROCESSOR_SHUTDOWN_GRACE_S"]) + 10  # drain, then commit and leave the group
+
+
+def _quantity(value: str) -> float:
+    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    for suffix, factor in units.items():
+        if value.endswith(suffix):
+            return float(value.removesuffix(suffix)) * factor
+    return float(value)
+
+
+def test_resources_match_the_threads_and_bound_memory(worker: dict[str, Any], config: dict[str, str]) -> None:
+    container = _worker_container(worker)
+    requests, limits = container["resources"]["requests"], container["resources"]["limits"]
+    threads = int(config["PROCESSOR_DECODE_THREADS"])
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert _quantity(requests["cpu"]) == _quantity(limits["cpu"]) == threads == int(env["TF_NUM_INTRAOP_THREADS"])
+    assert requests["memory"] == limits["memory"]  # Guaranteed QoS: not the first evicted
+    settings = Settings.model_validate({k.removeprefix("PROCESSOR_").lower(): v for k, v in config.items()})
+    worst = (
+        STEADY_RSS_MIB * 2**20
+        + settings.max_in_flight * settings.max_image_bytes
+        + threads * settings.max_image_pixels * 3
+    )
+    assert worst <= _quantity(limits["memory"]), f"{worst / 2**20:.0f} MiB can exceed the {limits['memory']} limit"
+
+
+def _pod_specs(objects: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for obj in objects:
+        if obj["kind"] in {"Deployment", "Job"}:
+            yield obj["metadata"]["name"], obj["spec"]["template"]["spec"]
+
+
+def test_pods_run_non_root_on_a_read_only_root(base: list[dict[str, Any]]) -> None:
+    specs = dict(_pod_specs(base))
+    assert len(specs) == 3
+    for name, spec in specs.items():
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True and pod["runAsUser"] > 0, name
+        assert pod["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert spec["automountServiceAccountToken"] is False, name
+        mounts = set()
+        for container in spec["containers"]:
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True, name
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert security["capabilities"]["drop"] == ["ALL"], name
+            assert container["resources"]["limits"], name
+            mounts |= {m["mountPath"] for m in container["volumeMounts"]}
+        assert "/tmp" in mounts, name  # Faust's data dir and Keras' cache live there
+
+
+def test_jobs_migrate_and_create_topics(base: list[dict[str, Any]]) -> None:
+    jobs = {j["spec"]["template"]["spec"]["containers"][0]["args"][0]: j for j in by_kind(base, "Job")}
+    assert jobs["db"]["spec"]["template"]["spec"]["containers"][0]["args"] == ["db", "migrate"]
+    assert jobs["topics"]["spec"]["template"]["spec"]["containers"][0]["args"] == ["topics", "create"]
+    for job in jobs.values():
+        assert job["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
+        assert job["spec"]["ttlSecondsAfterFinished"] > 0  # a finished Job goes, so the next apply can recreate it
+    sources = {
+        name: {next(iter(r)) for r in job["spec"]["template"]["spec"]["containers"][0]["envFrom"]}
+        for name, job in jobs.items()
+    }
+    assert sources == {"db": {"configMapRef", "secretRef"}, "topics": {"configMapRef"}}  # topics: the broker only
+
+
+def test_disruption_budget_covers_the_workers(base: list[dict[str, Any]], worker: dict[str, Any]) -> None:
+    pdb = one(base, "PodDisruptionBudget")["spec"]
+    assert pdb["maxUnavailable"] == 1
+    assert pdb["selector"]["matchLabels"].items() <= worker["spec"]["template"]["metadata"]["labels"].items()
+    strategy = worker["spec"]["strategy"]["rollingUpdate"]
+    assert strategy["maxSurge"] == 0, "a surplus worker gets no partition and never turns ready"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Prometheus and Grafana
+
+_METRIC = re.compile(r"\b(processor_[a-z0-9_]+|up)\b")
+
+
+def referenced_metrics(text: str) -> set[str]:
+    names = set()
+    for name in _METRIC.findall(text):
+        base_name = re.sub(r"_(bucket|sum|count)$", "", name)
+        names.add(base_name if base_name in HISTOGRAMS else name)
+    return names
+
+
+def _alert_rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        if os.environ.get("PROCESSOR_TEST_REQUIRE_TOOLS") == "1":
+            pytest.fail("promtool is missing (apt-get install prometheus) and PROCESSOR_TEST_REQUIRE_TOOLS=1")
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    return path
+
+
+def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_alert_rules_are_valid(promtool: str) -> None:
+    result = _run([promtool, "check", "rules", "alerts.yml"], PROMETHEUS)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alert_rules_pass_their_unit_tests(promtool: str) -> None:
+    result = _run([promtool, "test", "rules", "alerts.test.yml"], PROMETHEUS)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alert_unit_tests_can_fail(promtool: str, tmp_path: Path) -> None:
+    """A wrong expectation (the stuck-partition alert on a healthy series) makes promtool fail."""
+    shutil.copy(PROMETHEUS / "alerts.yml", tmp_path / "alerts.yml")
+    case = {
+        "rule_files": ["alerts.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": "processor_stuck_partitions", "values": "0x20"}],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "15m",
+                        "alertname": "ProcessorStuckPartition",
+                        "exp_alerts": [{"exp_labels": {"severity": "critical"}}],
+                    }
+                ],
+            }
+        ],
+    }
+    (tmp_path / "wrong.test.yml").write_text(yaml.safe_dump(case))
+    result = _run([promtool, "test", "rules", "wrong.test.yml"], tmp_path)
+    assert result.returncode != 0 and "ProcessorStuckPartition" in result.stdout + result.stderr
+
+
+def test_prometheus_config_is_valid(promtool: str, tmp_path: Path) -> None:
+    """prometheus.yml as compose mounts it, with the rule file at its mounted path replaced by ours."""
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    config["rule_files"] = [str(PROMETHEUS / "alerts.yml")]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    result = _run([promtool, "check", "config", "prometheus.yml"], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alerts_cover_the_issue_and_each_has_a_test_and_a_runbook() -> None:
+    alerts = {rule["alert"]: rule for rule in _alert_rules() if "alert" in rule}
+    required = {
+        "ProcessorConsumerLagGrowing",
+        "ProcessorDeadLetterRateHigh",
+        "ProcessorStuckPartition",
+        "ProcessorNoProgress",
+        "ProcessorErrorRateHigh",
+        "ProcessorWorkerDown",
+        "ProcessorNoWorkers",
+    }
+    assert required <= alerts.keys()
+    tests = yaml.safe_load((PROMETHEUS / "alerts.test.yml").read_text())["tests"]
+    tested = {case["alertname"] for test in tests for case in test["alert_rule_test"] if case["exp_alerts"]}
+    assert alerts.keys() <= tested, f"alerts never shown firing: {alerts.keys() - tested}"
+    readme = (ROOT / "README.md").read_text()
+    assert "## Operations" in readme
+    operations = readme.split("## Operations", 1)[1]
+    for name, rule in alerts.items():
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}, name
+        assert {"summary", "description", "runbook"} <= rule["annotations"].keys(), name
+        assert f"`{name}`" in operations, f"README's Operations table has no row for {name}"
+
+
+def test_alerts_use_contract_metrics_only() -> None:
+    exprs = " ".join(rule["expr"] for rule in _alert_rules())
+    used = referenced_metrics(exprs)
+    assert used - {"up"} <= CONTRACT_METRICS, used - CONTRACT_METRICS - {"up"}
+    assert f'up{{job="{SCRAPE_JOB}"}}' in exprs
+    kinds = set(re.findall(r'kind=~"([^"]+)"', exprs)[0].split("|"))
+    assert kinds <= DEAD_LETTER_KINDS
+
+
+def test_dashboard_references_contract_metrics_only() -> None:
+    text = DASHBOARD.read_text()
+    dashboard = json.loads(text)
+    used = referenced_metrics(text)
+    assert used - {"up"} <= CONTRACT_METRICS, f"not in the metrics contract: {used - CONTRACT_METRICS - {'up'}}"
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p.get("targets", []))
+    for needed in (
+        "processor_consumer_lag",
+        "processor_oldest_unacked_age_seconds",
+        "processor_events_total",
+        "processor_dead_letters_total",
+        "processor_batch_size",
+        "processor_event_latency_seconds",
+        "processor_model_info",
+    ):
+        assert needed in exprs, f"no panel shows {needed}"
+    assert "histogram_quantile(0.95, sum by (le) (rate(processor_event_latency_seconds_bucket" in exprs
+
+
+def test_dashboard_panels_are_well_formed() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    cells: set[tuple[int, int]] = set()
+    for panel in panels:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["targets"] and all(t["expr"] for t in panel["targets"]), panel["title"]
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        xs, ys = range(grid["x"], grid["x"] + grid["w"]), range(grid["y"], grid["y"] + grid["h"])
+        area = {(x, y) for x in xs for y in ys}
+        assert not cells & area, f"{panel['title']} overlaps another panel"
+        cells |= area
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert {"datasource", "instance"} <= variables
