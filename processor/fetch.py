@@ -117,7 +117,11 @@ class Fetcher:
         location = resp.headers.get("Location")
         if not location:
             raise FetchFailed(f"HTTP {resp.status} without a Location header")
-        return check_url(current.join(URL(location)), self.settings.allow_networks)
+        try:
+            following = current.join(URL(location))
+        except (ValueError, TypeError) as exc:  # e.g. "http://[::1" or a port over 65535
+            raise FetchFailed(f"HTTP {resp.status} to a malformed Location {location[:200]!r}: {exc}") from None
+        return check_url(following, self.settings.allow_networks)
 
     @staticmethod
     def _raise_for_status(resp: aiohttp.ClientResponse) -> None:

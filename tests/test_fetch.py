@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 import pytest
 
@@ -61,6 +62,16 @@ async def test_redirect_is_followed_and_rechecked(
         await fetcher.fetch(f"{image_server.base_url}/redirect?to=http://169.254.169.254/latest/meta-data/")
     with pytest.raises(BlockedUrl):
         await fetcher.fetch(f"{image_server.base_url}/redirect?to=file:///etc/passwd")
+
+
+@pytest.mark.parametrize("location", ["http://[::1", "http://a:99999/", "//[::1/x", "http://a:-1/"])
+async def test_malformed_redirect_location_is_a_permanent_fetch_failure(
+    fetcher: Fetcher, image_server: ImageServer, location: str
+) -> None:
+    with pytest.raises(FetchFailed, match="malformed Location") as info:
+        await fetcher.fetch(f"{image_server.base_url}/redirect?to={quote(location)}")
+    assert not info.value.retriable and not isinstance(info.value, BlockedUrl)
+    assert image_server.requests["/redirect"] == 1
 
 
 async def test_body_over_the_cap_stops_reading(fetcher: Fetcher, image_server: ImageServer) -> None:

@@ -1,8 +1,9 @@
 """A local aiohttp server that plays a dealer CDN: generated listing photos and failure routes.
 
 Routes: ``/img/{name}`` (a registered image; ``?v=N`` makes its bytes unique by adding a JPEG
-comment, so content-hash caching cannot shortcut benchmarks), ``/status/{code}``, ``/slow/{name}``
-(drips the body), ``/redirect?to=URL``, ``/html``, ``/truncated/{name}``, ``/huge``.
+comment, so content-hash caching cannot shortcut benchmarks), ``/status/{code}`` (``?retry_after=S``
+sets Retry-After), ``/slow/{name}`` (drips the body), ``/redirect?to=URL`` (Location sent as given, even
+malformed), ``/html``, ``/truncated/{name}``, ``/huge``.
 Every request is counted by path, so tests can prove what was (not) downloaded.
 """
 
@@ -92,7 +93,8 @@ class ImageServer:
 
     async def _status(self, request: web.Request) -> web.Response:
         code = int(request.match_info["code"])
-        headers = {"Retry-After": "0"} if code == 429 else {}
+        retry_after = request.query.get("retry_after", "0" if code == 429 else None)
+        headers = {"Retry-After": retry_after} if retry_after is not None else {}
         return web.Response(status=code, text=f"status {code}", headers=headers)
 
     async def _slow(self, request: web.Request) -> web.StreamResponse:
@@ -105,7 +107,8 @@ class ImageServer:
         return resp
 
     async def _redirect(self, request: web.Request) -> web.Response:
-        raise web.HTTPFound(request.query["to"])
+        # not web.HTTPFound, which parses the URL: hostile CDNs send malformed Locations too
+        return web.Response(status=302, headers={"Location": request.query["to"]})
 
     async def _html(self, request: web.Request) -> web.Response:
         return web.Response(text="<html><body>not an image</body></html>", content_type="image/jpeg")
