@@ -147,5 +147,9 @@ def migrate(settings: Settings) -> None:
     click.echo(f"{settings.postgres_table}: schema version {asyncio.run(run())}")
 
 
+# The labelling app and the model registry's commands (issue #15), loaded the same lazy way.
+LAZY_COMMANDS.update(label="processor.labelling.cli:label", model="processor.rollout:model")
+LAZY_COMMANDS.update(reclassify="processor.rollout:reclassify")
+
 if __name__ == "__main__":
     main()

@@ -51,7 +51,7 @@ async def has_deleted_column(conn: asyncpg.Connection, table: str) -> bool:
 
 def where_clause(selection: Selection, deleted_column: bool) -> tuple[str, list[object]]:
     """SQL conditions and their arguments for a selection."""
-    conditions: list[str] = []
+    conditions: list[str] = ["url IS NOT NULL"]  # tombstones of deleted images have none
     args: list[object] = []
 
     def add(sql: str, value: object) -> None:
@@ -65,10 +65,11 @@ def where_clause(selection: Selection, deleted_column: bool) -> tuple[str, list[
     if selection.until is not None:
         add("classified_at < {}", selection.until)
     if selection.model_version_below is not None:
-        add("model_version < {}", selection.model_version_below)
+        # compared as numbers (2026.11.30.10 > 2026.11.30.9), by the function the store's migrations create
+        add("processor_version_key(model_version) < processor_version_key({})", selection.model_version_below)
     if deleted_column:
         conditions.append("deleted IS NOT TRUE")
-    return (" AND ".join(conditions) or "true"), args
+    return " AND ".join(conditions), args
 
 
 def event_bytes(row: asyncpg.Record) -> bytes:

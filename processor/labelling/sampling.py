@@ -37,7 +37,8 @@ def candidates_sql(table: str, deleted_column: bool) -> str:
             coalesce((SELECT -sum(p * ln(p)) FILTER (WHERE p > 0) / nullif(ln(count(*)), 0)
                 FROM (SELECT value::float8 AS p FROM jsonb_each_text(c.position_scores)) s), 0) AS position_u
         FROM {_ident(table)} c
-        WHERE NOT EXISTS (SELECT 1 FROM label_tasks t WHERE t.image_id = c.image_id) {deleted}
+        WHERE NOT EXISTS (SELECT 1 FROM label_tasks t WHERE t.image_id = c.image_id)
+          AND c.url IS NOT NULL AND c.banner_score IS NOT NULL AND c.position_scores IS NOT NULL {deleted}
     """
 
 
