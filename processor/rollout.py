@@ -74,7 +74,7 @@ def model() -> None:
 
 
 @model.command()
-@click.argument("model_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("directory", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option(
     "--evaluation",
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
@@ -83,15 +83,15 @@ def model() -> None:
 )
 @click.option("--by", "promoted_by", default=None, help="Who promotes it (default: the user name).")
 @settings_options
-def promote(settings: Settings, model_dir: Path, evaluation: Path | None, promoted_by: str | None) -> None:
-    """Make MODEL_DIR the active model (rollback: promote the old directory again)."""
+def promote(settings: Settings, directory: Path, evaluation: Path | None, promoted_by: str | None) -> None:
+    """Make DIRECTORY (a model directory) the active model (rollback: promote the old directory again)."""
 
     async def run(pool: asyncpg.Pool) -> registry.ModelVersion:
         current = await registry.active(pool)
-        check_labels(model_dir, current.model_dir if current is not None else settings.model_dir)
-        check_loads(model_dir)
-        report = read_evaluation(model_dir, evaluation)
-        return await registry.promote(pool, model_dir, report, promoted_by or getpass.getuser())
+        check_labels(directory, current.model_dir if current is not None else settings.model_dir)
+        check_loads(directory)
+        report = read_evaluation(directory, evaluation)
+        return await registry.promote(pool, directory, report, promoted_by or getpass.getuser())
 
     promoted = asyncio.run(_with_pool(settings, run))
     click.echo(f"active: {promoted.name} {promoted.version} ({promoted.model_dir})")

@@ -1,0 +1,113 @@
+"""The model registry (promote, active, rollback), its commands, and re-queuing images for a new model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from processor import registry
+from processor.cli import main
+from processor.dev.harness import settings_env
+from processor.reclassify import RateLimiter, Selection, reclassify, where_clause
+from processor.settings import DEFAULT_MODEL_DIR
+from processor.topics import ensure_topics, read_topic
+
+from .labelling_support import LabelDb, label_db_fixture  # noqa: F401
+
+
+def model_copy(tmp_path: Path, version: str, **changes: object) -> Path:
+    """A copy of the shipped model directory with another version (and metadata changes)."""
+    target = tmp_path / version
+    shutil.copytree(DEFAULT_MODEL_DIR, target)
+    meta = json.loads((target / "metadata.json").read_text())
+    meta.update(version=version, **changes)
+    (target / "metadata.json").write_text(json.dumps(meta))
+    return target
+
+
+async def test_one_model_is_active_and_rollback_is_a_promotion(label_db: LabelDb, tmp_path: Path) -> None:
+    pool = label_db.pool
+    await registry.migrate(pool)
+    assert await registry.migrate(pool) == 1  # idempotent
+    assert await registry.active(pool) is None
+    old, new = model_copy(tmp_path, "2026.12.1.1"), model_copy(tmp_path, "2026.12.2.1")
+    await registry.promote(pool, old, None, "ana")
+    promoted = await registry.promote(pool, new, {"banner": {"accuracy": 0.97}}, "bo")
+    active = await registry.active(pool)
+    assert active == promoted and active.version == "2026.12.2.1" and active.model_dir == new.resolve()
+    assert active.evaluation == {"banner": {"accuracy": 0.97}} and active.promoted_by == "bo"
+    back = await registry.promote(pool, old, None, "ana")  # rollback
+    assert (await registry.active(pool)) == back and back.version == "2026.12.1.1"
+    history = await registry.history(pool)
+    assert [v.version for v in history] == ["2026.12.1.1", "2026.12.2.1"]
+    assert [v.active for v in history] == [True, False]
+    assert await pool.fetchval("SELECT count(*) FROM model_versions WHERE active") == 1
+
+
+def run_cli(label_db: LabelDb, *args: str) -> tuple[int, str]:
+    env = settings_env(label_db.settings)
+    dsn = label_db.settings.postgres_dsn  # asyncpg passes unknown DSN parameters on as server settings
+    search_path = f"search_path={label_db.config.db_schema},public"  # the test's own schema
+    env["PROCESSOR_POSTGRES_DSN"] = f"{dsn}{'&' if '?' in dsn else '?'}{search_path}"
+    result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_promote_refuses_what_would_not_run(label_db: LabelDb, tmp_path: Path) -> None:
+    good = model_copy(tmp_path, "2026.12.3.1")
+    relabelled = model_copy(tmp_path, "2026.12.3.2", labels={"banner": ["no", "yes"], "position": ["front"]})
+    broken = model_copy(tmp_path, "2026.12.3.3")
+    (broken / "model.keras").write_bytes(b"not a model")
+    code, out = run_cli(label_db, "model", "promote", str(relabelled))
+    assert code != 0 and "labels" in out
+    code, out = run_cli(label_db, "model", "promote", str(broken))
+    assert code != 0 and "does not load" in out
+    code, out = run_cli(label_db, "model", "promote", str(good), "--by", "ci")
+    assert code == 0 and "2026.12.3.1" in out
+    code, out = run_cli(label_db, "model", "list")
+    assert code == 0 and out.startswith("* listing-image-cnn 2026.12.3.1") and "by ci" in out
+
+
+def test_selections_become_sql_conditions() -> None:
+    since = datetime(2026, 11, 1, tzinfo=UTC)
+    where, args = where_clause(Selection(listings=("L1",), since=since, model_version_below="2026.11.30.5"), True)
+    assert "listing_id = ANY($1::text[])" in where and "classified_at >= $2" in where
+    assert "processor_version_key(model_version) < processor_version_key($3)" in where
+    assert "deleted IS NOT TRUE" in where and args == [["L1"], since, "2026.11.30.5"]
+    assert Selection().is_empty() and not Selection(everything=True).is_empty()
+
+
+async def test_the_rate_limiter_paces_events() -> None:
+    limiter = RateLimiter(200.0)
+    started = datetime.now(UTC)
+    for _ in range(41):
+        await limiter.wait()
+    assert (datetime.now(UTC) - started).total_seconds() >= 0.19
+
+
+async def test_reclassify_requeues_the_chosen_images_at_a_bounded_rate(label_db: LabelDb) -> None:
+    db, s = label_db, label_db.settings
+    await db.classify("a1", "http://x/a1", listing_id="A", model_version="2026.11.30.9")
+    await db.classify("a2", "http://x/a2", listing_id="A", model_version="2026.11.30.10")
+    await db.classify("b1", "http://x/b1", listing_id="B", model_version="2026.11.30.9")
+    await db.classify("gone", "http://x/g", listing_id="A", model_version="2026.11.30.1")
+    await db.pool.execute(f"UPDATE \"{s.postgres_table}\" SET deleted = true WHERE image_id = 'gone'")
+    await ensure_topics(s.broker_url, [s.input_topic], 2)
+    seen: list[tuple[int, int]] = []
+    selection = Selection(listings=("A",), model_version_below="2026.11.30.10")
+    sent = await reclassify(
+        db.pool, s.postgres_table, s.broker_url, s.input_topic, selection, 50.0, lambda n, t: seen.append((n, t))
+    )
+    assert sent == 1 and seen == [(1, 1)]
+    sent = await reclassify(db.pool, s.postgres_table, s.broker_url, s.input_topic, Selection(everything=True), 50.0)
+    assert sent == 3
+    events = await read_topic(s.broker_url, s.input_topic, expected=4)
+    assert sorted(e["image_id"] for e in events) == ["a1", "a1", "a2", "b1"]
+    assert events[0]["event_time"].startswith("2026-11-29T12:00:00")  # the row's own event time
+    with pytest.raises(ValueError):
+        await reclassify(db.pool, s.postgres_table, s.broker_url, s.input_topic, Selection(), 50.0)
