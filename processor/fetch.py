@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import random
+import socket
 import time
 from dataclasses import dataclass
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_base
 from yarl import URL
 
 from . import __version__, metrics
-from .errors import BlockedUrl, FetchFailed, TooLarge, TransientFetchError
+from .errors import BlockedUrl, FetchFailed, ProcessorError, TooLarge, TransientFetchError
 from .settings import Settings
 from .urlguard import GuardedResolver, check_url
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 64 * 1024
 MAX_RETRY_AFTER_S = 30.0
+# getaddrinfo's answers that the name does not exist (NXDOMAIN, no address): asking again cannot help.
+# EAI_AGAIN (the resolver could not be reached or timed out) stays transient.
+PERMANENT_DNS_ERRNOS = frozenset({socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,14 +54,15 @@ class _WaitBackoffOrRetryAfter(wait_base):
 class Fetcher:
     """Fetches image bytes; create once, ``start()``, ``close()``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, resolver: AbstractResolver | None = None) -> None:
         self.settings = settings
+        self._resolver = resolver  # under the address guard; aiohttp's default when None
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         s = self.settings
         connector = aiohttp.TCPConnector(
-            limit=s.fetch_concurrency, resolver=GuardedResolver(s.allow_networks), ttl_dns_cache=30
+            limit=s.fetch_concurrency, resolver=GuardedResolver(s.allow_networks, self._resolver), ttl_dns_cache=30
         )
         timeout = aiohttp.ClientTimeout(
             total=s.fetch_total_timeout_s, sock_connect=s.fetch_connect_timeout_s, sock_read=s.fetch_read_timeout_s
@@ -103,14 +109,10 @@ class Fetcher:
                         continue
                     self._raise_for_status(resp)
                     return await self._read_capped(resp), str(target)
-            except (BlockedUrl, FetchFailed, TooLarge):
+            except ProcessorError:
                 raise
-            except TimeoutError:
-                raise TransientFetchError(f"timed out fetching {target}") from None
-            except aiohttp.InvalidURL as exc:
-                raise BlockedUrl(f"invalid URL: {exc}") from None
-            except aiohttp.ClientError as exc:
-                raise TransientFetchError(f"{type(exc).__name__}: {exc}") from None
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise _fetch_error(exc, target) from None
         raise FetchFailed(f"more than {self.settings.max_redirects} redirects")
 
     def _next_hop(self, current: URL, resp: aiohttp.ClientResponse) -> URL:
@@ -143,6 +145,17 @@ class Fetcher:
             chunks.append(chunk)
         metrics.FETCH_BYTES.inc(size)
         return b"".join(chunks)
+
+
+def _fetch_error(exc: TimeoutError | aiohttp.ClientError, target: URL) -> ProcessorError:
+    """The processor error for an aiohttp failure: permanent or transient."""
+    if isinstance(exc, TimeoutError):
+        return TransientFetchError(f"timed out fetching {target}")
+    if isinstance(exc, aiohttp.InvalidURL):
+        return BlockedUrl(f"invalid URL: {exc}")
+    if isinstance(exc, aiohttp.ClientConnectorDNSError) and exc.os_error.errno in PERMANENT_DNS_ERRNOS:
+        return FetchFailed(f"host {target.host} does not exist (DNS: {exc.os_error.strerror})")
+    return TransientFetchError(f"{type(exc).__name__}: {exc}")
 
 
 def _retry_after(value: str | None) -> float | None:

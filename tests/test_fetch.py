@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 import pytest
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from processor.dev.imageserver import ImageServer
 from processor.errors import BlockedUrl, FetchFailed, TooLarge, TransientFetchError
@@ -97,3 +99,52 @@ async def test_loopback_is_blocked_without_the_allow_list(image_server: ImageSer
     finally:
         await strict.close()
     assert image_server.requests["/status/200"] == 0
+
+
+def answers_nxdomain(host: str) -> bool:
+    """Whether this machine's resolver says the name does not exist (not: cannot ask)."""
+    try:
+        socket.getaddrinfo(host, 80)
+    except socket.gaierror as exc:
+        return exc.errno == socket.EAI_NONAME
+    return False
+
+
+async def test_nxdomain_is_permanent_and_not_retried(fetcher: Fetcher) -> None:
+    host = "images.invalid"  # RFC 6761: .invalid never resolves
+    if not answers_nxdomain(host):
+        pytest.skip("this machine's resolver does not answer NXDOMAIN for .invalid")
+    with pytest.raises(FetchFailed, match="does not exist") as info:
+        await fetcher.fetch(f"http://{host}/a.jpg")
+    assert not info.value.retriable
+
+
+class FailingResolver(AbstractResolver):
+    """Fails every lookup with the given getaddrinfo error, counting lookups."""
+
+    def __init__(self, errno: int) -> None:
+        self.errno = errno
+        self.lookups = 0
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.lookups += 1
+        raise socket.gaierror(self.errno, "injected")
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("errno,retried", [(socket.EAI_NONAME, False), (socket.EAI_AGAIN, True)])
+async def test_only_temporary_resolver_failures_are_retried(errno: int, retried: bool) -> None:
+    resolver = FailingResolver(errno)
+    fetcher = Fetcher(Settings(fetch_attempts=3, fetch_backoff_s=0.01), resolver=resolver)
+    await fetcher.start()
+    try:
+        with pytest.raises(FetchFailed) as info:
+            await fetcher.fetch("http://cdn.example.com/a.jpg")
+    finally:
+        await fetcher.close()
+    assert info.value.retriable is retried
+    assert resolver.lookups == (3 if retried else 1)
