@@ -30,6 +30,7 @@ BODY, TYRE, RIM = 0.0, 1.0, 2.0
 PAINT, GLASS, LIGHT, MATTE = 255, 128, 90, 0
 
 CLEAR_LENS = (205, 208, 210)
+SHADE_SCALE = 1.25  # paint shades (0.8-1.1) stored as shade / SHADE_SCALE in a uint8 texture
 
 Floats = NDArray[np.float32]
 
@@ -53,7 +54,7 @@ class Mesh:
         return np.hstack([self.positions, self.normals, self.uvs, self.materials[:, None]]).astype(np.float32)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: load_car caches one per folder
 class CarModel:
     """A car body with its wheels, its texture and where the ground is."""
 
@@ -283,6 +284,14 @@ class Repaint:
         colour = np.asarray(paint, np.float32) * self.shade[..., None]
         rgb = np.where(self.paint[..., None], np.clip(colour, 0, 255), self.rgb).astype(np.uint8)
         rgb[self.clear] = CLEAR_LENS  # racing yellow headlights: clear lenses on road cars
+        return np.dstack([rgb, self.kind])
+
+    def paintable(self) -> NDArray[np.uint8]:
+        """The texture with every paint texel a grey level (its shade / SHADE_SCALE): the renderer
+        multiplies it by the paint colour, so one texture per car serves every colour."""
+        grey = np.clip(self.shade / SHADE_SCALE * 255, 0, 255).astype(np.uint8)
+        rgb = np.where(self.paint[..., None], grey[..., None], self.rgb).astype(np.uint8)
+        rgb[self.clear] = CLEAR_LENS
         return np.dstack([rgb, self.kind])
 
 

@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from . import banners
-from .carmodels import CarModel, Floats, find_cars, load_car, repaint_for
+from .carmodels import SHADE_SCALE, CarModel, Floats, find_cars, load_car, repaint_for
 from .scenes import _texture_background, installed_photos, photo_crop, photos_in, to_jpeg
 
 # Azimuth bands in degrees, 0 = looking at the car's nose, 180 = at its tail; either side of the car.
@@ -75,10 +75,11 @@ void main() { v_pos = in_pos; v_norm = in_norm; v_uv = in_uv; v_mat = in_mat; gl
 """
 CAR_FRAGMENT = """
 #version 330
+#define SHADE_SCALE %.3f
 uniform sampler2D tex;
 uniform vec3 cam; uniform vec3 sun_dir; uniform vec3 sun_col; uniform vec3 amb_col;
 uniform vec3 sky_top; uniform vec3 sky_hor; uniform vec3 ground_col; uniform vec3 rim_col;
-uniform float gloss; uniform float spokes;
+uniform float gloss; uniform float spokes; uniform vec3 paint;
 in vec3 v_pos; in vec3 v_norm; in vec2 v_uv; in float v_mat;
 out vec4 f;
 vec3 env(vec3 d) {
@@ -88,7 +89,10 @@ void main() {
     vec3 n = normalize(v_norm); vec3 v = normalize(cam - v_pos);
     if (dot(n, v) < 0.0) n = -n;
     vec3 base; float kind;
-    if (v_mat < 0.5) { vec4 t = texture(tex, v_uv); base = t.rgb; kind = t.a; }
+    if (v_mat < 0.5) {
+        vec4 t = texture(tex, v_uv); kind = t.a;
+        base = kind > 0.9 ? paint * t.r * SHADE_SCALE : t.rgb;
+    }
     else if (v_mat < 1.5) { base = vec3(0.035); kind = 0.0; }
     else {
         float r = length(v_uv); float a = atan(v_uv.y, v_uv.x);
@@ -112,7 +116,7 @@ void main() {
     }
     f = vec4(col, 1.0);
 }
-"""
+""" % SHADE_SCALE
 GROUND_FRAGMENT = """
 #version 330
 uniform sampler2D noise;
@@ -284,11 +288,8 @@ def render_car(
     cam = frame_camera(rng, car, azimuth, size)
     mvp, eye = camera_matrix(car, cam, size)
     light = Light.random(rng)
-    texture_rgba = repaint_for(car.folder)(paint)
-    tex = ctx.texture((texture_rgba.shape[1], texture_rgba.shape[0]), 4, texture_rgba[::-1].tobytes())  # v is up
-    tex.build_mipmaps()
+    tex, vbo = _car_buffers(car)
     fbo = ctx.simple_framebuffer((w, h), components=4, dtype="f1")
-    vbo = ctx.buffer(car.mesh.interleaved().tobytes())
     r = 60.0
     g = car.ground_z
     quad = np.array(
@@ -336,15 +337,18 @@ def render_car(
             gloss=rng.uniform(0.5, 1.0),
             spokes=float(rng.choice((5, 5, 6, 10, 12))),
             tex=0,
+            paint=tuple(c / 255.0 for c in paint),
         )
         tex.use(0)
         _draw(ctx, car_prog, vbo)
         raw = np.frombuffer(fbo.read(components=4, dtype="f1"), np.uint8).reshape(h, w, 4)
     finally:
-        for obj in (tex, fbo, vbo, gbo):
+        for obj in (fbo, gbo):
             obj.release()
-    img = raw[::-1].astype(np.float32) / 255.0  # GL rows are bottom-up
-    return img.reshape(size[1], SUPERSAMPLE, size[0], SUPERSAMPLE, 4).mean(axis=(1, 3))
+    import cv2
+
+    small = cv2.resize(raw[::-1], size, interpolation=cv2.INTER_AREA)  # GL rows are bottom-up
+    return small.astype(np.float32) / 255.0
 
 
 ATTRIBUTES = (("in_pos", 3), ("in_norm", 3), ("in_uv", 2), ("in_mat", 1))  # Mesh.interleaved()
@@ -364,6 +368,16 @@ def _draw(ctx: Any, prog: Any, buffer: Any) -> None:
         vao.render()
     finally:
         vao.release()
+
+
+@functools.cache
+def _car_buffers(car: CarModel) -> tuple[Any, Any]:
+    """The car's texture and vertex buffer, uploaded once per process."""
+    ctx = _gl()[0]
+    rgba = repaint_for(car.folder).paintable()
+    tex = ctx.texture((rgba.shape[1], rgba.shape[0]), 4, rgba[::-1].tobytes())  # AC3D's v runs upwards
+    tex.build_mipmaps()
+    return tex, ctx.buffer(car.mesh.interleaved().tobytes())
 
 
 def _set(prog: Any, mvp: bytes) -> None:
