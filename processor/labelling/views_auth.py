@@ -9,10 +9,12 @@ from .web import (
     CONFIG,
     CSRF_COOKIE,
     POOL,
+    SESSION,
     SESSION_COOKIE,
     error_page,
     pre_session_token,
     render,
+    session_of,
     set_cookie,
 )
 
@@ -22,13 +24,12 @@ PRE_SESSION_TTL_S = 3600
 
 @routes.get("/")
 async def home(request: web.Request) -> web.StreamResponse:
-    session = request["session"]
-    raise web.HTTPSeeOther("/admin" if session.user.is_admin else "/label")
+    raise web.HTTPSeeOther("/admin" if session_of(request).user.is_admin else "/label")
 
 
 @routes.get("/sign-in")
 async def sign_in_form(request: web.Request) -> web.StreamResponse:
-    if request["session"] is not None:
+    if request[SESSION] is not None:
         raise web.HTTPSeeOther("/")
     token = pre_session_token(request)
     response = render(request, "sign_in.html", error=None)

@@ -28,6 +28,8 @@ POSITIONS = web.AppKey("positions", tuple)
 THRESHOLD = web.AppKey("threshold", float)
 TABLE = web.AppKey("table", str)  # the classification table the queue is filled from
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
+SESSION = web.RequestKey[Session | None]("session")
+PRE_CSRF = web.RequestKey("pre_csrf", str)  # the sign-in form's token
 
 SESSION_COOKIE = "label_session"
 CSRF_COOKIE = "label_csrf"
@@ -66,14 +68,15 @@ async def security_headers(_request: web.Request, response: web.StreamResponse) 
 
 def session_of(request: web.Request) -> Session:
     """The signed-in session (the auth middleware guarantees one on non-public routes)."""
-    session: Session = request["session"]
+    session = request[SESSION]
+    assert session is not None, "a public route asked for the session"
     return session
 
 
 def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
     """A page; every template gets ``user`` and ``csrf``."""
-    session: Session | None = request.get("session")
-    csrf = session.csrf_token if session is not None else request.get("pre_csrf", "")
+    session = request.get(SESSION)
+    csrf = session.csrf_token if session is not None else request.get(PRE_CSRF, "")
     page = request.app[TEMPLATES].get_template(template)
     body = page.render(user=session.user if session else None, csrf=csrf, **context)
     return web.Response(text=body, status=status, content_type="text/html")
@@ -103,7 +106,7 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Load the session; keep out the signed-out, non-admins from /admin, and requests without CSRF token."""
     token = request.cookies.get(SESSION_COOKIE)
     session = await find_session(request.app[POOL], token) if token else None
-    request["session"] = session
+    request[SESSION] = session
     if session is None and not _public(request.path):
         if request.method in ("GET", "HEAD"):
             raise web.HTTPSeeOther("/sign-in")
@@ -118,7 +121,7 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
 def pre_session_token(request: web.Request) -> str:
     """The sign-in form's CSRF token: the cookie's, or a new one that ``set_pre_session_cookie`` stores."""
     token = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(32)
-    request["pre_csrf"] = token
+    request[PRE_CSRF] = token
     return token
 
 
