@@ -1,11 +1,20 @@
-"""Downloads with one shared aiohttp session: bounded, timed out, size-capped, re-checked per hop."""
+"""Downloads with one shared aiohttp session: bounded, timed out, size-capped, re-checked per hop.
+
+Connections are bounded in all (``fetch_concurrency``) and per host (``fetch_per_host``), so a
+host that drips its bodies holds a few connections, not the pool. Waiting for a connection has
+its own bound (``fetch_pool_wait_s``); the whole-download timeout starts only once aiohttp hands
+over a connection (seen through its trace hooks), so a wait behind slow hosts does not eat into
+a healthy download's time.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
@@ -20,7 +29,6 @@ from .urlguard import GuardedResolver, check_url
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 64 * 1024
-MAX_RETRY_AFTER_S = 30.0
 # getaddrinfo's answers that the name does not exist (NXDOMAIN, no address): asking again cannot help.
 # EAI_AGAIN (the resolver could not be reached or timed out) stays transient.
 PERMANENT_DNS_ERRNOS = frozenset({socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)})
@@ -39,16 +47,45 @@ class Download:
 class _WaitBackoffOrRetryAfter(wait_base):
     """Exponential backoff with jitter, or the server's Retry-After when it gave one."""
 
-    def __init__(self, first_s: float) -> None:
+    def __init__(self, first_s: float, max_retry_after_s: float) -> None:
         self.first_s = first_s
+        self.max_retry_after_s = max_retry_after_s
 
     def __call__(self, retry_state: object) -> float:
         outcome = getattr(retry_state, "outcome", None)
         exc = outcome.exception() if outcome is not None else None
         if isinstance(exc, TransientFetchError) and exc.retry_after_s is not None:
-            return min(exc.retry_after_s, MAX_RETRY_AFTER_S)
+            return min(exc.retry_after_s, self.max_retry_after_s)
         attempt = int(getattr(retry_state, "attempt_number", 1))
         return self.first_s * 2.0 ** (attempt - 1) * random.uniform(0.5, 1.5)
+
+
+class _Hop:
+    """One request's clocks: a loose bound until a connection is obtained, then the download timeout."""
+
+    def __init__(self, download_s: float) -> None:
+        self.download_s = download_s
+        self.deadline: asyncio.Timeout | None = None
+        self.connected = False
+
+    def start_download_clock(self) -> None:
+        self.connected = True
+        if self.deadline is not None:
+            self.deadline.reschedule(asyncio.get_running_loop().time() + self.download_s)
+
+
+async def _on_connection(_session: aiohttp.ClientSession, context: SimpleNamespace, _params: object) -> None:
+    """aiohttp trace hook: a new or reused connection was handed to a request."""
+    hop = getattr(context, "trace_request_ctx", None)
+    if isinstance(hop, _Hop):
+        hop.start_download_clock()
+
+
+def _trace_config() -> aiohttp.TraceConfig:
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(_on_connection)
+    trace.on_connection_reuseconn.append(_on_connection)
+    return trace
 
 
 class Fetcher:
@@ -62,14 +99,22 @@ class Fetcher:
     async def start(self) -> None:
         s = self.settings
         connector = aiohttp.TCPConnector(
-            limit=s.fetch_concurrency, resolver=GuardedResolver(s.allow_networks, self._resolver), ttl_dns_cache=30
+            limit=s.fetch_concurrency,
+            limit_per_host=s.fetch_per_host,
+            resolver=GuardedResolver(s.allow_networks, self._resolver),
+            ttl_dns_cache=30,
         )
+        # aiohttp's connect covers the wait for a pool slot and the connection itself; total is ours (_Hop).
         timeout = aiohttp.ClientTimeout(
-            total=s.fetch_total_timeout_s, sock_connect=s.fetch_connect_timeout_s, sock_read=s.fetch_read_timeout_s
+            total=None,
+            connect=s.fetch_pool_wait_s + s.fetch_connect_timeout_s,
+            sock_connect=s.fetch_connect_timeout_s,
+            sock_read=s.fetch_read_timeout_s,
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=timeout,
+            trace_configs=[_trace_config()],
             auto_decompress=False,
             trust_env=False,
             headers={"User-Agent": f"listing-image-processor/{__version__}", "Accept": "image/*"},
@@ -85,7 +130,7 @@ class Fetcher:
         started = time.perf_counter()
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.settings.fetch_attempts),
-            wait=_WaitBackoffOrRetryAfter(self.settings.fetch_backoff_s),
+            wait=_WaitBackoffOrRetryAfter(self.settings.fetch_backoff_s, self.settings.fetch_max_retry_after_s),
             retry=retry_if_exception(lambda e: getattr(e, "retriable", False)),
             reraise=True,
         )
@@ -97,23 +142,35 @@ class Fetcher:
         return Download(data, final, attempts, time.perf_counter() - started)
 
     async def _fetch_once(self, url: str) -> tuple[bytes, str]:
-        assert self._session is not None, "Fetcher.start() was not called"
-        allowed = self.settings.allow_networks
-        target = check_url(url, allowed)
-        for _hop in range(self.settings.max_redirects + 1):
-            try:
-                async with self._session.get(target, allow_redirects=False) as resp:
-                    metrics.FETCH_RESPONSES.labels(status=str(resp.status)).inc()
-                    if resp.status in REDIRECTS:
-                        target = self._next_hop(target, resp)
-                        continue
-                    self._raise_for_status(resp)
-                    return await self._read_capped(resp), str(target)
-            except ProcessorError:
-                raise
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                raise _fetch_error(exc, target) from None
+        target = check_url(url, self.settings.allow_networks)
+        for _ in range(self.settings.max_redirects + 1):
+            body = await self._request(target)
+            if isinstance(body, bytes):
+                return body, str(target)
+            target = body
         raise FetchFailed(f"more than {self.settings.max_redirects} redirects")
+
+    async def _request(self, target: URL) -> bytes | URL:
+        """One hop: the body, or where a redirect leads."""
+        assert self._session is not None, "Fetcher.start() was not called"
+        s = self.settings
+        hop = _Hop(s.fetch_total_timeout_s)
+        backstop_s = s.fetch_pool_wait_s + s.fetch_connect_timeout_s + s.fetch_total_timeout_s
+        try:  # the backstop only backs up aiohttp's connect timeout: the trace hook resets the deadline
+            async with asyncio.timeout(backstop_s) as hop.deadline:
+                async with self._session.get(target, allow_redirects=False, trace_request_ctx=hop) as resp:
+                    return await self._respond(target, resp)
+        except ProcessorError:
+            raise
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _fetch_error(exc, target, hop.connected) from None
+
+    async def _respond(self, target: URL, resp: aiohttp.ClientResponse) -> bytes | URL:
+        metrics.FETCH_RESPONSES.labels(status=str(resp.status)).inc()
+        if resp.status in REDIRECTS:
+            return self._next_hop(target, resp)
+        self._raise_for_status(resp)
+        return await self._read_capped(resp)
 
     def _next_hop(self, current: URL, resp: aiohttp.ClientResponse) -> URL:
         location = resp.headers.get("Location")
@@ -147,8 +204,10 @@ class Fetcher:
         return b"".join(chunks)
 
 
-def _fetch_error(exc: TimeoutError | aiohttp.ClientError, target: URL) -> ProcessorError:
+def _fetch_error(exc: TimeoutError | aiohttp.ClientError, target: URL, connected: bool) -> ProcessorError:
     """The processor error for an aiohttp failure: permanent or transient."""
+    if isinstance(exc, TimeoutError) and not connected:
+        return TransientFetchError(f"timed out waiting for a connection to {target.host} (pool full or connect)")
     if isinstance(exc, TimeoutError):
         return TransientFetchError(f"timed out fetching {target}")
     if isinstance(exc, aiohttp.InvalidURL):

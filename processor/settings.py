@@ -62,6 +62,18 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(10.0, ge=0, description="Time to drain in-flight work on SIGTERM.")
     metrics_port: int = Field(0, ge=0, description="Prometheus metrics port; 0 disables it.")
     log_level: str = Field("INFO", description="Logging level.")
+    fetch_per_host: int = Field(
+        16, ge=1, description="Concurrent HTTP connections per host, so a slow host cannot take the pool."
+    )
+    fetch_pool_wait_s: float = Field(
+        10.0, gt=0, description="Longest wait for a free connection; the whole-download timeout starts after it."
+    )
+    fetch_max_retry_after_s: float = Field(5.0, ge=0, description="Longest Retry-After wait honoured per retry.")
+    max_decode_bytes: int = Field(
+        256 * 1024 * 1024, ge=1, description="Memory one decode may take, estimated from the header before decoding."
+    )
+    large_decode_bytes: int = Field(32 * 1024 * 1024, ge=1, description="Decodes estimated above this are large.")
+    large_decode_slots: int = Field(2, ge=1, description="Large decodes at once per worker; others wait for a slot.")
 
     @field_validator("allow_networks", mode="before")
     @classmethod

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator
 from urllib.parse import quote
 
@@ -148,3 +150,92 @@ async def test_only_temporary_resolver_failures_are_retried(errno: int, retried:
         await fetcher.close()
     assert info.value.retriable is retried
     assert resolver.lookups == (3 if retried else 1)
+
+
+async def wait_for_requests(server: ImageServer, path: str, count: int, timeout_s: float = 5.0) -> None:
+    """Wait, with a timeout, until the server has seen ``count`` requests for ``path``."""
+    async with asyncio.timeout(timeout_s):
+        while server.requests[path] < count:  # noqa: ASYNC110 - the server counts in a Counter, with no event to await
+            await asyncio.sleep(0.01)
+
+
+DRIP = b"\xff\xd8\xff" + bytes(509)  # two 256-byte chunks from /slow: about one second
+
+
+async def test_a_slow_host_cannot_take_the_pool_from_healthy_ones(
+    image_server: ImageServer, forbidden_server: ImageServer, jpegs: dict[str, bytes]
+) -> None:
+    settings = Settings(
+        allow_networks="127.0.0.1/32,127.0.0.2/32",
+        fetch_concurrency=4,
+        fetch_per_host=2,
+        fetch_attempts=1,
+        fetch_total_timeout_s=5.0,
+    )
+    fetcher = Fetcher(settings)
+    await fetcher.start()
+    name = sorted(jpegs)[0]
+    slow_path = f"/slow/{name}"  # drips a whole photo: far longer than this test
+    slow = [asyncio.create_task(fetcher.fetch(f"{forbidden_server.base_url}{slow_path}")) for _ in range(4)]
+    try:
+        await wait_for_requests(forbidden_server, slow_path, 2)
+        async with asyncio.timeout(1.0):  # healthy hosts get connections while the slow one drips
+            healthy = await asyncio.gather(*(fetcher.fetch(image_server.url(name)) for _ in range(6)))
+        assert all(d.data == jpegs[name] for d in healthy)
+        assert forbidden_server.requests[slow_path] == 2  # the per-host limit held the other two back
+    finally:
+        for task in slow:
+            task.cancel()
+        await asyncio.gather(*slow, return_exceptions=True)
+        await fetcher.close()
+
+
+async def test_the_download_timeout_starts_when_a_connection_is_obtained(image_server: ImageServer) -> None:
+    image_server.images["drip"] = DRIP
+    settings = Settings(allow_networks="127.0.0.1/32", fetch_concurrency=1, fetch_attempts=1, fetch_total_timeout_s=1.7)
+    fetcher = Fetcher(settings)
+    await fetcher.start()
+    try:  # the second waits about a second for the only connection, then downloads for about a second
+        first, second = await asyncio.gather(*(fetcher.fetch(f"{image_server.base_url}/slow/drip") for _ in range(2)))
+    finally:
+        await fetcher.close()
+    assert first.data == second.data == DRIP
+
+
+async def test_waiting_for_a_connection_is_bounded(image_server: ImageServer) -> None:
+    image_server.images["drip"] = DRIP
+    settings = Settings(
+        allow_networks="127.0.0.1/32",
+        fetch_concurrency=1,
+        fetch_attempts=1,
+        fetch_pool_wait_s=0.2,
+        fetch_connect_timeout_s=0.2,
+        fetch_total_timeout_s=5.0,
+    )
+    fetcher = Fetcher(settings)
+    await fetcher.start()
+    try:
+        first = asyncio.create_task(fetcher.fetch(f"{image_server.base_url}/slow/drip"))
+        await wait_for_requests(image_server, "/slow/drip", 1)
+        started = time.perf_counter()
+        with pytest.raises(TransientFetchError, match="waiting for a connection"):
+            await fetcher.fetch(image_server.url("drip"))
+        assert time.perf_counter() - started < 0.8
+        assert (await first).data == DRIP
+    finally:
+        await fetcher.close()
+
+
+async def test_retry_after_is_capped(image_server: ImageServer) -> None:
+    settings = Settings(
+        allow_networks="127.0.0.1/32", fetch_attempts=2, fetch_backoff_s=0.01, fetch_max_retry_after_s=0.2
+    )
+    fetcher = Fetcher(settings)
+    await fetcher.start()
+    try:
+        async with asyncio.timeout(3.0):  # not the hour the server asks for
+            with pytest.raises(TransientFetchError, match="HTTP 503"):
+                await fetcher.fetch(f"{image_server.base_url}/status/503?retry_after=3600")
+    finally:
+        await fetcher.close()
+    assert image_server.requests["/status/503"] == 2
