@@ -22,6 +22,8 @@ LAZY_COMMANDS = {
     "calibrate": "processor.ml.cli:calibrate",
     "demo": "processor.dev.cli:demo",
     "evaluate": "processor.ml.cli:evaluate",
+    "real-cars": "processor.ml.cli:real_cars",
+    "render": "processor.ml.cli:render",
     "stack": "processor.dev.cli:stack",
     "synth": "processor.ml.cli:synth",
     "train": "processor.ml.cli:train",

@@ -20,6 +20,7 @@ from .errors import ModelError
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
+UNSURE = "unsure"  # the position when the top score is below the model's position_floor
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,11 @@ class Prediction:
     def position(self) -> str:
         return max(self.position_scores, key=self.position_scores.__getitem__)
 
+    def position_at(self, floor: float) -> str:
+        """The top position, or UNSURE when its score is below ``floor`` (metadata ``position_floor``)."""
+        top = self.position
+        return top if self.position_scores[top] >= floor else UNSURE
+
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
@@ -44,6 +50,7 @@ class ModelInfo:
     input_size: tuple[int, int]  # width, height
     banner_threshold: float
     raw: dict[str, Any]
+    position_floor: float = 0.0  # below it the position is UNSURE; 0.0 (never) for models without one
 
     @classmethod
     def read(cls, model_dir: Path) -> ModelInfo:
@@ -55,6 +62,7 @@ class ModelInfo:
             input_size=(int(meta["input_size"][0]), int(meta["input_size"][1])),
             banner_threshold=float(meta.get("banner_threshold", 0.5)),
             raw=meta,
+            position_floor=float(meta.get("position_floor", 0.0)),
         )
 
 

@@ -133,7 +133,15 @@ def evaluate(model_dir: Path | None, data: Path, as_json: bool, plot: Path | Non
     multiple=True,
 )
 @click.option("--write", is_flag=True, help="Store the new threshold in the model's metadata.json.")
-def calibrate(model_dir: Path, data: tuple[Path, ...], write: bool) -> None:
+@click.option(
+    "--position-floor",
+    "floor_target",
+    type=float,
+    default=None,
+    help="Also choose the position floor (below it: unsure) so that kept positions are right this share of "
+    "the time, on the images of --data that have a position (e.g. 0.9).",
+)
+def calibrate(model_dir: Path, data: tuple[Path, ...], write: bool, floor_target: float | None) -> None:
     """Choose the banner threshold on labelled photographs (the middle of the near-best accuracy range)."""
     from .calibrate import calibrate as run_calibration
 
@@ -143,6 +151,72 @@ def calibrate(model_dir: Path, data: tuple[Path, ...], write: bool) -> None:
         f"{result['images']} images: threshold {t['old']} -> {t['new']}, accuracy {a['old']:.4f} -> {a['new']:.4f}"
         + ("" if write else " (not written; --write stores it)")
     )
+    if floor_target is not None:
+        from .confidence import calibrate_floor
+
+        floor = calibrate_floor(model_dir, data, floor_target, write)
+        click.echo(
+            f"{floor['images']} images with a position: floor {floor['floor']} keeps {floor['coverage']:.3f} "
+            f"(accuracy {floor['accuracy_kept']} vs {floor['accuracy_all']} for all), ECE {floor['ece']}"
+        )
+
+
+@click.command()
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
+@click.option("--count", default=4000, show_default=True, help="Images to write.")
+@click.option("--seed", default=1, show_default=True)
+@click.option("--banner-share", default=0.5, show_default=True)
+@click.option(
+    "--torcs",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    required=True,
+    help="The unpacked Debian package torcs-data (dpkg-deb -x), or its cars folder.",
+)
+@click.option("--cars", "only", multiple=True, help="Only these car models (repeatable; default: all).")
+@click.option("--except-cars", "leave_out", multiple=True, help="Leave these car models out (repeatable).")
+@click.option(
+    "--backgrounds",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    multiple=True,
+    help="Folder of banner-free photographs to use as backgrounds too (repeatable; searched recursively).",
+)
+def render(
+    out: Path,
+    count: int,
+    seed: int,
+    banner_share: float,
+    torcs: Path,
+    only: tuple[str, ...],
+    leave_out: tuple[str, ...],
+    backgrounds: tuple[Path, ...],
+) -> None:
+    """Write listing photos of rendered 3D cars (TORCS models), labelled by camera azimuth (images/ + labels.csv)."""
+    from .synth.render3d import write_renders
+
+    click.echo(f"wrote {write_renders(out, count, seed, torcs, backgrounds, banner_share, only, leave_out)}")
+
+
+@click.command("real-cars")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
+@click.option(
+    "--from",
+    "roots",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    multiple=True,
+    required=True,
+    help="Unpacked packages that hold the pictures (repeatable).",
+)
+@click.option(
+    "--no-car",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    multiple=True,
+    help="Folders of photographs without a car, added as position other (repeatable).",
+)
+def real_cars(out: Path, roots: tuple[Path, ...], no_car: tuple[Path, ...]) -> None:
+    """Write the evaluation set of real car pictures from packages (banner/ and no_banner/, by position)."""
+    from .realcars import write_real_set
+
+    click.echo(f"wrote {write_real_set(roots, out, no_car=no_car)}")
 
 
 @click.command()

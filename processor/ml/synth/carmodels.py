@@ -67,57 +67,58 @@ class CarModel:
     box_max: Floats
 
 
-def read_ac(text: str, strips: bool) -> Mesh:
-    """Parse AC3D text. ``strips``: surfaces are triangle strips (TORCS ``.acc``), else polygons (fans)."""
-    lines = text.splitlines()
-    pos: list[list[float]] = []
-    nrm: list[list[float]] = []
-    uv: list[list[float]] = []
-    state = {"i": 0}
+class _AcReader:
+    """AC3D's nested OBJECT blocks, read line by line into flat triangle lists."""
 
-    def parse_object(offset: NDArray[np.float64]) -> None:
-        verts = np.zeros((0, 6))
-        loc = np.zeros(3)
-        while state["i"] < len(lines):
-            words = lines[state["i"]].split()
-            state["i"] += 1
-            if not words:
-                continue
-            key = words[0]
-            if key == "loc":
+    def __init__(self, text: str, strips: bool) -> None:
+        self.lines, self.i, self.strips = text.splitlines(), 0, strips
+        self.pos: list[list[float]] = []
+        self.nrm: list[list[float]] = []
+        self.uv: list[list[float]] = []
+
+    def take(self, n: int) -> list[list[str]]:
+        rows = [line.split() for line in self.lines[self.i : self.i + n]]
+        self.i += n
+        return rows
+
+    def read(self) -> None:
+        while self.i < len(self.lines):
+            self.i += 1
+            if self.lines[self.i - 1].startswith("OBJECT"):
+                self.object(np.zeros(3))
+
+    def object(self, offset: NDArray[np.float64]) -> None:
+        verts, loc = np.zeros((0, 6)), np.zeros(3)
+        while self.i < len(self.lines):
+            words = self.take(1)[0] or [""]
+            if words[0] == "loc":
                 loc = np.array([float(w) for w in words[1:4]])
-            elif key == "numvert":
-                n = int(words[1])
-                rows = [[float(w) for w in lines[state["i"] + k].split()] for k in range(n)]
-                state["i"] += n
-                verts = np.array([(r + [0.0, 0.0, 0.0])[:6] for r in rows]) if rows else np.zeros((0, 6))
+            elif words[0] == "numvert":
+                rows = [[*map(float, r), 0.0, 0.0, 0.0][:6] for r in self.take(int(words[1]))]
+                verts = np.array(rows).reshape(-1, 6)
                 verts[:, :3] += offset + loc
                 verts = verts[:, [0, 2, 1, 3, 5, 4]] * [1, -1, 1, 1, -1, 1]  # AC3D is y-up: to x, y, z-up
-            elif key == "refs":
-                n = int(words[1])
-                refs = [lines[state["i"] + k].split() for k in range(n)]
-                state["i"] += n
-                _add_surface(verts, refs, strips, pos, nrm, uv)
-            elif key == "kids":
+            elif words[0] == "refs":
+                _add_surface(verts, self.take(int(words[1])), self.strips, self.pos, self.nrm, self.uv)
+            elif words[0] == "kids":
                 for _ in range(int(words[1])):
-                    parse_object(offset + loc)
+                    self.object(offset + loc)
                 return
 
-    while state["i"] < len(lines):
-        if lines[state["i"]].startswith("OBJECT"):
-            state["i"] += 1
-            parse_object(np.zeros(3))
-        else:
-            state["i"] += 1
-    positions = np.asarray(pos, np.float32).reshape(-1, 3)
-    normals = np.asarray(nrm, np.float32).reshape(-1, 3)
+
+def read_ac(text: str, strips: bool) -> Mesh:
+    """Parse AC3D text. ``strips``: surfaces are triangle strips (TORCS ``.acc``), else polygons (fans)."""
+    reader = _AcReader(text, strips)
+    reader.read()
+    positions = np.asarray(reader.pos, np.float32).reshape(-1, 3)
+    normals = np.asarray(reader.nrm, np.float32).reshape(-1, 3)
     missing = np.linalg.norm(normals, axis=1) < 1e-6  # files without vertex normals: face normals
     if missing.any():
         tri = positions.reshape(-1, 3, 3)
         face = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
         face /= np.maximum(np.linalg.norm(face, axis=1, keepdims=True), 1e-9)
         normals[missing] = np.repeat(face, 3, axis=0)[missing]
-    uvs = np.asarray(uv, np.float32).reshape(-1, 2)
+    uvs = np.asarray(reader.uv, np.float32).reshape(-1, 2)
     return Mesh(positions, normals, uvs, np.full(len(positions), BODY, np.float32))
 
 
@@ -279,13 +280,6 @@ class Repaint:
         kind[self.paint] = PAINT
         self.kind = kind
 
-    def __call__(self, paint: tuple[int, int, int]) -> NDArray[np.uint8]:
-        """The texture in ``paint`` (RGBA; alpha says what each texel is, see PAINT/GLASS/LIGHT/MATTE)."""
-        colour = np.asarray(paint, np.float32) * self.shade[..., None]
-        rgb = np.where(self.paint[..., None], np.clip(colour, 0, 255), self.rgb).astype(np.uint8)
-        rgb[self.clear] = CLEAR_LENS  # racing yellow headlights: clear lenses on road cars
-        return np.dstack([rgb, self.kind])
-
     def paintable(self) -> NDArray[np.uint8]:
         """The texture with every paint texel a grey level (its shade / SHADE_SCALE): the renderer
         multiplies it by the paint colour, so one texture per car serves every colour."""
@@ -293,8 +287,3 @@ class Repaint:
         rgb = np.where(self.paint[..., None], grey[..., None], self.rgb).astype(np.uint8)
         rgb[self.clear] = CLEAR_LENS
         return np.dstack([rgb, self.kind])
-
-
-@functools.cache
-def repaint_for(folder: Path) -> Repaint:
-    return Repaint(load_car(folder).texture)
