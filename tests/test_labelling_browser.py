@@ -1,0 +1,220 @@
+"""The labelling app in a real browser (headless Chromium through Playwright).
+
+An admin creates three labellers and fills the queue; the three label with the keyboard; one
+image reaches consensus, one goes to the admin's review queue; the export holds both. Set
+LABELLING_SCREENSHOTS=docs/screenshots to refresh the README's screenshots.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from processor.dev.imageserver import ImageServer
+from processor.labelling import sampling
+from processor.labelling.export import export
+
+from .labelling_support import (
+    PASSWORD,
+    LabelDb,
+    RunningApp,
+    label_app_fixture,  # noqa: F401
+    label_db_fixture,  # noqa: F401
+)
+
+CHROMIUM = os.environ.get("PROCESSOR_TEST_CHROMIUM", "/usr/bin/chromium")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOTS = os.environ.get("LABELLING_SCREENSHOTS")
+# The shipped model's positions in order take the keys 1 2 3 4 ...: front is 4, rear 8, side 0.
+KEYS = {  # (labeller, image) -> keys pressed
+    ("lab0", "agree"): "n4",
+    ("lab1", "agree"): "n4",
+    ("lab2", "agree"): "n4",
+    ("lab0", "disagree"): "y4",
+    ("lab1", "disagree"): "n0",  # two different labels of three: cannot reach three, so to review
+    ("lab0", "skipped"): "s",  # a skip uses no slot: the image stays open for a third labeller
+    ("lab1", "skipped"): "n8",
+    ("lab2", "skipped"): "n8",
+    ("lab0", "unsure"): "u",  # with K = N = 3, one "unsure" sends it to review
+}
+SEEN = {"lab0": ["agree", "disagree", "skipped", "unsure"], "lab1": ["agree", "disagree", "skipped"]}
+
+
+@pytest.fixture
+def chromium() -> str:
+    """The system's Chromium (Playwright's own browser download does not work offline); CI must have it."""
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"no Chromium at {CHROMIUM} (.ci/run installs it)")
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    return CHROMIUM
+
+
+@pytest.fixture
+async def browser(chromium: str) -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=chromium, args=ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def screenshot(page: Any, name: str) -> None:
+    if SCREENSHOTS:  # playwright creates the folder
+        await page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"), full_page=True)
+
+
+async def open_page(browser: Any, base_url: str) -> Any:
+    context = await browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 860})
+    page = await context.new_page()
+    page.on("dialog", lambda dialog: pytest.fail(f"a script ran: {dialog.message}"))
+    return page
+
+
+async def sign_in(page: Any, username: str) -> None:
+    await page.goto("/sign-in")
+    await page.fill("input[name=username]", username)
+    await page.fill("input[name=password]", PASSWORD)
+    async with page.expect_navigation():
+        await page.click("button:has-text('Sign in')")
+
+
+async def wait_for_image(page: Any, selector: str) -> None:
+    await page.wait_for_function(
+        "s => { const i = document.querySelector(s); return i && i.complete && i.naturalWidth > 0; }", arg=selector
+    )
+
+
+async def label_everything(page: Any, username: str, first: bool) -> list[str]:
+    """Answer each image the page offers with the keys of KEYS; return the images in the order shown."""
+    seen: list[str] = []
+    while await page.locator("#answer").count():
+        image_id = await page.locator("figcaption code").nth(1).inner_text()
+        seen.append(image_id)
+        await wait_for_image(page, ".photo img")
+        if first and not seen[:-1]:
+            await screenshot(page, "labelling")
+        async with page.expect_navigation():
+            for key in KEYS[(username, image_id)]:
+                await page.keyboard.press(key)
+    assert "Nothing to label" in await page.content()
+    return seen
+
+
+async def admin_creates_labellers_and_fills_the_queue(page: Any) -> None:
+    await sign_in(page, "boss")
+    assert page.url.endswith("/admin"), await page.content()
+    for name in ("lab0", "lab1", "lab2"):
+        await page.fill("#new-user input[name=username]", name)
+        await page.fill("#new-user input[name=password]", PASSWORD)
+        async with page.expect_navigation():
+            await page.click("button:has-text('Create account')")
+        assert "Account created." in await page.content()
+    await page.fill("input[name=count]", "10")
+    await page.fill("input[name=random_share]", "0")
+    async with page.expect_navigation():
+        await page.click("button:has-text('Add to the queue')")
+    assert await page.inner_text("#count-open") == "4"
+
+
+async def test_three_labellers_reach_consensus_and_the_admin_reviews_the_rest(
+    label_db: LabelDb, image_server: ImageServer, jpegs: dict[str, bytes], browser: Any, tmp_path: Path
+) -> None:
+    db = label_db
+    db.config = db.config.with_overrides(agree=3, max_labellers=3)  # three people: all must agree
+    names = sorted(jpegs)
+    for image_id, name in zip(("agree", "disagree", "skipped", "unsure"), names, strict=False):
+        await db.classify(image_id, image_server.url(name), banner_score=0.5, listing_id=f"L-{image_id}")
+    await db.user("boss", "admin")  # the first admin comes from `processor label add-user --admin`
+    app = await start_app(db)
+    try:
+        admin = await open_page(browser, app.base_url)
+        await admin_creates_labellers_and_fills_the_queue(admin)
+        for i in range(3):
+            page = await open_page(browser, app.base_url)
+            await sign_in(page, f"lab{i}")
+            assert page.url.endswith("/label")
+            seen = await label_everything(page, f"lab{i}", first=i == 0)
+            assert sorted(seen) == SEEN.get(f"lab{i}", ["agree", "skipped"])
+        await admin.goto("/admin")
+        counts = {s: await admin.inner_text(f"#count-{s}") for s in ("open", "final", "review")}
+        assert counts == {"open": "1", "final": "1", "review": "2"}
+        await screenshot(admin, "admin")
+        await admin.goto("/admin/review")
+        assert await admin.locator("section.review").count() == 2
+        await wait_for_image(admin, "section.review img")
+        await screenshot(admin, "review")
+        disputed = admin.locator("section.review", has_text="image disagree")
+        assert "1 \u00d7 banner, front" in await disputed.inner_text()
+        await disputed.locator("input[name=banner][value=no]").check()
+        await disputed.locator("select[name=position]").select_option("side")
+        async with admin.expect_navigation():
+            await disputed.locator("button:has-text('Decide')").click()
+        async with admin.expect_navigation():
+            await admin.locator("section.review", has_text="image unsure").locator("button:has-text('Discard')").click()
+        assert "Nothing to review." in await admin.content()
+        await admin.goto("/admin")
+        assert (await admin.inner_text("#count-resolved"), await admin.inner_text("#count-discarded")) == ("1", "1")
+        assert "50% (1 of 2)" in await admin.inner_text("table.people")  # lab0: agreed on one of two
+    finally:
+        await app.runner.cleanup()
+    summary = await export(db.pool, db.settings, tmp_path, 20)
+    assert summary.train + summary.holdout == 2 and not summary.failed
+    rows = []
+    for part in ("train", "holdout"):
+        with (tmp_path / part / "labels.csv").open() as fh:
+            rows += [(r["image_id"], r["banner"], r["position"], r["source"]) for r in csv.DictReader(fh)]
+    assert sorted(rows) == [("agree", "0", "front", "consensus"), ("disagree", "0", "side", "admin")]
+
+
+async def test_a_hostile_listing_id_and_url_stay_inert_in_the_browser(
+    label_db: LabelDb, label_app: RunningApp, browser: Any
+) -> None:
+    await label_db.classify(
+        '"><img src=x onerror=alert(2)>', "javascript:alert(3)", 0.5, listing_id="<script>alert(1)</script>"
+    )
+    await label_db.user("lab")
+    await sampling.fill(label_db.pool, label_db.settings.postgres_table, 10, 0.0, 0.54)
+    page = await open_page(browser, label_app.base_url)  # any dialog fails the test
+    await sign_in(page, "lab")
+    captions = page.locator("figcaption code")
+    assert await captions.nth(0).inner_text() == "<script>alert(1)</script>"
+    assert await captions.nth(1).inner_text() == '"><img src=x onerror=alert(2)>'
+    assert await page.locator("img").count() == 1  # the id did not become an element
+    assert await page.locator("script:not([src])").count() == 0
+    inert = "[...document.querySelectorAll('[href],[src]')].every(e => !/javascript:/i.test(e.outerHTML))"
+    assert await page.evaluate(inert)
+
+
+class StartedApp:
+    def __init__(self, runner: Any, base_url: str) -> None:
+        self.runner, self.base_url = runner, base_url
+
+
+async def start_app(db: LabelDb) -> StartedApp:
+    """The app with the test's own (possibly changed) config."""
+    from aiohttp import web
+
+    from processor.labelling.server import create_app
+
+    runner = web.AppRunner(create_app(db.settings, db.config), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return StartedApp(runner, f"http://127.0.0.1:{runner.addresses[0][1]}")
