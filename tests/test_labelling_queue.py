@@ -156,3 +156,21 @@ async def test_export_writes_train_and_holdout_sets_that_train_reads(
         assert {r["image_id"] for r in csv.DictReader(fh)} == holdout
     randoms = read_labels(tmp_path / "holdout-random")
     assert all(r.path.exists() for r in randoms) and len(randoms) == summary.holdout_random
+
+
+def test_label_commands_create_accounts_and_fill_the_queue(label_db: LabelDb) -> None:
+    from click.testing import CliRunner
+
+    from processor.cli import main
+    from processor.dev.harness import settings_env
+
+    env = {**settings_env(label_db.settings), "PROCESSOR_LABEL_DB_SCHEMA": label_db.config.db_schema}
+    runner = CliRunner()
+    added = runner.invoke(
+        main, ["label", "add-user", "Boss", "--admin", "--password-stdin"], "a long password\n", env=env
+    )
+    assert added.exit_code == 0 and "created admin boss" in added.output
+    weak = runner.invoke(main, ["label", "add-user", "lab", "--password-stdin"], "short\n", env=env)
+    assert weak.exit_code != 0 and "at least 10 characters" in weak.output
+    filled = runner.invoke(main, ["label", "fill", "--count", "5", "--random-share", "0.4"], env=env)
+    assert filled.exit_code == 0 and "queued 0 uncertain and 0 random images" in filled.output
