@@ -16,19 +16,21 @@ import logging
 import signal
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import EventT, StreamT
+from faust.types import TP, EventT, StreamT
 
-from .acking import OrderedAcker
+from . import metrics
+from .acking import AckerHooks, OrderedAcker
 from .cache import ResultCache
 from .events import Envelope
+from .health import WorkerHealth, serve
 from .model import Classifier
 from .pipeline import Pipeline
-from .sink import Record
 from .settings import Settings
+from .sink import Record
 from .store import PostgresStore
 
 log = logging.getLogger(__name__)
@@ -63,8 +65,62 @@ def _consumer_with_fetch_wait(fetch_max_wait_ms: int) -> type[faust_aiokafka.Con
     return Consumer
 
 
-def create_app(settings: Settings, classifier: Classifier) -> tuple[faust.App, Callable[[], Awaitable[None]]]:
+def create_app(
+    settings: Settings, classifier: Classifier, health: WorkerHealth | None = None
+) -> tuple[faust.App, Callable[[], Awaitable[None]]]:
     """Build the Faust app and the pipeline it feeds; nothing connects until the worker starts."""
+    health = health or WorkerHealth(settings.liveness_stall_s, model_loaded=True)
+    app = _faust_app(settings)
+    store = PostgresStore(settings.postgres_dsn, settings.postgres_table)
+    cache = ResultCache(settings.redis_url, f"{classifier.info.name}:{classifier.info.version}", settings.cache_ttl_s)
+    pipeline = Pipeline(settings, classifier, store, cache, FaustPublisher(app))
+    source = app.topic(
+        settings.input_topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.topic_partitions,
+    )
+    sinks = [app.topic(t, partitions=settings.topic_partitions) for t in settings.topics[1:]]
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def _assigned(_app: faust.App, assigned: set[Any], **_kw: Any) -> None:
+        mine = {tp for tp in assigned if tp.topic == settings.input_topic}
+        health.assignments += 1
+        health.partitions = len(mine)
+        log.info("partitions assigned: %d (%s)", len(mine), ", ".join(sorted(map(_tp, mine))))
+
+    acker = _image_acker(app, pipeline, health, settings)
+
+    @app.timer(settings.monitor_interval_s)  # type: ignore[untyped-decorator]
+    async def monitor() -> None:
+        await observe(app, acker, pipeline, health, settings)
+
+    @app.agent(source, concurrency=1, name="classify")
+    async def classify(stream: StreamT[bytes]) -> None:
+        await pipeline.start()  # idempotent: Faust restarts a crashed agent
+        for topic in sinks:
+            await topic.maybe_declare()
+        log.info("worker consuming %s as group %s", settings.input_topic, settings.consumer_group)
+        manual: Any = stream.noack()  # type: ignore[attr-defined]
+        async for event in manual.events():
+            await acker.submit(event.message.tp, event, functools.partial(_process, pipeline, _envelope(event)))
+
+    async def drain() -> None:
+        acker.close()
+        drained = await acker.wait(settings.shutdown_grace_s)
+        log.info(
+            "worker stopping: %d acked; in-flight work %s",
+            acker.acked,
+            "finished" if drained else "abandoned (it will be replayed)",
+        )
+        await pipeline.stop()
+
+    return app, drain
+
+
+def _faust_app(settings: Settings) -> faust.App:
     app = faust.App(
         settings.consumer_group,
         broker=settings.broker_url,
@@ -86,55 +142,72 @@ def create_app(settings: Settings, classifier: Classifier) -> tuple[faust.App, C
         logging_config=None,
     )
     setattr(app.transport, "Consumer", _consumer_with_fetch_wait(settings.broker_fetch_max_wait_ms))  # noqa: B010
-    store = PostgresStore(settings.postgres_dsn, settings.postgres_table)
-    cache = ResultCache(settings.redis_url, f"{classifier.info.name}:{classifier.info.version}", settings.cache_ttl_s)
-    pipeline = Pipeline(settings, classifier, store, cache, FaustPublisher(app))
-    source = app.topic(
-        settings.input_topic,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=settings.topic_partitions,
+    return app
+
+
+def _image_acker(
+    app: faust.App, pipeline: Pipeline, health: WorkerHealth, settings: Settings
+) -> OrderedAcker[EventT[bytes]]:
+    """The acker of the image agent: acks in offset order, pauses a partition over budget, and
+    stores an event whose processing keeps failing as a dead letter."""
+
+    async def ack(event: EventT[bytes]) -> None:
+        event.ack()
+        health.progressed()
+        metrics.LAST_PROGRESS.set_to_current_time()
+
+    async def fallback(event: EventT[bytes], exc: BaseException) -> None:
+        await pipeline.fail(_envelope(event), exc)
+
+    return OrderedAcker(
+        AckerHooks(
+            ack,
+            describe=lambda event: _envelope(event).describe(),
+            pause=lambda tp: app.consumer.pause_partitions([cast(TP, tp)]),
+            resume=lambda tp: app.consumer.resume_partitions([cast(TP, tp)]),
+            fallback=fallback,
+        ),
+        settings.max_in_flight,
+        settings.max_unacked_per_partition,
     )
-    sinks = [app.topic(t, partitions=settings.topic_partitions) for t in (settings.output_topic, settings.dlq_topic)]
-
-    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
-    async def _assigned(_app: faust.App, assigned: set[Any], **_kw: Any) -> None:
-        log.info(
-            "partitions assigned: %d (%s)",
-            len(assigned),
-            ", ".join(sorted(f"{tp.topic}/{tp.partition}" for tp in assigned)),
-        )
-
-    acker: OrderedAcker[EventT[bytes]] = OrderedAcker(_ack, settings.max_in_flight, settings.max_in_flight * 8)
-
-    @app.agent(source, concurrency=1, name="classify")
-    async def classify(stream: StreamT[bytes]) -> None:
-        await pipeline.start()  # idempotent: Faust restarts a crashed agent
-        for topic in sinks:
-            await topic.maybe_declare()
-        log.info("worker consuming %s as group %s", settings.input_topic, settings.consumer_group)
-        manual: Any = stream.noack()  # type: ignore[attr-defined]
-        async for event in manual.events():
-            envelope = _envelope(event)
-            await acker.submit(event.message.tp, event, functools.partial(pipeline.process, envelope))
-
-    async def drain() -> None:
-        acker.close()
-        drained = await acker.wait(settings.shutdown_grace_s)
-        log.info(
-            "worker stopping: %d acked; in-flight work %s",
-            acker.acked,
-            "finished" if drained else "abandoned (it will be replayed)",
-        )
-        await pipeline.stop()
-
-    return app, drain
 
 
-async def _ack(event: EventT[bytes]) -> None:
-    event.ack()
+async def _process(pipeline: Pipeline, envelope: Envelope) -> None:
+    try:
+        await pipeline.process(envelope)
+    except Exception:
+        metrics.WORK_FAILURES.inc()
+        raise
+
+
+async def observe(
+    app: faust.App, acker: OrderedAcker[EventT[bytes]], pipeline: Pipeline, health: WorkerHealth, settings: Settings
+) -> None:
+    """Refresh lag, oldest-unacked ages, stuck partitions and the Postgres check."""
+    ages: dict[Any, float] = acker.oldest_age_s()
+    stuck = 0
+    for tp, age in ages.items():
+        metrics.OLDEST_UNACKED.labels(tp.topic, str(tp.partition)).set(age)
+        if age > settings.stuck_after_s:
+            stuck += 1
+            log.warning("partition %s stuck: oldest unacked event waits %.0f s", _tp(tp), age)
+    metrics.STUCK_PARTITIONS.set(stuck)
+    health.oldest_unacked_s = max(ages.values(), default=0.0)
+    health.postgres_ok = await pipeline.store_reachable()
+    try:
+        assigned = [tp for tp in app.consumer.assignment() if tp.topic == settings.input_topic]
+        highwaters = await app.consumer.highwaters(*assigned) if assigned else {}
+        for tp in assigned:
+            oldest = acker.oldest(tp)
+            start = oldest.message.offset if oldest is not None else await app.consumer.position(tp)
+            lag = max(0, highwaters.get(tp, 0) - (start or 0))
+            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)
+    except Exception as exc:  # lag is best effort: a rebalance or a broker hiccup skips one reading
+        log.debug("lag not measured: %s: %s", type(exc).__name__, exc)
+
+
+def _tp(tp: Any) -> str:
+    return f"{tp.topic}/{tp.partition}"
 
 
 class GracefulWorker(faust.Worker):
@@ -191,11 +264,16 @@ def _cap_malloc_arenas(arenas: int = 2) -> None:
 def run_worker(settings: Settings) -> None:
     """Load the model, then run a Faust worker until SIGINT/SIGTERM."""
     _cap_malloc_arenas()
+    health = WorkerHealth(settings.liveness_stall_s)
     classifier = Classifier(settings.model_dir, settings.banner_threshold)
-    app, drain = create_app(settings, classifier)
+    health.model_loaded = True
+    metrics.MODEL_INFO.labels(classifier.info.name, classifier.info.version).set(1)
+    app, drain = create_app(settings, classifier, health)
     if settings.metrics_port:
-        from prometheus_client import start_http_server
 
-        start_http_server(settings.metrics_port, addr="0.0.0.0")
+        @app.task  # type: ignore[untyped-decorator]
+        async def serve_health() -> None:
+            await serve(health, settings.metrics_port)
+
     worker = GracefulWorker(app, drain, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -32,6 +32,10 @@ class BatchStats:
     splits: int = 0  # batches split in halves after the batch function raised
 
 
+class BatcherStopped(RuntimeError):
+    """The batcher stopped before this item's batch ran to the end."""
+
+
 class MicroBatcher(Generic[T, R]):
     """Groups concurrent ``submit()`` calls into calls of ``fn(list) -> list``."""
 
@@ -52,6 +56,7 @@ class MicroBatcher(Generic[T, R]):
         self._name = name
         self._on_batch = on_batch  # called with (size, why it closed) before each batch runs
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
+        self._current: list[tuple[T, asyncio.Future[R]]] = []  # the batch being run
         self._task: asyncio.Task[None] | None = None
         self.stats = BatchStats()
 
@@ -59,14 +64,18 @@ class MicroBatcher(Generic[T, R]):
         self._task = asyncio.create_task(self._run(), name=f"{self._name}-batcher")
 
     async def stop(self) -> None:
+        """Stop batching; every caller still waiting (in the running batch or queued) gets BatcherStopped."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        waiting = self._current
         while not self._queue.empty():
-            _, fut = self._queue.get_nowait()
+            waiting.append(self._queue.get_nowait())
+        for _, fut in waiting:
             if not fut.done():
-                fut.cancel()
+                fut.set_exception(BatcherStopped(f"{self._name} batcher stopped"))
+        self._current = []
 
     async def submit(self, item: T) -> R:
         """Queue one item and wait for its result (or its exception)."""
@@ -85,7 +94,9 @@ class MicroBatcher(Generic[T, R]):
             self.stats.closed[reason] += 1
             if self._on_batch is not None:
                 self._on_batch(len(batch), reason)
+            self._current = batch
             await self._call(batch)
+            self._current = []
 
     async def _collect(self) -> tuple[list[tuple[T, asyncio.Future[R]]], str]:
         batch = [await self._queue.get()]

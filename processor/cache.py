@@ -104,8 +104,17 @@ class ResultCache:
         except (RedisError, OSError) as exc:
             self._failed("get", exc)
             return None
-        metrics.CACHE.labels(result="hit" if raw else "miss").inc()
-        return CachedResult.loads(raw) if raw else None
+        if not raw:
+            metrics.CACHE.labels(result="miss").inc()
+            return None
+        try:
+            result = CachedResult.loads(raw)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a corrupt or foreign value: a miss
+            metrics.CACHE.labels(result="corrupt").inc()
+            log.warning("ignoring a corrupt cache value under %s: %s: %s", key, type(exc).__name__, exc)
+            return None
+        metrics.CACHE.labels(result="hit").inc()
+        return result
 
     async def _mget(self, keys: list[str]) -> list[bytes | None]:
         assert self._client is not None

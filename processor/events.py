@@ -1,31 +1,50 @@
-"""The contracts: input events, classification events and dead-letter records."""
+"""The contracts: input events, classification events and dead-letter records.
+
+Everything here is total on hostile input: parsing raises only InvalidEvent, and a dead letter
+serialises whatever it carries (the original event as JSON when it is small and re-serialisable,
+else its raw bytes, base64, truncated to ``DLQ_RAW_LIMIT``).
+"""
 
 from __future__ import annotations
 
+import base64
+import re
+import unicodedata
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .errors import InvalidEvent
 
 # Output ids are uuid5 in this namespace, so a replay yields the same id.
 OUTPUT_NAMESPACE = uuid.UUID("6f1d3c0e-52b5-4a53-9d0e-5d1b8d9c1a77")
+DLQ_RAW_LIMIT = 16 * 1024  # bytes of the original event a dead letter carries at most
+DETAIL_LIMIT = 2000
 
 
 class ImageEvent(BaseModel):
-    """An event of the ``images`` topic."""
+    """An event of the ``images`` topic: an image to classify, or (``deleted: true``, no url needed)
+    the removal of an image from its listing."""
 
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
     image_id: str = Field(min_length=1, max_length=256)
     listing_id: str = Field(min_length=1, max_length=256)
-    url: str = Field(min_length=1, max_length=4096)
+    deleted: bool = False  # before url: the url check reads it
+    url: str = Field("", max_length=4096, validate_default=True)
     position_index: int | None = Field(None, ge=0, le=10_000)
     event_time: datetime | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url_unless_deleted(cls, url: str, info: ValidationInfo) -> str:
+        if not url and not info.data.get("deleted", False):
+            raise ValueError("Field required (unless deleted is true)")
+        return url
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,21 +60,71 @@ class Envelope:
     def source(self) -> dict[str, Any]:
         return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
 
+    def describe(self) -> str:
+        """Where the message came from, for logs (never its content)."""
+        return f"{clean_text(self.topic, 200)}/{self.partition}@{self.offset}"
 
-def parse_event(raw: bytes, max_bytes: int) -> ImageEvent:
-    """Validate one raw message, raising InvalidEvent with a readable reason."""
-    if len(raw) > max_bytes:
-        raise InvalidEvent(f"event is {len(raw)} bytes, over the {max_bytes}-byte limit")
+
+@dataclass(frozen=True, slots=True)
+class EventLimits:
+    """What an input event may be: its size and how far its event_time may lie from now."""
+
+    max_bytes: int = 64 * 1024
+    max_past: timedelta = timedelta(days=3650)
+    max_future: timedelta = timedelta(minutes=5)
+
+
+def parse_event(raw: bytes, limits: EventLimits) -> ImageEvent:
+    """Validate one raw message, raising InvalidEvent with a readable reason (never anything else)."""
+    if len(raw) > limits.max_bytes:
+        raise InvalidEvent(f"event is {len(raw)} bytes, over the {limits.max_bytes}-byte limit")
     try:
         event = ImageEvent.model_validate_json(raw)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'event'}: {err['msg']}" for err in exc.errors())
-        raise InvalidEvent(problems[:1000]) from None
-    if "\x00" in event.image_id + event.listing_id + event.url:
-        raise InvalidEvent("image_id, listing_id and url must not contain NUL characters")
-    if event.event_time is not None and event.event_time.tzinfo is None:
+        raise InvalidEvent(clean_text(problems, 1000)) from None
+    except (ValueError, RecursionError) as exc:  # pydantic's own limits (nesting depth, sizes)
+        raise InvalidEvent(f"event cannot be parsed: {type(exc).__name__}") from None
+    for name in ("image_id", "listing_id", "url"):
+        if _has_controls(getattr(event, name)):
+            raise InvalidEvent(f"{name}: must not contain control or format characters")
+    if event.event_time is None:
+        return event
+    return event.model_copy(update={"event_time": _bounded_time(event.event_time, limits)})
+
+
+def _bounded_time(moment: datetime, limits: EventLimits) -> datetime:
+    """event_time in UTC, inside [now - max_past, now + max_future]."""
+    if moment.tzinfo is None:
         raise InvalidEvent("event_time: must carry a UTC offset (RFC 3339)")
-    return event
+    try:
+        utc = moment.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise InvalidEvent("event_time: outside the representable range once converted to UTC") from None
+    now = datetime.now(UTC)
+    if not now - limits.max_past <= utc <= now + limits.max_future:
+        raise InvalidEvent(
+            f"event_time: {_rfc3339(utc)} is outside the accepted window "
+            f"({limits.max_past.days} days back, {int(limits.max_future.total_seconds())} s ahead)"
+        )
+    return utc
+
+
+def _has_controls(text: str) -> bool:
+    return any(unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
+
+
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean_text(text: str, limit: int) -> str:
+    """Text safe for logs, keys and Postgres: control and bidi characters replaced, length capped."""
+    return _CONTROLS.sub("\ufffd", text[:limit])
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """A model version as a tuple of integers (``2026.11.30.10`` > ``2026.11.30.9``); non-digits ignored."""
+    return tuple(int(digits) if (digits := re.sub(r"\D", "", part)) else 0 for part in version.split("."))
 
 
 @dataclass(slots=True)
@@ -78,6 +147,10 @@ class Classification:
     cache: str = "miss"  # miss | url | hash
     timings_ms: dict[str, float] = field(default_factory=dict)
     classified_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def order_key(self) -> tuple[datetime, bool, tuple[int, ...]]:
+        """Which of two outcomes for one image is newer (the store's rule)."""
+        return (self.event_time, False, version_key(self.model_version))
 
     @property
     def output_id(self) -> str:
@@ -121,27 +194,78 @@ class DeadLetter:
     listing_id: str | None = None
     failed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
-    def original(self) -> Any:
-        """The original event: parsed JSON when it parses, else its text."""
-        try:
-            return orjson.loads(self.envelope.value)
-        except orjson.JSONDecodeError:
-            return self.envelope.value.decode("utf-8", "replace")[:65536]
+    def original(self) -> dict[str, Any]:
+        """The original event: ``{"event": parsed JSON}`` when it is small and re-serialises, else
+        ``{"event": None, "event_raw": {base64 of at most DLQ_RAW_LIMIT bytes, size, truncated}}``."""
+        raw = self.envelope.value
+        if len(raw) <= DLQ_RAW_LIMIT:
+            try:
+                parsed = orjson.loads(raw)
+                if len(orjson.dumps(parsed)) <= DLQ_RAW_LIMIT:
+                    return {"event": parsed}
+            except (orjson.JSONDecodeError, orjson.JSONEncodeError, RecursionError):
+                pass
+        kept = raw[:DLQ_RAW_LIMIT]
+        return {
+            "event": None,
+            "event_raw": {
+                "base64": base64.b64encode(kept).decode(),
+                "bytes": len(raw),
+                "truncated": len(kept) < len(raw),
+            },
+        }
 
     def to_output(self) -> dict[str, Any]:
         """The ``images-dlq`` record."""
         return {
-            "event": self.original(),
+            **self.original(),
             "image_id": self.image_id,
             "listing_id": self.listing_id,
-            "error": {"kind": self.kind, "detail": self.detail[:2000]},
+            "error": {"kind": self.kind, "detail": clean_text(self.detail, DETAIL_LIMIT)},
             "attempts": self.attempts,
             "failed_at": _rfc3339(self.failed_at),
             "source": self.envelope.source(),
         }
 
 
-Outcome = Classification | DeadLetter
+@dataclass(slots=True)
+class Deletion:
+    """An image removed from its listing: stored as a tombstone row, published as a removal."""
+
+    event: ImageEvent
+    envelope: Envelope
+    event_time: datetime
+
+    def order_key(self) -> tuple[datetime, bool, tuple[int, ...]]:
+        return (self.event_time, True, ())
+
+    def to_output(self) -> dict[str, Any]:
+        """The ``image-removals`` record."""
+        return {
+            "image_id": self.event.image_id,
+            "listing_id": self.event.listing_id,
+            "deleted": True,
+            "event_time": _rfc3339(self.event_time),
+            "source": self.envelope.source(),
+        }
+
+
+Outcome = Classification | DeadLetter | Deletion
+
+
+def best_effort_ids(raw: bytes) -> dict[str, str]:
+    """image_id and listing_id of an invalid event when they are usable strings (for accounting)."""
+    try:
+        doc = orjson.loads(raw)
+    except (orjson.JSONDecodeError, RecursionError):
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    return {
+        k: v
+        for k in ("image_id", "listing_id")
+        if isinstance(v := doc.get(k), str) and 0 < len(v) <= 256 and not _has_controls(v)
+    }
 
 
 def _rfc3339(moment: datetime) -> str:

@@ -12,8 +12,23 @@ FETCH_RESPONSES = Counter("processor_fetch_responses_total", "HTTP responses, by
 FETCH_BYTES = Counter("processor_fetch_bytes_total", "Image bytes downloaded.")
 BATCH_SIZE = Histogram("processor_batch_size", "Inference batch sizes.", buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 BATCH_CLOSED = Counter("processor_batches_total", "Inference batches, by why they closed.", ["reason"])
+STORAGE_REJECTED = Counter(
+    "processor_storage_rejected_total", "Items Postgres or the broker refused for good (dead-lettered).", ["where"]
+)
 STORE_RETRIES = Counter("processor_store_retries_total", "Sink flushes retried after a failure.")
 IN_FLIGHT = Gauge("processor_in_flight", "Events being processed.")
+CONSUMER_LAG = Gauge(
+    "processor_consumer_lag", "Messages behind the log end, from the oldest unacknowledged.", ["topic", "partition"]
+)
+OLDEST_UNACKED = Gauge(
+    "processor_oldest_unacked_age_seconds", "Age of the oldest unacknowledged event.", ["topic", "partition"]
+)
+STUCK_PARTITIONS = Gauge(
+    "processor_stuck_partitions", "Partitions whose oldest unacked event is older than stuck_after_s."
+)
+WORK_FAILURES = Counter("processor_work_failures_total", "Attempts to process an event that raised (then retried).")
+MODEL_INFO = Gauge("processor_model_info", "The model in use (value 1).", ["name", "version"])
+LAST_PROGRESS = Gauge("processor_last_progress_timestamp_seconds", "Unix time of the last acknowledged event.")
 LATENCY = Histogram(
     "processor_event_latency_seconds",
     "Event time to stored result.",

@@ -17,9 +17,9 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import numpy as np
-import orjson
 from numpy.typing import NDArray
 
 from . import metrics
@@ -27,11 +27,22 @@ from .batching import MicroBatcher
 from .cache import CachedResult
 from .decode import DecodedImage, decode_image
 from .errors import ProcessorError
-from .events import Classification, DeadLetter, Envelope, ImageEvent, Outcome, event_time_of, parse_event
+from .events import (
+    Classification,
+    DeadLetter,
+    Deletion,
+    Envelope,
+    EventLimits,
+    ImageEvent,
+    Outcome,
+    best_effort_ids,
+    event_time_of,
+    parse_event,
+)
 from .fetch import Fetcher
 from .model import Classifier, Prediction
 from .settings import Settings
-from .sink import Cache, Publisher, ResultStore, Sink, until_done
+from .sink import Cache, Publisher, ResultStore, Sink, SinkTopics, until_done
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +73,14 @@ class Pipeline:
             store,
             publisher,
             cache,
-            (settings.output_topic, settings.dlq_topic),
+            SinkTopics(settings.output_topic, settings.dlq_topic, settings.removals_topic),
             settings.store_batch_size,
             settings.store_batch_delay_ms / 1000,
+        )
+        self._limits = EventLimits(
+            settings.max_event_bytes,
+            timedelta(days=settings.event_time_max_past_days),
+            timedelta(seconds=settings.event_time_max_future_s),
         )
         self._started = False
 
@@ -93,31 +109,52 @@ class Pipeline:
         """Classify or dead-letter one event and store the outcome."""
         metrics.IN_FLIGHT.inc()
         try:
-            outcome = await self.classify(envelope)
-            await self.sink.submit(outcome)
+            outcome = await self.sink.submit(await self.classify(envelope))
         finally:
             metrics.IN_FLIGHT.dec()
         if isinstance(outcome, Classification):
             metrics.EVENTS.labels(outcome="classified").inc()
             metrics.LATENCY.observe(max(0.0, time.time() - outcome.event_time.timestamp()))
+        elif isinstance(outcome, Deletion):
+            metrics.EVENTS.labels(outcome="deleted").inc()
         else:
             metrics.EVENTS.labels(outcome="dead_letter").inc()
             metrics.DLQ.labels(kind=outcome.kind).inc()
         return outcome
+
+    async def fail(self, envelope: Envelope, exc: BaseException) -> Outcome:
+        """Store an event whose processing keeps raising as an ``internal_error`` dead letter."""
+        ids = best_effort_ids(envelope.value)
+        detail = f"processing kept failing: {type(exc).__name__}: {exc}"
+        dead = DeadLetter(envelope, "internal_error", detail, 1, ids.get("image_id"), ids.get("listing_id"))
+        return await self.sink.submit(dead)
+
+    async def store_reachable(self, timeout_s: float = 2.0) -> bool:
+        """Whether the result store answers now (readiness)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self.store.ping()
+        except (TimeoutError, OSError, ConnectionError):
+            return False
+        except Exception as exc:  # any driver error means not reachable; say which
+            log.debug("store ping failed: %s: %s", type(exc).__name__, exc)
+            return False
 
     async def classify(self, envelope: Envelope) -> Outcome:
         """The outcome of one event, not yet stored; never raises for a bad event."""
         event: ImageEvent | None = None
         attempts = 1
         try:
-            event = parse_event(envelope.value, self.settings.max_event_bytes)
+            event = parse_event(envelope.value, self._limits)
+            if event.deleted:
+                return Deletion(event, envelope, event_time_of(event, envelope))
             return await self._classify(event, envelope)
         except ProcessorError as exc:
             return self._dead(envelope, event, exc.kind, exc.detail, getattr(exc, "attempts", attempts))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must not stop the worker: record it and move on
-            log.exception("internal error on %s", envelope.source())
+            log.exception("internal error on %s", envelope.describe())
             return self._dead(envelope, event, "internal_error", f"{type(exc).__name__}: {exc}", attempts)
 
     async def _classify(self, event: ImageEvent, envelope: Envelope) -> Classification:
@@ -182,21 +219,6 @@ class Pipeline:
     async def _infer(self, images: list[NDArray[np.uint8]]) -> list[Prediction]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._infer_pool, self.classifier.predict, images)
-
-
-def best_effort_ids(raw: bytes) -> dict[str, str]:
-    """image_id and listing_id of an invalid event when they are usable strings (for accounting)."""
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return {}
-    if not isinstance(doc, dict):
-        return {}
-    return {
-        k: v
-        for k in ("image_id", "listing_id")
-        if isinstance(v := doc.get(k), str) and 0 < len(v) <= 256 and "\x00" not in v
-    }
 
 
 def _ms(since: float) -> float:

@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     input_topic: str = Field("images", description="Topic of incoming image events.")
     output_topic: str = Field("image-classifications", description="Topic of results.")
     dlq_topic: str = Field("images-dlq", description="Topic of dead-letter records.")
+    removals_topic: str = Field("image-removals", description="Topic of image removals (deleted: true events).")
     topic_partitions: int = Field(8, ge=1, description="Partitions when the processor creates topics.")
     consumer_group: str = Field("listing-image-processor", description="Kafka consumer group id.")
     broker_session_timeout_s: float = Field(6.0, gt=0, description="Consumer session timeout.")
@@ -43,6 +44,12 @@ class Settings(BaseSettings):
     banner_threshold: float | None = Field(None, description="Override the model's banner threshold.")
 
     max_in_flight: int = Field(256, ge=1, description="Events being processed at once per worker.")
+    max_unacked_per_partition: int = Field(
+        512, ge=1, description="Unacknowledged events per partition; beyond it the partition pauses, others go on."
+    )
+    stuck_after_s: float = Field(120.0, gt=0, description="A partition whose oldest unacked event is older is stuck.")
+    liveness_stall_s: float = Field(300.0, gt=0, description="Liveness fails when events wait this long unacked.")
+    monitor_interval_s: float = Field(5.0, gt=0, description="How often lag, ages and Postgres health are checked.")
     fetch_concurrency: int = Field(64, ge=1, description="Concurrent HTTP connections per worker.")
     fetch_connect_timeout_s: float = Field(3.0, gt=0, description="TCP/TLS connect timeout.")
     fetch_read_timeout_s: float = Field(5.0, gt=0, description="Longest pause between body chunks.")
@@ -53,6 +60,8 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Byte cap, enforced while streaming.")
     max_image_pixels: int = Field(50_000_000, ge=1, description="Pixel cap, checked before decoding.")
     max_event_bytes: int = Field(64 * 1024, ge=1, description="Largest accepted input event.")
+    event_time_max_past_days: int = Field(3650, ge=1, description="Oldest accepted event_time, in days before now.")
+    event_time_max_future_s: float = Field(300.0, ge=0, description="Latest accepted event_time, in seconds ahead.")
     allow_networks: Annotated[tuple[Network, ...], NoDecode] = Field(
         (), description="Private/loopback CIDRs that may be fetched from (comma-separated)."
     )
@@ -83,9 +92,9 @@ class Settings(BaseSettings):
         return tuple(ipaddress.ip_network(v, strict=False) for v in value)
 
     @property
-    def topics(self) -> tuple[str, str, str]:
-        """The topics a worker reads and writes: input, output, dead letters."""
-        return (self.input_topic, self.output_topic, self.dlq_topic)
+    def topics(self) -> tuple[str, ...]:
+        """The topics a worker reads and writes: input, output, dead letters, removals."""
+        return (self.input_topic, self.output_topic, self.dlq_topic, self.removals_topic)
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given non-None fields replaced and re-validated."""

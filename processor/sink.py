@@ -1,9 +1,14 @@
-"""The sink role: buffer outcomes, flush each buffer Postgres -> topic -> cache, then report it stored.
+"""The sink role: buffer outcomes, flush each buffer Postgres -> topic -> cache, then report what was stored.
 
 Writes happen in that order so that a replay never finds a cached result whose outputs were not
 written, and ``submit`` returns only when the outcome's row is in Postgres and the broker confirmed
-its record: the caller may acknowledge the input then. Storage outages are retried with capped
-backoff until they succeed or the sink stops (then ``submit`` raises and nothing is acked).
+its record: the caller may acknowledge the input then. Only what the upsert applied is published,
+so the last record per image on the topic agrees with Postgres.
+
+Failures are isolated per item. An outage (database or broker down) is retried with capped backoff
+until it ends or the sink stops, losing nothing. A failure that belongs to one item (``rejects_item``)
+splits the flush in halves until that item is alone; after ``item_attempts`` tries it becomes a
+``storage_rejected`` dead letter, and its neighbours are stored as usual.
 
 The collaborators are Protocols; ``processor.dev.memory`` has an in-memory twin of each, so the
 pipeline core runs in tests without any server.
@@ -14,17 +19,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import orjson
 
 from . import metrics
 from .batching import MicroBatcher
 from .cache import CachedResult
+from .errors import rejects_item
 from .events import Classification, DeadLetter, Outcome
+from .store import latest_per_image
 
 log = logging.getLogger(__name__)
 STORE_BACKOFF_MAX_S = 10.0
+T = TypeVar("T")
 
 Record = tuple[str, bytes | None, bytes]  # topic, key, value
 
@@ -36,12 +45,15 @@ class Publisher(Protocol):
 
 
 class ResultStore(Protocol):
-    """The table of results and dead letters (Postgres in production)."""
+    """The table of results, deletions and dead letters (Postgres in production)."""
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...
     async def migrate(self) -> int: ...
-    async def write(self, results: Sequence[Classification], dead: Sequence[DeadLetter]) -> None: ...
+    async def ping(self) -> bool: ...
+    async def write(self, outcomes: Sequence[Outcome]) -> set[str]:
+        """Store the outcomes in one transaction; return the image ids whose row they now are."""
+        ...
 
 
 class Cache(Protocol):
@@ -54,6 +66,15 @@ class Cache(Protocol):
     async def put_many(self, entries: list[tuple[str, CachedResult]]) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class SinkTopics:
+    """Where each kind of outcome is published."""
+
+    output: str
+    dlq: str
+    removals: str
+
+
 class Sink:
     """Buffers outcomes and flushes them in batches of up to ``batch_size`` or after ``delay_s``."""
 
@@ -62,15 +83,17 @@ class Sink:
         store: ResultStore,
         publisher: Publisher,
         cache: Cache,
-        topics: tuple[str, str],
+        topics: SinkTopics,
         batch_size: int,
         delay_s: float,
+        item_attempts: int = 3,
     ) -> None:
         self.store = store
         self.publisher = publisher
         self.cache = cache
-        self.output_topic, self.dlq_topic = topics
-        self._buffer: MicroBatcher[Outcome, None] = MicroBatcher(
+        self.topics = topics
+        self.item_attempts = item_attempts
+        self._buffer: MicroBatcher[Outcome, Outcome] = MicroBatcher(
             self._flush, batch_size, delay_s, split_on_error=False, name="store"
         )
 
@@ -80,37 +103,111 @@ class Sink:
     async def stop(self) -> None:
         await self._buffer.stop()
 
-    async def submit(self, outcome: Outcome) -> None:
-        """Return once the outcome is stored and published."""
-        await self._buffer.submit(outcome)
+    async def submit(self, outcome: Outcome) -> Outcome:
+        """Return once the outcome is stored and published: itself, or the dead letter it became."""
+        return await self._buffer.submit(outcome)
 
-    async def _flush(self, outcomes: list[Outcome]) -> list[None]:
-        results = [o for o in outcomes if isinstance(o, Classification)]
-        dead = [o for o in outcomes if isinstance(o, DeadLetter)]
-        records = [self.record(o) for o in outcomes]
-        await until_done(lambda: self.store.write(results, dead), "postgres write")
-        await until_done(lambda: self.publisher.publish(records), "broker publish")
-        await self.cache.put_many([(r.event.url, cached(r)) for r in results if r.cache != "url"])
-        return [None] * len(outcomes)
+    async def _flush(self, outcomes: list[Outcome]) -> list[Outcome]:
+        stored, applied = await self._write(outcomes)
+        winners = {id(o) for o in latest_per_image(o for o in stored if not isinstance(o, DeadLetter))}
+        published = await self._publish_many(stored, winners, applied)
+        await self.cache.put_many(
+            [(o.event.url, cached(o)) for o in published if isinstance(o, Classification) and o.cache != "url"]
+        )
+        return published
+
+    async def _publish_many(self, stored: list[Outcome], winners: set[int], applied: set[str]) -> list[Outcome]:
+        """Publish the batch's records at once; when the broker rejects one, publish them one by one."""
+        due = [o for o in stored if isinstance(o, DeadLetter) or (id(o) in winners and o.event.image_id in applied)]
+        try:
+            await self._until_stored(lambda: self.publisher.publish([self.record(o) for o in due]), "broker publish")
+            return stored
+        except ItemRejected:
+            final = {id(o): await self._publish(o) for o in due}
+            return [final.get(id(o), o) for o in stored]
+
+    async def _publish(self, outcome: Outcome) -> Outcome:
+        """Publish one outcome's record; a record the broker refuses for good turns into a dead letter."""
+        for attempt in range(1, self.item_attempts + 1):
+            try:
+                await self._until_stored(lambda: self.publisher.publish([self.record(outcome)]), "broker publish")
+                return outcome
+            except ItemRejected as exc:
+                if attempt == self.item_attempts:
+                    return await self._rejected(outcome, exc.cause, "broker")
+        raise AssertionError("unreachable")
+
+    async def _write(self, outcomes: list[Outcome]) -> tuple[list[Outcome], set[str]]:
+        """Write to Postgres; split on an item's own failure until it is alone, then dead-letter it."""
+        try:
+            return outcomes, await self._until_stored(lambda: self.store.write(outcomes), "postgres write")
+        except ItemRejected as exc:
+            if len(outcomes) > 1:
+                half = len(outcomes) // 2
+                first, first_applied = await self._write(outcomes[:half])
+                second, second_applied = await self._write(outcomes[half:])
+                return first + second, first_applied | second_applied
+            return [await self._rejected(outcomes[0], exc.cause, "postgres")], set()
+
+    async def _rejected(self, outcome: Outcome, cause: BaseException, where: str) -> Outcome:
+        """The dead letter of an item storage refused; stored and published like any dead letter."""
+        metrics.STORAGE_REJECTED.labels(where=where).inc()
+        if isinstance(outcome, DeadLetter) and outcome.kind == "storage_rejected":
+            log.error(
+                "%s refused the dead letter of %s as well; it is in the log only", where, outcome.envelope.describe()
+            )
+            return outcome
+        log.warning("%s refused %s for good: %s", where, outcome.envelope.describe(), type(cause).__name__)
+        dead = DeadLetter(
+            outcome.envelope,
+            "storage_rejected",
+            f"{where} refused it: {type(cause).__name__}: {cause}",
+            self.item_attempts,
+            *_ids(outcome),
+        )
+        stored, _ = await self._write([dead])
+        return await self._publish(stored[0])
+
+    async def _until_stored(self, step: Callable[[], Awaitable[T]], what: str) -> T:
+        """Retry an outage until it ends; raise ItemRejected for an item's own failure (after a few tries)."""
+        for attempt in range(1, self.item_attempts + 1):
+            try:
+                return await until_done(step, what)
+            except ItemRejected:
+                if attempt == self.item_attempts:
+                    raise
+                await asyncio.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
 
     def record(self, outcome: Outcome) -> Record:
-        """The output-topic record of a classification, or the DLQ record of a dead letter."""
-        if isinstance(outcome, Classification):
-            return (self.output_topic, outcome.event.listing_id.encode(), orjson.dumps(outcome.to_output()))
-        key = outcome.listing_id.encode() if outcome.listing_id else None
-        return (self.dlq_topic, key, orjson.dumps(outcome.to_output()))
+        """The output record of a classification, the removal record of a deletion, or a DLQ record."""
+        if isinstance(outcome, DeadLetter):
+            key = outcome.listing_id.encode() if outcome.listing_id else None
+            return (self.topics.dlq, key, orjson.dumps(outcome.to_output()))
+        topic = self.topics.output if isinstance(outcome, Classification) else self.topics.removals
+        return (topic, outcome.event.listing_id.encode(), orjson.dumps(outcome.to_output()))
 
 
-async def until_done(step: Callable[[], Awaitable[object]], what: str) -> None:
-    """Run a storage step until it succeeds; cancellation (shutdown) is the only way out."""
+class ItemRejected(Exception):
+    """Storage refused the items of a step for a reason of their own (``errors.rejects_item``)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+async def until_done(step: Callable[[], Awaitable[T]], what: str) -> T:
+    """Run a storage step until it succeeds; cancellation (shutdown) is the only way out, and an
+    item's own failure is raised as ItemRejected at once."""
     delay = 0.1
     while True:
         try:
-            await step()
-            return
+            return await step()
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # storage outage: keep the events, wait, try again
+        except Exception as exc:  # an outage unless it is the item's own fault
+            if rejects_item(exc):
+                raise ItemRejected(exc) from exc
             metrics.STORE_RETRIES.inc()
             log.warning("%s failed, retrying in %.1f s: %s: %s", what, delay, type(exc).__name__, exc)
             await asyncio.sleep(delay)
@@ -120,3 +217,12 @@ async def until_done(step: Callable[[], Awaitable[object]], what: str) -> None:
 def cached(r: Classification) -> CachedResult:
     """What the cache keeps of a classification."""
     return CachedResult(r.content_hash, r.banner_score, r.position_scores, r.width, r.height)
+
+
+def _ids(outcome: Outcome) -> tuple[str | None, str | None]:
+    if isinstance(outcome, DeadLetter):
+        return outcome.image_id, outcome.listing_id
+    return outcome.event.image_id, outcome.event.listing_id
+
+
+__all__ = ["Cache", "Publisher", "Record", "ResultStore", "Sink", "SinkTopics", "cached", "until_done"]

@@ -1,24 +1,31 @@
 """Postgres: versioned schema migrations and set-based idempotent writes.
 
-A replayed event changes nothing; a newer event time, or the same event classified
-by a newer model version, replaces the row. Dead letters are keyed by their source
-offset, so replays do not duplicate them either.
+One row per image: the latest of its results and deletions (tombstones). A row is replaced by
+an outcome that is not older: ordered by (event_time, deleted, model version as numbers), so a
+newer event wins, a deletion wins a tie, a newer model wins over an older one for the same
+event, and a replay re-applies the same content. ``write`` returns the image ids it applied,
+so the caller publishes exactly what Postgres holds. Dead letters are keyed by their source
+offset, so replays do not duplicate them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import asyncpg
 
-from .events import Classification, DeadLetter
+from .events import DETAIL_LIMIT, Classification, DeadLetter, Deletion, Outcome, clean_text
 
 log = logging.getLogger(__name__)
 MIGRATION_LOCK = 0x6C69_7031  # pg advisory lock id: workers starting together migrate once
 DLQ_TABLE = "image_dead_letters"
+DLQ_ROW_RAW_LIMIT = 64 * 1024  # bytes of the original event kept in a dead-letter row
+# The stored row is not newer than the incoming one (see the module docstring).
+NOT_OLDER = """(t.event_time, t.deleted, processor_version_key(t.model_version))
+    <= (excluded.event_time, excluded.deleted, processor_version_key(excluded.model_version))"""
 
 
 def migrations(table: str) -> list[str]:
@@ -63,15 +70,26 @@ def migrations(table: str) -> list[str]:
         );
         CREATE INDEX IF NOT EXISTS image_dead_letters_image_idx ON {DLQ_TABLE} (image_id);
         """,
+        # 2: model versions compared as numbers; deletions (tombstones) as rows with deleted = true.
+        f"""
+        CREATE OR REPLACE FUNCTION processor_version_key(v text) RETURNS numeric[]
+            LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+            SELECT coalesce(array_agg(coalesce(nullif(regexp_replace(p, '\\D', '', 'g'), '')::numeric, 0)
+                ORDER BY n), '{{}}')
+            FROM unnest(string_to_array(coalesce(v, ''), '.')) WITH ORDINALITY AS parts(p, n) $$;
+        ALTER TABLE {t} ADD COLUMN IF NOT EXISTS deleted boolean NOT NULL DEFAULT false;
+        ALTER TABLE {t} ALTER COLUMN url DROP NOT NULL, ALTER COLUMN has_banner DROP NOT NULL,
+            ALTER COLUMN banner_score DROP NOT NULL, ALTER COLUMN position DROP NOT NULL,
+            ALTER COLUMN position_scores DROP NOT NULL, ALTER COLUMN model_name DROP NOT NULL,
+            ALTER COLUMN model_version DROP NOT NULL, ALTER COLUMN content_hash DROP NOT NULL,
+            ALTER COLUMN width DROP NOT NULL, ALTER COLUMN height DROP NOT NULL,
+            ALTER COLUMN output_id DROP NOT NULL;
+        """,
     ]
 
 
 def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-def _text(value: str) -> str:
-    return value.replace("\x00", "\ufffd")  # Postgres text cannot hold NUL
 
 
 class PostgresStore:
@@ -99,9 +117,25 @@ class PostgresStore:
                 width = excluded.width, height = excluded.height, event_time = excluded.event_time,
                 classified_at = excluded.classified_at, output_id = excluded.output_id,
                 source_topic = excluded.source_topic, source_partition = excluded.source_partition,
+                source_offset = excluded.source_offset, deleted = false
+            WHERE {NOT_OLDER}
+            RETURNING image_id
+        """
+        self._tombstone = f"""
+            INSERT INTO {t} AS t (image_id, listing_id, deleted, event_time, classified_at,
+                source_topic, source_partition, source_offset)
+            SELECT i, l, true, e, now(), st, sp, so
+            FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::int[], $6::bigint[])
+                AS x(i, l, e, st, sp, so)
+            ON CONFLICT (image_id) DO UPDATE SET
+                listing_id = excluded.listing_id, url = NULL, has_banner = NULL, banner_score = NULL,
+                position = NULL, position_scores = NULL, model_name = NULL, model_version = NULL,
+                content_hash = NULL, width = NULL, height = NULL, output_id = NULL, deleted = true,
+                event_time = excluded.event_time, classified_at = excluded.classified_at,
+                source_topic = excluded.source_topic, source_partition = excluded.source_partition,
                 source_offset = excluded.source_offset
-            WHERE t.event_time < excluded.event_time
-               OR (t.event_time = excluded.event_time AND t.model_version < excluded.model_version)
+            WHERE {NOT_OLDER}
+            RETURNING image_id
         """
         self._insert_dlq = f"""
             INSERT INTO {DLQ_TABLE} (source_topic, source_partition, source_offset, image_id, listing_id,
@@ -143,15 +177,26 @@ class PostgresStore:
                 log.info("migrated %s to schema version %d", self.table, version)
         return len(steps)
 
-    async def write(self, results: Sequence[Classification], dead: Sequence[DeadLetter]) -> None:
-        """Upsert results and insert dead letters in one transaction."""
-        rows = _latest_per_image(results)
-        dead = [d for d in dead if d.envelope.offset >= 0]
+    async def write(self, outcomes: Sequence[Outcome]) -> set[str]:
+        """Upsert results and deletions, insert dead letters, in one transaction; return the image ids
+        whose row now holds this batch's outcome (older ones than the stored row are not applied)."""
+        latest = latest_per_image(o for o in outcomes if not isinstance(o, DeadLetter))
+        rows = [o for o in latest if isinstance(o, Classification)]
+        tombstones = [o for o in latest if isinstance(o, Deletion)]
+        dead = [d for d in outcomes if isinstance(d, DeadLetter) and d.envelope.offset >= 0]
+        applied: list[asyncpg.Record] = []
         async with self.pool.acquire() as conn, conn.transaction():
             if rows:
-                await conn.execute(self._upsert, *_columns([_row(r) for r in rows], 19))
+                applied += await conn.fetch(self._upsert, *_columns([_row(r) for r in rows], 19))
+            if tombstones:
+                applied += await conn.fetch(self._tombstone, *_columns([_tombstone_row(d) for d in tombstones], 6))
             if dead:
                 await conn.execute(self._insert_dlq, *_columns([_dlq_row(d) for d in dead], 10))
+        return {r["image_id"] for r in applied}
+
+    async def ping(self) -> bool:
+        """Whether Postgres answers a query now."""
+        return bool(await self.pool.fetchval("SELECT 1"))
 
     async def fetch_all(self) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await self.pool.fetch(
@@ -166,13 +211,14 @@ class PostgresStore:
         return rows
 
 
-def _latest_per_image(results: Sequence[Classification]) -> list[Classification]:
-    """One row per image_id (Postgres refuses to update a row twice in one statement)."""
-    latest: dict[str, Classification] = {}
-    for r in results:
-        old = latest.get(r.event.image_id)
-        if old is None or (r.event_time, r.model_version) >= (old.event_time, old.model_version):
-            latest[r.event.image_id] = r
+def latest_per_image(outcomes: Iterable[Classification | Deletion]) -> list[Classification | Deletion]:
+    """The newest outcome per image_id, by the order the upsert applies (Postgres refuses to update
+    a row twice in one statement)."""
+    latest: dict[str, Classification | Deletion] = {}
+    for o in outcomes:
+        old = latest.get(o.event.image_id)
+        if old is None or o.order_key() >= old.order_key():
+            latest[o.event.image_id] = o
     return list(latest.values())
 
 
@@ -205,6 +251,18 @@ def _row(r: Classification) -> tuple[Any, ...]:
     )
 
 
+def _tombstone_row(d: Deletion) -> tuple[Any, ...]:
+    src = d.envelope
+    return (
+        d.event.image_id,
+        d.event.listing_id,
+        d.event_time,
+        src.topic or None,
+        src.partition if src.offset >= 0 else None,
+        src.offset if src.offset >= 0 else None,
+    )
+
+
 def _dlq_row(d: DeadLetter) -> tuple[Any, ...]:
     src = d.envelope
     return (
@@ -214,8 +272,8 @@ def _dlq_row(d: DeadLetter) -> tuple[Any, ...]:
         d.image_id,
         d.listing_id,
         d.kind,
-        _text(d.detail)[:2000],
+        clean_text(d.detail, DETAIL_LIMIT),
         d.attempts,
-        src.value,
+        src.value[:DLQ_ROW_RAW_LIMIT],
         d.failed_at,
     )

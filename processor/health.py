@@ -1,0 +1,72 @@
+"""The worker's HTTP endpoint (on ``metrics_port``): Prometheus metrics, liveness and readiness.
+
+- ``GET /metrics``: every ``processor_*`` metric.
+- ``GET /healthz`` (liveness): the event loop answers (it serves this), and the worker either makes
+  progress or has nothing to do: 503 when events have waited longer than ``liveness_stall_s`` with
+  no acknowledgement in that time.
+- ``GET /readyz`` (readiness): the model is loaded, Postgres answered the last check, and the
+  consumer group assigned this worker its partitions. The JSON body says which check fails.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+
+@dataclass
+class WorkerHealth:
+    """What the probes report; the worker updates it as things happen."""
+
+    liveness_stall_s: float
+    model_loaded: bool = False
+    postgres_ok: bool = False
+    assignments: int = 0  # partition assignments received (rebalances count)
+    partitions: int = 0
+    oldest_unacked_s: float = 0.0
+    last_progress: float = field(default_factory=time.monotonic)
+
+    def progressed(self) -> None:
+        self.last_progress = time.monotonic()
+
+    def live(self) -> tuple[bool, dict[str, Any]]:
+        idle_s = time.monotonic() - self.last_progress
+        stalled = self.oldest_unacked_s > self.liveness_stall_s and idle_s > self.liveness_stall_s
+        return not stalled, {"oldest_unacked_s": round(self.oldest_unacked_s, 1), "since_progress_s": round(idle_s, 1)}
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        checks = {"model_loaded": self.model_loaded, "postgres": self.postgres_ok, "assigned": self.assignments > 0}
+        return all(checks.values()), {**checks, "assignments": self.assignments, "partitions": self.partitions}
+
+
+def health_app(health: WorkerHealth) -> web.Application:
+    """The aiohttp application serving the three routes."""
+
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_request: web.Request) -> web.Response:
+        ok, body = health.live()
+        return web.json_response({"ok": ok, **body}, status=200 if ok else 503)
+
+    async def readyz(_request: web.Request) -> web.Response:
+        ok, body = health.ready()
+        return web.json_response({"ok": ok, **body}, status=200 if ok else 503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def serve(health: WorkerHealth, port: int, host: str = "0.0.0.0") -> web.AppRunner:
+    """Start the endpoint; the caller cleans the returned runner up at shutdown."""
+    runner = web.AppRunner(health_app(health), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
