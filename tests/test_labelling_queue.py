@@ -172,5 +172,7 @@ def test_label_commands_create_accounts_and_fill_the_queue(label_db: LabelDb) ->
     assert added.exit_code == 0 and "created admin boss" in added.output
     weak = runner.invoke(main, ["label", "add-user", "lab", "--password-stdin"], "short\n", env=env)
     assert weak.exit_code != 0 and "at least 10 characters" in weak.output
+    reset = runner.invoke(main, ["label", "set-password", "boss", "--password-stdin"], "another long one\n", env=env)
+    assert reset.exit_code == 0 and "password of boss replaced" in reset.output
     filled = runner.invoke(main, ["label", "fill", "--count", "5", "--random-share", "0.4"], env=env)
     assert filled.exit_code == 0 and "queued 0 uncertain and 0 random images" in filled.output

@@ -54,6 +54,13 @@ def _with_pool(settings: Settings, config: LabelConfig, work: Callable[[asyncpg.
     return asyncio.run(run())
 
 
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    password: str = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return password
+
+
 @click.group()
 def label() -> None:
     """The labelling app: people label images, consensus makes labels final, exports feed training."""
@@ -84,11 +91,7 @@ def add_user(settings: Settings, config: LabelConfig, username: str, admin: bool
     """Create an account (the first admin is made this way; admins add labellers in the app)."""
     from .accounts import AccountError, create_user
 
-    password = (
-        sys.stdin.readline().rstrip("\n")
-        if password_stdin
-        else click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    )
+    password = _read_password(password_stdin)
     try:
         _with_pool(
             settings, config, lambda pool: create_user(pool, username, password, "admin" if admin else "labeller")
@@ -96,6 +99,23 @@ def add_user(settings: Settings, config: LabelConfig, username: str, admin: bool
     except AccountError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"created {'admin' if admin else 'labeller'} {username.strip().lower()}")
+
+
+@label.command(name="set-password")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input instead of asking.")
+@label_options
+@settings_options
+def set_password_command(settings: Settings, config: LabelConfig, username: str, password_stdin: bool) -> None:
+    """Replace an account's password (and end its sessions)."""
+    from .accounts import AccountError, set_password
+
+    password = _read_password(password_stdin)
+    try:
+        _with_pool(settings, config, lambda pool: set_password(pool, username, password))
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"password of {username.strip().lower()} replaced")
 
 
 @label.command()

@@ -62,6 +62,7 @@ def templates() -> jinja2.Environment:
 async def security_headers(_request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: the same headers on every response, errors and static files included."""
     response.headers.update(HEADERS)
+    response.headers["Server"] = "labelling"  # instead of the library and Python versions
     if response.content_type == "text/html":
         response.headers["Cache-Control"] = "no-store"
 
