@@ -47,8 +47,10 @@ async def test_the_queue_takes_uncertain_images_first_and_a_random_share(label_d
     filled = await sampling.fill(db.pool, db.settings.postgres_table, 4, 0.25, THRESHOLD)
     assert (filled.random, filled.uncertain) == (1, 3)
     rows = {r["image_id"]: r for r in await db.pool.fetch("SELECT * FROM label_tasks")}
-    assert rows["banner-doubt"]["reason"] == "banner" and rows["position-doubt"]["reason"] == "position"
-    assert sum(r["reason"] == "random" for r in rows.values()) == 1
+    by_chance = {image_id for image_id, r in rows.items() if r["reason"] == "random"}
+    assert len(by_chance) == 1  # drawn first, from all 23: it may be one of the doubtful ones
+    for image_id, reason in (("banner-doubt", "banner"), ("position-doubt", "position")):
+        assert image_id in by_chance or rows[image_id]["reason"] == reason
     again = await sampling.fill(db.pool, db.settings.postgres_table, 100, 0.0, THRESHOLD)
     assert again.uncertain == 23 - 4  # every image is queued once
 
