@@ -135,6 +135,9 @@ async def authenticate(
     stored = row["password_hash"] if row is not None else dummy_hash()
     if row is None or not await asyncio.to_thread(verify_password, password, stored):
         await pool.executemany("INSERT INTO label_sign_in_failures (key) VALUES ($1)", [(k,) for k in keys])
+        await pool.execute(  # what no window counts any more
+            "DELETE FROM label_sign_in_failures WHERE failed_at < now() - make_interval(secs => $1)", float(window_s)
+        )
         return None
     await pool.execute("DELETE FROM label_sign_in_failures WHERE key = $1", f"user:{name}")
     return User(row["id"], row["username"], row["role"])
