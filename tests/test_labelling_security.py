@@ -1,4 +1,4 @@
-"""The labelling app's defences over HTTP: sign-in, roles, CSRF, the sign-in limit, escaping, headers."""
+"""The labelling app over HTTP: sign-in, roles, CSRF, the sign-in limit, escaping, headers, rule versions."""
 
 from __future__ import annotations
 
@@ -172,3 +172,25 @@ async def test_every_response_carries_a_strict_policy(label_db: LabelDb, browser
     ) as resp:
         cookie = resp.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+
+
+async def test_rules_are_versioned_and_every_answer_carries_its_version(
+    label_db: LabelDb, browsers: list[Browser]
+) -> None:
+    await label_db.classify("img", "http://127.0.0.1:9/x.jpg", banner_score=0.5)
+    await sampling.fill(label_db.pool, label_db.settings.postgres_table, 10, 0.0, 0.54)
+    await label_db.user("boss", "admin")
+    await label_db.user("lab")
+    admin, labeller = browsers[0], browsers[1]
+    assert await admin.sign_in("boss") == 303 and await labeller.sign_in("lab") == 303
+    token = await admin.csrf("/admin/guidelines")
+    rules = "Rule 1: a <b>price</b> sticker is a banner."
+    assert (await admin.post("/admin/guidelines", {"csrf": token, "body": rules}))[0] == 303
+    _, html, _ = await labeller.get("/guidelines")
+    assert "version 2" in html and "a &lt;b&gt;price&lt;/b&gt; sticker" in html
+    _, html, _ = await labeller.get("/label")
+    assert 'name="guidelines_version" value="2"' in html
+    answer = {"csrf": csrf_of(html), "image_id": "img", "guidelines_version": "2", "verdict": "unsure"}
+    assert (await labeller.post("/label", answer))[0] == 303
+    assert await label_db.pool.fetchval("SELECT guidelines_version FROM label_answers") == 2
+    assert (await labeller.post("/label", {**answer, "guidelines_version": "9"}))[0] == 409  # no such version
