@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import faust
+import orjson
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT, StreamT
 
@@ -27,6 +28,7 @@ from .acking import AckerHooks, OrderedAcker
 from .cache import ResultCache
 from .events import Envelope
 from .health import WorkerHealth, serve
+from .listings.actor import ListingActor
 from .model import Classifier
 from .pipeline import Pipeline
 from .settings import Settings
@@ -107,17 +109,89 @@ def create_app(
         async for event in manual.events():
             await acker.submit(event.message.tp, event, functools.partial(_process, pipeline, _envelope(event)))
 
+    ackers = [acker]
+    if settings.listings_enabled:
+        ackers.append(_listing_agent(app, pipeline, store, settings))
+
     async def drain() -> None:
-        acker.close()
-        drained = await acker.wait(settings.shutdown_grace_s)
+        for each in ackers:
+            each.close()
+        drained = all([await each.wait(settings.shutdown_grace_s) for each in ackers])
         log.info(
             "worker stopping: %d acked; in-flight work %s",
-            acker.acked,
+            sum(each.acked for each in ackers),
             "finished" if drained else "abandoned (it will be replayed)",
         )
         await pipeline.stop()
 
     return app, drain
+
+
+def _listing_agent(
+    app: faust.App, pipeline: Pipeline, store: PostgresStore, settings: Settings
+) -> OrderedAcker[EventT[bytes]]:
+    """The second actor: keyed by listing_id, it consumes the results and removals and keeps each
+    listing's state (processor.listings). Acks follow the image agent's rules: in offset order per
+    partition, only once the state is stored and its update confirmed by the broker."""
+    actor = ListingActor(
+        settings.listing_rules(),
+        FaustPublisher(app),
+        settings.listing_updates_topic,
+        settings.postgres_table,
+        settings.listings_table,
+    )
+    source = app.topic(
+        settings.output_topic,
+        settings.removals_topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+    async def ack(event: EventT[bytes]) -> None:
+        event.ack()
+
+    async def skip(event: EventT[bytes], exc: BaseException) -> None:
+        log.error("listing update for %s keeps failing; skipped: %s", _envelope(event).describe(), exc)
+
+    acker: OrderedAcker[EventT[bytes]] = OrderedAcker(
+        AckerHooks(ack, describe=lambda event: _envelope(event).describe(), fallback=skip),
+        settings.max_in_flight,
+        settings.max_unacked_per_partition,
+    )
+
+    @app.agent(source, concurrency=1, name="listings")
+    async def listings(stream: StreamT[bytes]) -> None:
+        await pipeline.start()
+        await actor.start(store.pool)
+        manual: Any = stream.noack()  # type: ignore[attr-defined]
+        async for event in manual.events():
+            listing_id = _listing_of(event)
+            if listing_id is None:  # not a record of ours: nothing to update
+                metrics.LISTING_SKIPPED.inc()
+                await acker.submit(event.message.tp, event, _nothing)
+                continue
+            await acker.submit(event.message.tp, event, functools.partial(actor.update, listing_id))
+
+    return acker
+
+
+def _listing_of(event: EventT[bytes]) -> str | None:
+    """The listing a result or removal record belongs to: its key, else its listing_id field."""
+    key: Any = event.message.key
+    if isinstance(key, bytes) and key:
+        with contextlib.suppress(UnicodeDecodeError):
+            return key.decode()
+    try:
+        listing = orjson.loads(event.message.value or b"").get("listing_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return listing if isinstance(listing, str) and listing else None
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _faust_app(settings: Settings) -> faust.App:
@@ -128,7 +202,7 @@ def _faust_app(settings: Settings) -> faust.App:
         web_enabled=False,
         autodiscover=False,
         topic_partitions=settings.topic_partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.topic_replication_factor,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.broker_session_timeout_s,
         broker_heartbeat_interval=settings.broker_heartbeat_interval_s,

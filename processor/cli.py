@@ -78,16 +78,61 @@ def main() -> None:
 def worker(settings: Settings) -> None:
     """Run a worker of the consumer group against the configured broker, Postgres and Redis."""
     from .app import run_worker
+
+    if settings.create_topics:
+        asyncio.run(_create_topics(settings))
+    run_worker(settings)
+
+
+async def _create_topics(settings: Settings) -> list[str]:
     from .topics import ensure_topics
 
-    asyncio.run(
-        ensure_topics(
-            settings.broker_url,
-            settings.topics,
-            settings.topic_partitions,
-        )
+    return await ensure_topics(
+        settings.broker_url,
+        settings.topics,
+        settings.topic_partitions,
+        settings.topic_replication_factor,
+        settings.topic_retention_ms,
     )
-    run_worker(settings)
+
+
+@main.command()
+@click.argument("listing_id")
+@settings_options
+def listing(settings: Settings, listing_id: str) -> None:
+    """Print a listing's state (hero image, coverage, banner-free feed) as JSON, from Postgres."""
+    import asyncpg
+
+    from .listings import ListingStore
+
+    async def run() -> dict[str, Any] | None:
+        pool = await asyncpg.create_pool(settings.postgres_dsn, min_size=1, max_size=1)
+        try:
+            state = await ListingStore(pool, settings.listing_rules(), table=settings.listings_table).get(listing_id)
+        finally:
+            await pool.close()
+        return None if state is None else state.to_output()
+
+    state = asyncio.run(run())
+    if state is None:
+        click.echo(f"no state for listing {listing_id!r} (unknown listing, or its images are not classified yet)")
+        sys.exit(1)
+    click.echo(json.dumps(state, indent=2))
+
+
+@main.group()
+def topics() -> None:
+    """Kafka topics of the processor."""
+
+
+@topics.command("create")
+@settings_options
+def topics_create(settings: Settings) -> None:
+    """Create every topic the workers read and write, with the configured partitions, replication and
+    retention (existing topics are left as they are). Run it once per environment, before the workers."""
+    created = asyncio.run(_create_topics(settings))
+    for name in settings.topics:
+        click.echo(f"{name}: {'created' if name in created else 'exists'}")
 
 
 @main.command()

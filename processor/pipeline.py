@@ -83,18 +83,20 @@ class Pipeline:
             timedelta(seconds=settings.event_time_max_future_s),
         )
         self._started = False
+        self._starting = asyncio.Lock()
 
     async def start(self) -> None:
         """Connect everything; waits (retrying) for Postgres, which the worker cannot run without."""
-        if self._started:
-            return
-        self._started = True
-        await until_done(self.store.start, "postgres connect")
-        await until_done(self.store.migrate, "postgres migrate")
-        await self.fetcher.start()
-        await self.cache.start()
-        self.inference.start()
-        self.sink.start()
+        async with self._starting:  # both agents start it; the second waits for the first
+            if self._started:
+                return
+            await until_done(self.store.start, "postgres connect")
+            await until_done(self.store.migrate, "postgres migrate")
+            await self.fetcher.start()
+            await self.cache.start()
+            self.inference.start()
+            self.sink.start()
+            self._started = True
 
     async def stop(self) -> None:
         await self.inference.stop()

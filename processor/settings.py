@@ -9,6 +9,8 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .listings.rules import DEFAULT_PREFERRED, DEFAULT_REQUIRED, HeroRule, ListingRules
+
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "default"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -25,6 +27,13 @@ class Settings(BaseSettings):
     dlq_topic: str = Field("images-dlq", description="Topic of dead-letter records.")
     removals_topic: str = Field("image-removals", description="Topic of image removals (deleted: true events).")
     topic_partitions: int = Field(8, ge=1, description="Partitions when the processor creates topics.")
+    topic_replication_factor: int = Field(1, ge=1, description="Replicas per partition when creating topics.")
+    topic_retention_ms: int = Field(
+        7 * 24 * 3600 * 1000, ge=-1, description="retention.ms of created topics (-1: keep forever)."
+    )
+    create_topics: bool = Field(
+        True, description="Worker creates missing topics at start (off in production: `processor topics create`)."
+    )
     consumer_group: str = Field("listing-image-processor", description="Kafka consumer group id.")
     broker_session_timeout_s: float = Field(6.0, gt=0, description="Consumer session timeout.")
     broker_heartbeat_interval_s: float = Field(1.0, gt=0, description="Consumer heartbeat interval.")
@@ -71,6 +80,19 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(10.0, ge=0, description="Time to drain in-flight work on SIGTERM.")
     metrics_port: int = Field(0, ge=0, description="Prometheus metrics port; 0 disables it.")
     log_level: str = Field("INFO", description="Logging level.")
+
+    listings_enabled: bool = Field(True, description="Run the listing actor (hero, coverage, feed per listing).")
+    listing_updates_topic: str = Field("listing-updates", description="Topic of listing states, one per change.")
+    listings_table: str = Field("listings", description="Table of listing states.")
+    listing_hero_rule: str = Field(
+        "preferred_position", description="first_banner_free, or preferred_position (then listing order)."
+    )
+    listing_preferred_positions: Annotated[tuple[str, ...], NoDecode] = Field(
+        DEFAULT_PREFERRED, description="Hero preference among banner-free images (comma-separated)."
+    )
+    listing_required_positions: Annotated[tuple[str, ...], NoDecode] = Field(
+        DEFAULT_REQUIRED, description="Positions a complete listing shows (comma-separated); coverage score."
+    )
     fetch_per_host: int = Field(
         16, ge=1, description="Concurrent HTTP connections per host, so a slow host cannot take the pool."
     )
@@ -84,6 +106,13 @@ class Settings(BaseSettings):
     large_decode_bytes: int = Field(32 * 1024 * 1024, ge=1, description="Decodes estimated above this are large.")
     large_decode_slots: int = Field(2, ge=1, description="Large decodes at once per worker; others wait for a slot.")
 
+    @field_validator("listing_preferred_positions", "listing_required_positions", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return tuple(value)
+
     @field_validator("allow_networks", mode="before")
     @classmethod
     def _parse_networks(cls, value: Any) -> tuple[Network, ...]:
@@ -93,8 +122,15 @@ class Settings(BaseSettings):
 
     @property
     def topics(self) -> tuple[str, ...]:
-        """The topics a worker reads and writes: input, output, dead letters, removals."""
-        return (self.input_topic, self.output_topic, self.dlq_topic, self.removals_topic)
+        """The topics a worker reads and writes: input, output, dead letters, removals, listing updates."""
+        return (self.input_topic, self.output_topic, self.dlq_topic, self.removals_topic, self.listing_updates_topic)
+
+    def listing_rules(self) -> ListingRules:
+        return ListingRules(
+            hero_rule=HeroRule(self.listing_hero_rule),
+            preferred_positions=self.listing_preferred_positions,
+            required_positions=self.listing_required_positions,
+        )
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given non-None fields replaced and re-validated."""

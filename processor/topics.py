@@ -22,16 +22,26 @@ def bootstrap(broker_url: str) -> str:
     return ",".join(h for h in hosts if h)
 
 
-async def ensure_topics(broker_url: str, topics: Iterable[str], partitions: int) -> None:
-    """Create missing topics with ``partitions`` partitions (existing ones are left as they are)."""
+async def ensure_topics(
+    broker_url: str,
+    topics: Iterable[str],
+    partitions: int,
+    replication_factor: int = 1,
+    retention_ms: int | None = None,
+) -> list[str]:
+    """Create missing topics (existing ones are left as they are); return the names created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(broker_url))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(t, partitions, 1) for t in topics if t not in existing]
+        configs = {"retention.ms": str(retention_ms)} if retention_ms is not None else {}
+        missing = [
+            NewTopic(t, partitions, replication_factor, topic_configs=configs) for t in topics if t not in existing
+        ]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
+        return [t.name for t in missing]
     finally:
         await admin.close()
 

@@ -73,6 +73,8 @@ async def test_stack_workers_and_produce_as_separate_processes(
             worker.stop(signal.SIGKILL, 5)
         stack.send_signal(signal.SIGTERM)
         assert stack.wait(30) == 0
+        assert stack.stdout is not None
+        stack.stdout.close()
 
 
 def test_demo_accounts_for_every_event() -> None:
@@ -86,3 +88,9 @@ def test_demo_accounts_for_every_event() -> None:
     assert summary["dead_letter_kinds"] == {"fetch_failed": 1}
     assert summary["output_topic_records"] == summary["classified"]
     assert summary["model"]["name"] == "listing-image-cnn"
+    states = summary["listing_states"]  # heroes and coverage come from the listing actor's table
+    assert len(states) == 6 and sum(s["counts"]["images"] for s in states.values()) == summary["classified"]
+    assert summary["listing_updates_topic_records"] >= 6
+    for state in states.values():
+        hero = state["hero"]["image_id"]
+        assert (hero is None) == (state["counts"]["banner_free"] == 0) and (hero is None or hero in state["feed"])

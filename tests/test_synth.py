@@ -54,11 +54,12 @@ def test_texture_backgrounds_depend_only_on_the_seed() -> None:
 
 
 def test_dataset_is_reproducible_across_worker_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(synth, "CHUNK", 7)  # 20 images -> 3 chunks over the process pool
+    monkeypatch.setattr(scenes, "CHUNK", 7)  # 20 images -> 3 chunks over the process pool
     first = synth.write_dataset(tmp_path / "a", 20, seed=9)
     second = synth.write_dataset(tmp_path / "b", 20, seed=9)
-    rows = list(csv.DictReader(first.open()))
-    assert rows == list(csv.DictReader(second.open()))
+    with first.open() as a, second.open() as b:
+        rows = list(csv.DictReader(a))
+        assert rows == list(csv.DictReader(b))
     assert [r["file"] for r in rows] == [f"images/{i:06d}.jpg" for i in range(20)]
     assert {r["position"] for r in rows} <= {*POSITIONS, synth.OTHER} and {r["banner"] for r in rows} == {"0", "1"}
     for row in rows:

@@ -22,15 +22,6 @@ from .imageserver import ImageServer, generate_listings
 from .stack import EmbeddedStack, stop_processes
 
 BROKEN_EVERY = 50  # one event in 50 points at a missing image: it must end in the DLQ
-# The hero image is the first banner-free photo of the most telling position.
-HERO_ORDER = {
-    p: i
-    for i, p in enumerate(
-        ("front_three_quarter", "front", "side", "rear_three_quarter", "rear", "interior", "dashboard")
-    )
-}
-
-
 def run_demo(images: int, listings: int, workers: int, timeout_s: float, progress: bool) -> dict[str, Any]:
     """Start everything, stream ``images`` events through ``workers`` workers, summarise, stop."""
     with EmbeddedStack() as stack:
@@ -136,13 +127,8 @@ async def summarise(
     ids = {e["image_id"] for e in events}
     stored = {r["image_id"] for r in rows} | {d["image_id"] for d in dead}
     latencies = sorted((r["classified_at"] - r["event_time"]).total_seconds() * 1000 for r in rows)
-    heroes = {}
-    for listing in catalogue:
-        mine = sorted(
-            (r for r in rows if r["listing_id"] == listing.listing_id and not r["has_banner"]),
-            key=lambda r: (HERO_ORDER.get(r["position"], len(HERO_ORDER)), r["position_index"]),
-        )
-        heroes[listing.listing_id] = mine[0]["image_id"] if mine else None
+    states = await wait_for_listings(settings, store, Counter(r["listing_id"] for r in rows))
+    updates = await read_topic(settings.broker_url, settings.listing_updates_topic, timeout_s=2)
     truth = {f"{lst.listing_id}-{i:02d}": banner for lst in catalogue for i, (_, _, banner) in enumerate(lst.photos)}
     agree = sum(1 for r in rows if r["has_banner"] == truth.get(r["image_id"]))
     return {
@@ -154,7 +140,11 @@ async def summarise(
         "banner_agreement_with_generator": round(agree / len(rows), 4) if rows else None,
         "positions": dict(Counter(r["position"] for r in rows)),
         "listings": len(catalogue),
-        "hero_images": heroes,
+        "listing_states": {
+            k: {f: v[f] for f in ("hero", "coverage", "banner_share", "counts", "feed")}
+            for k, v in states.items()
+        },
+        "listing_updates_topic_records": len(updates),
         "images_per_s": round(done / elapsed_s, 1) if elapsed_s > 0 else None,
         "latency_ms": {"p50": _pct(latencies, 50), "p95": _pct(latencies, 95)},
         "model": {"name": rows[0]["model_name"], "version": rows[0]["model_version"]} if rows else None,
@@ -167,6 +157,21 @@ async def summarise(
     }
 
 
+async def wait_for_listings(
+    settings: Settings, store: PostgresStore, images: Counter[str], timeout_s: float = 60
+) -> dict[str, dict[str, Any]]:
+    """The listing actor's stored states, once each listing's state counts all its classified images."""
+    states: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = await store.pool.fetch(f'SELECT listing_id, state FROM "{settings.listings_table}"')
+        states = {r["listing_id"]: orjson.loads(r["state"]) for r in found}
+        if all(states.get(k, {}).get("counts", {}).get("images") == n for k, n in images.items()):
+            break
+        await asyncio.sleep(0.25)
+    return dict(sorted(states.items()))
+
+
 def _pct(values: list[float], pct: float) -> float | None:
     if not values:
         return None
@@ -174,7 +179,7 @@ def _pct(values: list[float], pct: float) -> float | None:
 
 
 def print_summary(s: dict[str, Any]) -> None:
-    heroes = s["hero_images"]
+    states = s["listing_states"]
     print(f"\nevents in:        {s['events']}")
     print(f"classified:       {s['classified']}  (output topic: {s['output_topic_records']} records)")
     print(f"dead letters:     {s['dead_letters']}  {s['dead_letter_kinds']}  (DLQ topic: {s['dlq_topic_records']})")
@@ -186,9 +191,15 @@ def print_summary(s: dict[str, Any]) -> None:
     print(f"throughput:       {s['images_per_s']} images/s")
     print(f"latency:          p50 {s['latency_ms']['p50']} ms, p95 {s['latency_ms']['p95']} ms (event to stored)")
     print(f"model:            {s['model']}")
-    print(f"hero images:      {sum(1 for h in heroes.values() if h)} of {len(heroes)} listings have one")
-    for listing, hero in list(heroes.items())[:10]:
-        print(f"  {listing}: {hero or '(every photo has a banner)'}")
-    if len(heroes) > 10:
-        print(f"  ... and {len(heroes) - 10} more (--json shows all)")
+    heroes = sum(1 for v in states.values() if v["hero"]["image_id"])
+    print(f"hero images:      {heroes} of {len(states)} listings have one (listing actor: table listings, ")
+    print(f"                  {s['listing_updates_topic_records']} records on listing-updates)")
+    for listing, v in list(states.items())[:10]:
+        cov = v["coverage"]
+        print(
+            f"  {listing}: hero {v['hero']['image_id'] or '-'} ({v['hero']['reason']}), "
+            f"coverage {cov['score']:.2f}, missing {', '.join(cov['missing']) or 'none'}"
+        )
+    if len(states) > 10:
+        print(f"  ... and {len(states) - 10} more (--json shows all)")
     print("every event accounted for: " + ("yes" if s["accounted"] else "NO"))

@@ -33,6 +33,8 @@ def isolated_settings(urls: StackUrls, prefix: str = "run", **overrides: Any) ->
         "output_topic": f"{tag}-classifications",
         "dlq_topic": f"{tag}-dlq",
         "removals_topic": f"{tag}-removals",
+        "listing_updates_topic": f"{tag}-listing-updates",
+        "listings_table": f"{tag.replace('-', '_')}_listings",
         "consumer_group": tag,
         "postgres_table": tag.replace("-", "_"),
         "allow_networks": "127.0.0.1/32",
