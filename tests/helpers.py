@@ -35,6 +35,10 @@ async def wait_for_rows(settings: Settings, image_ids: set[str], timeout_s: floa
         await conn.close()
 
 
+async def connect(settings: Settings) -> asyncpg.Connection:
+    return await asyncpg.connect(settings.postgres_dsn)
+
+
 async def fetch_rows(settings: Settings) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(settings.postgres_dsn)
     try:
