@@ -94,6 +94,7 @@ def test_processor_settings_are_ones_the_processor_reads(compose: dict[str, Any]
     settings = Settings.model_validate(names)
     assert settings.topic_partitions >= 2
     assert settings.metrics_port == 9100
+    assert settings.create_topics is False  # the `topics` one-shot owns topic creation
 
 
 def test_no_datastore_or_broker_port_on_public_interfaces() -> None:

@@ -23,7 +23,9 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from prometheus_client.metrics import MetricWrapperBase
 
+from processor import metrics
 from processor.settings import Settings
 from processor.topics import bootstrap
 
@@ -243,6 +245,7 @@ def test_configmap_holds_known_settings_and_no_secrets(config: dict[str, str]) -
     assert not unknown, f"the ConfigMap sets variables no setting reads: {unknown}"
     settings = Settings.model_validate(names)
     assert settings.decode_threads >= 1, "0 means os.cpu_count(): the node's CPUs, not the pod's"
+    assert settings.create_topics is False  # the topics Job owns topic creation
     assert settings.metrics_port > 0
     assert "PROCESSOR_POSTGRES_DSN" not in config and "PROCESSOR_REDIS_URL" not in config
     example = yaml.safe_load((K8S / "secret.example.yaml").read_text())
@@ -524,6 +527,27 @@ def test_dashboard_references_contract_metrics_only() -> None:
     ):
         assert needed in exprs, f"no panel shows {needed}"
     assert "histogram_quantile(0.95, sum by (le) (rate(processor_event_latency_seconds_bucket" in exprs
+
+
+def test_the_worker_serves_the_contract_metrics() -> None:
+    """What the dashboard and alerts read is what processor/metrics.py defines, with the same labels."""
+    served: dict[str, tuple[str, ...]] = {}
+    for collector in vars(metrics).values():
+        if isinstance(collector, MetricWrapperBase):
+            suffix = "_total" if collector._type == "counter" else ""
+            served[collector._name + suffix] = tuple(collector._labelnames)
+    missing = CONTRACT_METRICS - served.keys()
+    assert not missing, f"not defined in processor/metrics.py: {missing}"
+    labels = {
+        "processor_consumer_lag": ("topic", "partition"),
+        "processor_oldest_unacked_age_seconds": ("topic", "partition"),
+        "processor_events_total": ("outcome",),
+        "processor_dead_letters_total": ("kind",),
+        "processor_batches_total": ("reason",),
+        "processor_model_info": ("name", "version"),
+        "processor_fetch_responses_total": ("status",),
+    }
+    assert {name: served[name] for name in labels} == labels
 
 
 def test_dashboard_panels_are_well_formed() -> None:
