@@ -1,6 +1,7 @@
 """Redis cache of results by URL and by content hash; the processor runs on without it.
 
-Keys carry the model name and version, so a new model never serves an old result.
+Keys carry the model name and version (``model``, given with every call), so a new model never
+serves an old result, even while workers switch models.
 Any Redis failure is logged, counted, and turns the cache off for ``cooldown_s``
 rather than slowing every event down with timeouts.
 """
@@ -56,9 +57,8 @@ class CachedResult:
 class ResultCache:
     """Async Redis cache; every method swallows Redis errors (and says so)."""
 
-    def __init__(self, url: str, model_key: str, ttl_s: int, cooldown_s: float = 5.0) -> None:
+    def __init__(self, url: str, ttl_s: int, cooldown_s: float = 5.0) -> None:
         self._url = url
-        self._model_key = model_key
         self._ttl_s = ttl_s
         self._cooldown_s = cooldown_s
         self._client: aioredis.Redis | None = None
@@ -79,21 +79,23 @@ class ResultCache:
             await self._client.aclose()
             self._client = None
 
-    def url_key(self, url: str) -> str:
-        return f"{KEY_PREFIX}:url:{self._model_key}:{hashlib.sha256(url.encode()).hexdigest()}"
+    @staticmethod
+    def url_key(url: str, model: str) -> str:
+        return f"{KEY_PREFIX}:url:{model}:{hashlib.sha256(url.encode()).hexdigest()}"
 
-    def hash_key(self, content_hash: str) -> str:
-        return f"{KEY_PREFIX}:hash:{self._model_key}:{content_hash}"
+    @staticmethod
+    def hash_key(content_hash: str, model: str) -> str:
+        return f"{KEY_PREFIX}:hash:{model}:{content_hash}"
 
     @property
     def available(self) -> bool:
         return self._client is not None and time.monotonic() >= self._down_until
 
-    async def get_url(self, url: str) -> CachedResult | None:
-        return await self._get(self.url_key(url))
+    async def get_url(self, url: str, model: str) -> CachedResult | None:
+        return await self._get(self.url_key(url, model))
 
-    async def get_hash(self, content_hash: str) -> CachedResult | None:
-        return await self._get(self.hash_key(content_hash))
+    async def get_hash(self, content_hash: str, model: str) -> CachedResult | None:
+        return await self._get(self.hash_key(content_hash, model))
 
     async def _get(self, key: str) -> CachedResult | None:
         if not self.available:
@@ -121,17 +123,17 @@ class ResultCache:
         values = await self._client.mget(keys)
         return [v.encode() if isinstance(v, str) else v for v in values]
 
-    async def put_many(self, entries: list[tuple[str, CachedResult]]) -> None:
-        """Store results under their URL and content-hash keys in one pipeline."""
+    async def put_many(self, entries: list[tuple[str, str, CachedResult]]) -> None:
+        """Store results (url, model, result) under their URL and content-hash keys in one pipeline."""
         if not entries or not self.available:
             return
         assert self._client is not None
         try:
             async with self._client.pipeline(transaction=False) as pipe:
-                for url, result in entries:
+                for url, model, result in entries:
                     value = result.dumps()
-                    pipe.set(self.url_key(url), value, ex=self._ttl_s)
-                    pipe.set(self.hash_key(result.content_hash), value, ex=self._ttl_s)
+                    pipe.set(self.url_key(url, model), value, ex=self._ttl_s)
+                    pipe.set(self.hash_key(result.content_hash, model), value, ex=self._ttl_s)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             self._failed("put", exc)

@@ -148,6 +148,11 @@ class Classification:
     timings_ms: dict[str, float] = field(default_factory=dict)
     classified_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
+    @property
+    def model_key(self) -> str:
+        """The model that made it, as cache keys name it."""
+        return f"{self.model_name}:{self.model_version}"
+
     def order_key(self) -> tuple[datetime, bool, tuple[int, ...]]:
         """Which of two outcomes for one image is newer (the store's rule)."""
         return (self.event_time, False, version_key(self.model_version))

@@ -19,6 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -159,25 +160,35 @@ class Pipeline:
             log.exception("internal error on %s", envelope.describe())
             return self._dead(envelope, event, "internal_error", f"{type(exc).__name__}: {exc}", attempts)
 
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def use_model(self, classifier: Classifier) -> None:
+        """Switch models between events (a rollout): events already being classified keep the model
+        they started with, every result names the model that made it."""
+        self.classifier = classifier
+
     async def _classify(self, event: ImageEvent, envelope: Envelope) -> Classification:
         started = time.perf_counter()
-        cached = await self.cache.get_url(event.url)
+        clf = self.classifier  # this event's model, whatever a rollout does meanwhile
+        model = f"{clf.info.name}:{clf.info.version}"
+        cached = await self.cache.get_url(event.url, model)
         if cached is not None:
-            return self._result(event, envelope, cached, "url", {"total": _ms(started)})
+            return self._result(clf, event, envelope, cached, "url", {"total": _ms(started)})
         download = await self.fetcher.fetch(event.url)
         fetched = time.perf_counter()
         content_hash = "sha256:" + hashlib.sha256(download.data).hexdigest()
-        cached = await self.cache.get_hash(content_hash)
+        cached = await self.cache.get_hash(content_hash, model)
         if cached is not None:
-            return self._result(
-                event, envelope, cached, "hash", {"fetch": (fetched - started) * 1000, "total": _ms(started)}
-            )
+            timings = {"fetch": (fetched - started) * 1000, "total": _ms(started)}
+            return self._result(clf, event, envelope, cached, "hash", timings)
         loop = asyncio.get_running_loop()
         decoded: DecodedImage = await loop.run_in_executor(
-            self._decode_pool, decode_image, download.data, self.classifier.input_size, self.settings.max_image_pixels
+            self._decode_pool, decode_image, download.data, clf.input_size, self.settings.max_image_pixels
         )
         decoded_at = time.perf_counter()
-        prediction: Prediction = await self.inference.submit(decoded.pixels)
+        prediction, clf = await self.inference.submit(decoded.pixels)
         timings = {
             "fetch": (fetched - started) * 1000,
             "decode": (decoded_at - fetched) * 1000,
@@ -187,18 +198,19 @@ class Pipeline:
         result = CachedResult(
             content_hash, prediction.banner_score, prediction.position_scores, decoded.width, decoded.height
         )
-        return self._result(event, envelope, result, "miss", timings)
+        return self._result(clf, event, envelope, result, "miss", timings)
 
+    @staticmethod
     def _result(
-        self, event: ImageEvent, envelope: Envelope, r: CachedResult, cache: str, timings: dict[str, float]
+        clf: Classifier, event: ImageEvent, envelope: Envelope, r: CachedResult, cache: str, timings: dict[str, float]
     ) -> Classification:
-        info = self.classifier.info
+        info = clf.info
         return Classification(
             event=event,
             envelope=envelope,
-            has_banner=r.banner_score >= self.classifier.banner_threshold,
+            has_banner=r.banner_score >= clf.banner_threshold,
             banner_score=r.banner_score,
-            banner_threshold=self.classifier.banner_threshold,
+            banner_threshold=clf.banner_threshold,
             position=max(r.position_scores, key=r.position_scores.__getitem__),
             position_scores=r.position_scores,
             model_name=info.name,
@@ -218,9 +230,22 @@ class Pipeline:
         ids = best_effort_ids(envelope.value)
         return DeadLetter(envelope, kind, detail, attempts, ids.get("image_id"), ids.get("listing_id"))
 
-    async def _infer(self, images: list[NDArray[np.uint8]]) -> list[Prediction]:
+    async def _infer(self, images: list[NDArray[np.uint8]]) -> list[tuple[Prediction, Classifier]]:
+        """One batch on the current model; each prediction comes with the model that made it."""
+        clf = self.classifier
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._infer_pool, self.classifier.predict, images)
+        predictions = await loop.run_in_executor(self._infer_pool, clf.predict, fit(images, clf.input_size))
+        return [(p, clf) for p in predictions]
+
+
+def fit(images: list[NDArray[np.uint8]], size: tuple[int, int]) -> list[NDArray[np.uint8]]:
+    """Images decoded for the previous model resized for this one (only around a rollout)."""
+    out: list[NDArray[np.uint8]] = []
+    for img in images:
+        if img.shape[1] != size[0] or img.shape[0] != size[1]:
+            img = cv2.resize(img, size, interpolation=cv2.INTER_AREA).astype(np.uint8, copy=False)
+        out.append(img)
+    return out
 
 
 def _ms(since: float) -> float:

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(32, ge=1, le=1024, description="Largest inference batch.")
     batch_delay_ms: float = Field(20.0, ge=0, description="Longest wait after a batch's first image.")
     banner_threshold: float | None = Field(None, description="Override the model's banner threshold.")
+    follow_registry: bool = Field(
+        True, description="Load the model promoted in Postgres (processor model promote) without a restart."
+    )
 
     max_in_flight: int = Field(256, ge=1, description="Events being processed at once per worker.")
     max_unacked_per_partition: int = Field(
@@ -103,7 +106,7 @@ class Settings(BaseSettings):
     max_decode_bytes: int = Field(
         256 * 1024 * 1024, ge=1, description="Memory one decode may take, estimated from the header before decoding."
     )
-    large_decode_bytes: int = Field(32 * 1024 * 1024, ge=1, description="Decodes estimated above this are large.")
+    large_decode_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Decodes estimated above this are large.")
     large_decode_slots: int = Field(2, ge=1, description="Large decodes at once per worker; others wait for a slot.")
 
     @field_validator("listing_preferred_positions", "listing_required_positions", mode="before")

@@ -61,9 +61,11 @@ class Cache(Protocol):
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...
-    async def get_url(self, url: str) -> CachedResult | None: ...
-    async def get_hash(self, content_hash: str) -> CachedResult | None: ...
-    async def put_many(self, entries: list[tuple[str, CachedResult]]) -> None: ...
+    async def get_url(self, url: str, model: str) -> CachedResult | None: ...
+    async def get_hash(self, content_hash: str, model: str) -> CachedResult | None: ...
+    async def put_many(self, entries: list[tuple[str, str, CachedResult]]) -> None:
+        """Store (url, model "name:version", result) entries."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +114,11 @@ class Sink:
         winners = {id(o) for o in latest_per_image(o for o in stored if not isinstance(o, DeadLetter))}
         published = await self._publish_many(stored, winners, applied)
         await self.cache.put_many(
-            [(o.event.url, cached(o)) for o in published if isinstance(o, Classification) and o.cache != "url"]
+            [
+                (o.event.url, o.model_key, cached(o))
+                for o in published
+                if isinstance(o, Classification) and o.cache != "url"
+            ]
         )
         return published
 

@@ -80,7 +80,7 @@ async def backend(request: pytest.FixtureRequest, settings: Settings, stack_urls
     await kafka.start()
     try:
         store = PostgresStore(settings.postgres_dsn, settings.postgres_table)
-        cache = ResultCache(stack_urls.redis_url, f"test:{settings.consumer_group}", 60)
+        cache = ResultCache(stack_urls.redis_url, 60)
         yield Backend("real", store, cache, FlakyPublisher(kafka, 2), settings)
     finally:
         await kafka.stop()

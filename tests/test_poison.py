@@ -197,14 +197,15 @@ def test_a_dead_letter_of_any_event_serialises_and_stays_small() -> None:
 
 
 async def test_a_corrupt_cache_value_is_a_miss(stack_urls: StackUrls) -> None:
-    cache = ResultCache(stack_urls.redis_url, f"corrupt-{datetime.now().microsecond}", 60)
+    cache = ResultCache(stack_urls.redis_url, 60)
+    model = f"corrupt-{datetime.now().microsecond}"
     await cache.start()
     try:
         url = "http://example.com/corrupt.jpg"
         assert cache._client is not None
         for garbage in (b"not json", b'{"h": "x"}', b"[1, 2]", b'{"h": 1, "b": "x", "p": 3, "w": 1, "ht": 1}'):
-            await cache._client.set(cache.url_key(url), garbage)
-            assert await cache.get_url(url) is None
+            await cache._client.set(cache.url_key(url, model), garbage)
+            assert await cache.get_url(url, model) is None
     finally:
         await cache.close()
 

@@ -38,6 +38,7 @@ def isolated_settings(urls: StackUrls, prefix: str = "run", **overrides: Any) ->
         "consumer_group": tag,
         "postgres_table": tag.replace("-", "_"),
         "allow_networks": "127.0.0.1/32",
+        "follow_registry": False,  # the registry table is shared by every run on a stack
     }
     return Settings(**{**fields, **overrides})
 

@@ -69,11 +69,11 @@ class MemoryStore(Outage):
 
 
 class MemoryCache:
-    """A dict by URL and by content hash, without expiry."""
+    """A dict by (URL, model) and by (content hash, model), without expiry."""
 
     def __init__(self) -> None:
-        self.by_url: dict[str, CachedResult] = {}
-        self.by_hash: dict[str, CachedResult] = {}
+        self.by_url: dict[tuple[str, str], CachedResult] = {}
+        self.by_hash: dict[tuple[str, str], CachedResult] = {}
 
     async def start(self) -> None:
         return None
@@ -81,13 +81,13 @@ class MemoryCache:
     async def close(self) -> None:
         return None
 
-    async def get_url(self, url: str) -> CachedResult | None:
-        return self.by_url.get(url)
+    async def get_url(self, url: str, model: str) -> CachedResult | None:
+        return self.by_url.get((url, model))
 
-    async def get_hash(self, content_hash: str) -> CachedResult | None:
-        return self.by_hash.get(content_hash)
+    async def get_hash(self, content_hash: str, model: str) -> CachedResult | None:
+        return self.by_hash.get((content_hash, model))
 
-    async def put_many(self, entries: list[tuple[str, CachedResult]]) -> None:
-        for url, result in entries:
-            self.by_url[url] = result
-            self.by_hash[result.content_hash] = result
+    async def put_many(self, entries: list[tuple[str, str, CachedResult]]) -> None:
+        for url, model, result in entries:
+            self.by_url[url, model] = result
+            self.by_hash[result.content_hash, model] = result
