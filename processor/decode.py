@@ -98,33 +98,26 @@ class Decoder:
     """
 
     def __init__(
-        self,
-        size: tuple[int, int],
-        max_pixels: int,
-        max_bytes: int | None = None,
-        large_bytes: int | None = None,
-        large_slots: int = 1,
+        self, max_pixels: int, max_bytes: int | None = None, large_bytes: int | None = None, large_slots: int = 1
     ) -> None:
-        self.size = size
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
         self.large_bytes = large_bytes
         self._large = threading.BoundedSemaphore(large_slots)
 
     @classmethod
-    def from_settings(cls, settings: Settings, size: tuple[int, int]) -> Decoder:
+    def from_settings(cls, settings: Settings) -> Decoder:
         """The worker's decoder: pixel cap, decode budget and large-decode slots from the settings."""
         return cls(
-            size,
             settings.max_image_pixels,
             settings.max_decode_bytes,
             settings.large_decode_bytes,
             settings.large_decode_slots,
         )
 
-    def decode(self, data: bytes) -> DecodedImage:
+    def decode(self, data: bytes, size: tuple[int, int]) -> DecodedImage:
         """Decode and resize to ``size`` (width, height); raise NotAnImage or TooLarge."""
-        planned = plan(data, self.size)
+        planned = plan(data, size)
         _check_pixels(planned.width, planned.height, self.max_pixels)
         if self.max_bytes is not None and planned.estimated_bytes > self.max_bytes:
             raise TooLarge(
@@ -132,7 +125,7 @@ class Decoder:
                 f"{planned.estimated_bytes // MIB} MiB, over the {self.max_bytes // MIB} MiB decode budget"
             )
         with self._slot(planned):
-            return _run(data, planned, self.size)
+            return _run(data, planned, size)
 
     def _slot(self, planned: Plan) -> threading.BoundedSemaphore | nullcontext[None]:
         if self.large_bytes is not None and planned.estimated_bytes > self.large_bytes:
@@ -142,7 +135,7 @@ class Decoder:
 
 def decode_image(data: bytes, size: tuple[int, int], max_pixels: int, max_bytes: int | None = None) -> DecodedImage:
     """Decode and resize to ``size`` (width, height); raise NotAnImage or TooLarge. No slots: see Decoder."""
-    return Decoder(size, max_pixels, max_bytes).decode(data)
+    return Decoder(max_pixels, max_bytes).decode(data, size)
 
 
 def plan(data: bytes, size: tuple[int, int]) -> Plan:

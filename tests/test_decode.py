@@ -145,7 +145,7 @@ def test_over_budget_progressive_jpeg_is_too_large_before_decoding() -> None:
     # a 7000x7000 4:4:4 progressive JPEG needs a 280 MiB coefficient buffer, whatever the output scale
     header = jpeg_header(7000, 7000, PROGRESSIVE, S444)
     with pytest.raises(TooLarge, match="decode budget"):
-        Decoder.from_settings(Settings(), SIZE).decode(header)
+        Decoder.from_settings(Settings()).decode(header, SIZE)
 
 
 def grey16_png(width: int, height: int) -> bytes:
@@ -184,7 +184,7 @@ def test_large_decodes_wait_for_a_slot(monkeypatch: pytest.MonkeyPatch) -> None:
     small = encode(Image.new("RGB", (64, 64), (10, 20, 30)), "PNG")
     large = encode(Image.new("RGB", (2000, 2000), (10, 20, 30)), "PNG")
     threshold = (plan(small, SIZE).estimated_bytes + plan(large, SIZE).estimated_bytes) // 2
-    decoder = Decoder(SIZE, 10**8, large_bytes=threshold, large_slots=1)
+    decoder = Decoder(10**8, large_bytes=threshold, large_slots=1)
     running = {"large": 0, "all": 0}
     peaks = {"large": 0, "all": 0}
     lock = threading.Lock()
@@ -206,6 +206,6 @@ def test_large_decodes_wait_for_a_slot(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(decode, "_run", observed)
     with ThreadPoolExecutor(6) as pool:
-        results = list(pool.map(decoder.decode, [large, small] * 6))
+        results = list(pool.map(decoder.decode, [large, small] * 6, [SIZE] * 12))
     assert all(r.pixels.shape == (128, 128, 3) for r in results)
     assert peaks["large"] == 1 and peaks["all"] > 1  # large ones one at a time; small ones alongside
