@@ -45,6 +45,7 @@ EXTERIOR = tuple(name for name, _, _ in BANDS)
 # about four times faster than the generator's 640-1280 px photos.
 SIZES = ((400, 300), (480, 360), (432, 288), (480, 270), (360, 360), (448, 336))
 SUPERSAMPLE = 2
+GROUND_RADIUS_M = 60.0
 # Common car colours (white, black, greys and silvers dominate real listings) and a few bright ones.
 PAINTS = (
     (235, 235, 232), (245, 245, 245), (20, 20, 22), (35, 35, 40), (120, 122, 125), (170, 172, 176),
@@ -291,14 +292,8 @@ def render_car(
     cam = frame_camera(rng, car, azimuth, size)
     mvp, eye = camera_matrix(car, cam, size)
     light = Light.random(rng)
-    tex, vbo = _car_buffers(car)
-    fbo = ctx.simple_framebuffer((w, h), components=4, dtype="f1")
-    r = 60.0
-    g = car.ground_z
-    quad = np.array(
-        [[x, y, g, 0, 0, 1, 0, 0, 3] for x, y in ((-r, -r), (r, -r), (r, r), (-r, -r), (r, r), (-r, r))], np.float32
-    )
-    gbo = ctx.buffer(quad.tobytes())
+    tex, vbo, gbo = _car_buffers(car)
+    fbo = _framebuffer((w, h))
     try:
         fbo.use()
         fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
@@ -347,8 +342,7 @@ def render_car(
         _draw(ctx, car_prog, vbo)
         raw = np.frombuffer(fbo.read(components=4, dtype="f1"), np.uint8).reshape(h, w, 4)
     finally:
-        for obj in (fbo, gbo):
-            obj.release()
+        ctx.disable(ctx.BLEND | ctx.DEPTH_TEST)
     import cv2
 
     small = cv2.resize(raw[::-1], size, interpolation=cv2.INTER_AREA)  # GL rows are bottom-up
@@ -375,13 +369,24 @@ def _draw(ctx: Any, prog: Any, buffer: Any) -> None:
 
 
 @functools.cache
-def _car_buffers(car: CarModel) -> tuple[Any, Any]:
-    """The car's texture and vertex buffer, uploaded once per process."""
+def _car_buffers(car: CarModel) -> tuple[Any, Any, Any]:
+    """The car's texture, vertex buffer and ground quad, uploaded once per process."""
     ctx = _gl()[0]
     rgba = Repaint(car.texture).paintable()
     tex = ctx.texture((rgba.shape[1], rgba.shape[0]), 4, rgba[::-1].tobytes())  # AC3D's v runs upwards
     tex.build_mipmaps()
-    return tex, ctx.buffer(car.mesh.interleaved().tobytes())
+    r, g = GROUND_RADIUS_M, car.ground_z
+    quad = np.array(
+        [[x, y, g, 0, 0, 1, 0, 0, 3] for x, y in ((-r, -r), (r, -r), (r, r), (-r, -r), (r, r), (-r, r))], np.float32
+    )
+    return tex, ctx.buffer(car.mesh.interleaved().tobytes()), ctx.buffer(quad.tobytes())
+
+
+@functools.cache
+def _framebuffer(size: tuple[int, int]) -> Any:
+    """One framebuffer per frame size and process: releasing a framebuffer would not free its
+    renderbuffers, and a new one per frame leaked ~5 MB a render."""
+    return _gl()[0].simple_framebuffer(size, components=4, dtype="f1")
 
 
 def _set(prog: Any, mvp: bytes) -> None:
