@@ -44,6 +44,7 @@ def run_settings(urls: StackUrls, config: RunConfig) -> Settings:
         topic_partitions=8,
         batch_size=config.batch_size,
         fetch_concurrency=config.fetch_concurrency,
+        fetch_per_host=config.fetch_concurrency,  # the local CDN is one host
         max_in_flight=config.max_in_flight,
         log_level="WARNING",
         **config.overrides,

@@ -37,6 +37,7 @@ from .sink import Record
 from .store import PostgresStore
 
 log = logging.getLogger(__name__)
+BACKFILL_YIELD_S = 0.02  # how often a waiting backfill event looks again whether the daily events left room
 
 
 class FaustPublisher:
@@ -85,7 +86,8 @@ def create_app(
         value_serializer="raw",
         partitions=settings.topic_partitions,
     )
-    sinks = [app.topic(t, partitions=settings.topic_partitions) for t in settings.topics[1:]]
+    inputs = (settings.input_topic, settings.backfill_topic)
+    sinks = [app.topic(t, partitions=settings.topic_partitions) for t in settings.topics if t not in inputs]
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _assigned(_app: faust.App, assigned: set[Any], **_kw: Any) -> None:
@@ -94,7 +96,7 @@ def create_app(
         health.partitions = len(mine)
         log.info("partitions assigned: %d (%s)", len(mine), ", ".join(sorted(map(_tp, mine))))
 
-    acker = _image_acker(app, pipeline, health, settings)
+    acker = _image_acker(app, pipeline, health, settings.max_in_flight, settings)
 
     follower = ModelFollower(pipeline, store, settings)
 
@@ -114,7 +116,7 @@ def create_app(
         async for event in manual.events():
             await acker.submit(event.message.tp, event, functools.partial(_process, pipeline, _envelope(event)))
 
-    ackers = [acker]
+    ackers = [acker, _backfill_agent(app, pipeline, acker, health, settings)]
     if settings.listings_enabled:
         ackers.append(_listing_agent(app, pipeline, store, settings))
 
@@ -225,7 +227,7 @@ def _faust_app(settings: Settings) -> faust.App:
 
 
 def _image_acker(
-    app: faust.App, pipeline: Pipeline, health: WorkerHealth, settings: Settings
+    app: faust.App, pipeline: Pipeline, health: WorkerHealth, max_in_flight: int, settings: Settings
 ) -> OrderedAcker[EventT[bytes]]:
     """The acker of the image agent: acks in offset order, pauses a partition over budget, and
     stores an event whose processing keeps failing as a dead letter."""
@@ -246,9 +248,40 @@ def _image_acker(
             resume=lambda tp: app.consumer.resume_partitions([cast(TP, tp)]),
             fallback=fallback,
         ),
-        settings.max_in_flight,
+        max_in_flight,
         settings.max_unacked_per_partition,
     )
+
+
+def _backfill_agent(
+    app: faust.App, pipeline: Pipeline, daily: OrderedAcker[EventT[bytes]], health: WorkerHealth, settings: Settings
+) -> OrderedAcker[EventT[bytes]]:
+    """The backfill topic, at a lower priority: few events at once (``backfill_max_in_flight``), and
+    each waits while ``backfill_yield_at`` daily events are in flight, so a catalogue-sized backfill
+    uses the capacity the daily events leave."""
+    source = app.topic(
+        settings.backfill_topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.topic_partitions,
+    )
+    acker = _image_acker(app, pipeline, health, settings.backfill_max_in_flight, settings)
+
+    async def after_daily(envelope: Envelope) -> None:
+        while daily.in_flight >= settings.backfill_yield_at:  # noqa: ASYNC110 - a poll keeps the acker unaware of priorities
+            await asyncio.sleep(BACKFILL_YIELD_S)
+        await _process(pipeline, envelope)
+
+    @app.agent(source, concurrency=1, name="backfill")
+    async def backfill(stream: StreamT[bytes]) -> None:
+        await pipeline.start()
+        manual: Any = stream.noack()  # type: ignore[attr-defined]
+        async for event in manual.events():
+            await acker.submit(event.message.tp, event, functools.partial(after_daily, _envelope(event)))
+
+    return acker
 
 
 async def _process(pipeline: Pipeline, envelope: Envelope) -> None:

@@ -19,6 +19,8 @@ from .settings import Settings
 # lists them), so that `processor worker` never loads processor.ml or processor.dev.
 LAZY_COMMANDS = {
     "backbone": "processor.ml.cli:backbone",
+    "backfill": "processor.backfill:backfill",
+    "dlq": "processor.redrive:dlq",
     "calibrate": "processor.ml.cli:calibrate",
     "demo": "processor.dev.cli:demo",
     "evaluate": "processor.ml.cli:evaluate",

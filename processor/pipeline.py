@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 from . import metrics
 from .batching import MicroBatcher
 from .cache import CachedResult
-from .decode import DecodedImage, decode_image
+from .decode import DecodedImage, Decoder
 from .errors import ProcessorError
 from .events import (
     Classification,
@@ -63,6 +63,7 @@ class Pipeline:
             settings.decode_threads or os.cpu_count() or 2, thread_name_prefix="decode"
         )
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self.decoder = Decoder.from_settings(settings)
         self.inference = MicroBatcher(
             self._infer,
             settings.batch_size,
@@ -185,7 +186,7 @@ class Pipeline:
             return self._result(clf, event, envelope, cached, "hash", timings)
         loop = asyncio.get_running_loop()
         decoded: DecodedImage = await loop.run_in_executor(
-            self._decode_pool, decode_image, download.data, clf.input_size, self.settings.max_image_pixels
+            self._decode_pool, self.decoder.decode, download.data, clf.input_size
         )
         decoded_at = time.perf_counter()
         prediction, clf = await self.inference.submit(decoded.pixels)

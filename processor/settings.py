@@ -23,6 +23,13 @@ class Settings(BaseSettings):
 
     broker_url: str = Field("kafka://127.0.0.1:9092", description="Kafka bootstrap URL(s).")
     input_topic: str = Field("images", description="Topic of incoming image events.")
+    backfill_topic: str = Field(
+        "images-backfill", description="Topic of backfill events, consumed at a lower priority."
+    )
+    backfill_max_in_flight: int = Field(16, ge=1, description="Backfill events being processed at once per worker.")
+    backfill_yield_at: int = Field(
+        32, ge=1, description="Backfill events wait while this many daily events are in flight."
+    )
     output_topic: str = Field("image-classifications", description="Topic of results.")
     dlq_topic: str = Field("images-dlq", description="Topic of dead-letter records.")
     removals_topic: str = Field("image-removals", description="Topic of image removals (deleted: true events).")
@@ -126,7 +133,14 @@ class Settings(BaseSettings):
     @property
     def topics(self) -> tuple[str, ...]:
         """The topics a worker reads and writes: input, output, dead letters, removals, listing updates."""
-        return (self.input_topic, self.output_topic, self.dlq_topic, self.removals_topic, self.listing_updates_topic)
+        return (
+            self.input_topic,
+            self.backfill_topic,
+            self.output_topic,
+            self.dlq_topic,
+            self.removals_topic,
+            self.listing_updates_topic,
+        )
 
     def listing_rules(self) -> ListingRules:
         return ListingRules(

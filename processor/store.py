@@ -85,6 +85,8 @@ def migrations(table: str) -> list[str]:
             ALTER COLUMN width DROP NOT NULL, ALTER COLUMN height DROP NOT NULL,
             ALTER COLUMN output_id DROP NOT NULL;
         """,
+        # 3: dead letters remember when they were redriven (processor dlq redrive sends each once).
+        f"ALTER TABLE {DLQ_TABLE} ADD COLUMN IF NOT EXISTS redriven_at timestamptz",
     ]
 
 

@@ -66,8 +66,9 @@ class Backend:
         inner = self.publisher.inner
         if isinstance(inner, MemoryPublisher):
             return [orjson.loads(value) for _, _, value in inner.records]
-        topics = (self.settings.output_topic, self.settings.dlq_topic)
-        return [r for t in topics for r in await read_topic(self.settings.broker_url, t, timeout_s=3)]
+        url = self.settings.broker_url
+        results = await read_topic(url, self.settings.output_topic, expected=expected - 1, timeout_s=10)
+        return results + await read_topic(url, self.settings.dlq_topic, expected=1, timeout_s=10)
 
 
 @pytest.fixture(params=["memory", "real"])

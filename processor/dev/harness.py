@@ -30,6 +30,7 @@ def isolated_settings(urls: StackUrls, prefix: str = "run", **overrides: Any) ->
         "postgres_dsn": urls.postgres_dsn,
         "redis_url": urls.redis_url,
         "input_topic": f"{tag}-images",
+        "backfill_topic": f"{tag}-backfill",
         "output_topic": f"{tag}-classifications",
         "dlq_topic": f"{tag}-dlq",
         "removals_topic": f"{tag}-removals",
