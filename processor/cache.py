@@ -36,6 +36,9 @@ class CachedResult:
     position_scores: dict[str, float]
     width: int
     height: int
+    etag: str | None = None  # the URL's validators when it was last fetched or revalidated
+    last_modified: str | None = None
+    checked_at: float = 0.0  # unix time the URL's body was last fetched or revalidated
 
     def dumps(self) -> bytes:
         return orjson.dumps(
@@ -45,13 +48,27 @@ class CachedResult:
                 "p": self.position_scores,
                 "w": self.width,
                 "ht": self.height,
+                "e": self.etag,
+                "lm": self.last_modified,
+                "t": self.checked_at,
             }
         )
 
     @classmethod
     def loads(cls, raw: bytes) -> CachedResult:
         d = orjson.loads(raw)
-        return cls(d["h"], float(d["b"]), {k: float(v) for k, v in d["p"].items()}, int(d["w"]), int(d["ht"]))
+        scores = {k: float(v) for k, v in d["p"].items()}
+        etag, modified = d.get("e"), d.get("lm")
+        return cls(
+            str(d["h"]),
+            float(d["b"]),
+            scores,
+            int(d["w"]),
+            int(d["ht"]),
+            etag if isinstance(etag, str) else None,
+            modified if isinstance(modified, str) else None,
+            float(d.get("t") or 0.0),
+        )
 
 
 class ResultCache:

@@ -144,8 +144,10 @@ class Classification:
     width: int
     height: int
     event_time: datetime
-    cache: str = "miss"  # miss | url | hash
+    cache: str = "miss"  # miss | url | hash | revalidated
     timings_ms: dict[str, float] = field(default_factory=dict)
+    etag: str | None = None  # the URL's validators, for the cache (not part of the output)
+    last_modified: str | None = None
     classified_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property

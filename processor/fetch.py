@@ -13,7 +13,7 @@ import asyncio
 import random
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import aiohttp
@@ -28,6 +28,7 @@ from .settings import Settings
 from .urlguard import GuardedResolver, check_url
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+NOT_MODIFIED = 304
 CHUNK_BYTES = 64 * 1024
 # getaddrinfo's answers that the name does not exist (NXDOMAIN, no address): asking again cannot help.
 # EAI_AGAIN (the resolver could not be reached or timed out) stays transient.
@@ -36,12 +37,37 @@ PERMANENT_DNS_ERRNOS = frozenset({socket.EAI_NONAME, getattr(socket, "EAI_NODATA
 
 @dataclass(frozen=True, slots=True)
 class Download:
-    """A fetched body."""
+    """A fetched body, or (``not_modified``) the server's word that the copy we have is current."""
 
     data: bytes
     url: str  # after redirects
     attempts: int
     elapsed_s: float
+    validators: Validators = field(default_factory=lambda: Validators(None, None))
+    not_modified: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Validators:
+    """What a server said identifies a body (its ETag, its Last-Modified), for conditional requests."""
+
+    etag: str | None
+    last_modified: str | None
+
+    def headers(self) -> dict[str, str]:
+        conditions = {"If-None-Match": self.etag, "If-Modified-Since": self.last_modified}
+        return {k: v for k, v in conditions.items() if v}
+
+    @classmethod
+    def of(cls, resp: aiohttp.ClientResponse) -> Validators:
+        return cls(resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Body:
+    data: bytes
+    validators: Validators
+    not_modified: bool = False
 
 
 class _WaitBackoffOrRetryAfter(wait_base):
@@ -125,8 +151,9 @@ class Fetcher:
             await self._session.close()
             self._session = None
 
-    async def fetch(self, url: str) -> Download:
-        """Fetch with retries for transient failures; raise a ProcessorError subclass."""
+    async def fetch(self, url: str, validators: Validators | None = None) -> Download:
+        """Fetch with retries for transient failures; raise a ProcessorError subclass. With ``validators``
+        the request is conditional: a 304 answers ``not_modified`` with no body."""
         started = time.perf_counter()
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.settings.fetch_attempts),
@@ -138,19 +165,20 @@ class Fetcher:
         async for attempt in retrying:
             with attempt:
                 attempts += 1
-                data, final = await self._fetch_once(url)
-        return Download(data, final, attempts, time.perf_counter() - started)
+                body, final = await self._fetch_once(url, validators.headers() if validators else {})
+        elapsed = time.perf_counter() - started
+        return Download(body.data, final, attempts, elapsed, body.validators, body.not_modified)
 
-    async def _fetch_once(self, url: str) -> tuple[bytes, str]:
+    async def _fetch_once(self, url: str, conditions: dict[str, str]) -> tuple[_Body, str]:
         target = check_url(url, self.settings.allow_networks)
         for _ in range(self.settings.max_redirects + 1):
-            body = await self._request(target)
-            if isinstance(body, bytes):
+            body = await self._request(target, conditions)
+            if isinstance(body, _Body):
                 return body, str(target)
             target = body
         raise FetchFailed(f"more than {self.settings.max_redirects} redirects")
 
-    async def _request(self, target: URL) -> bytes | URL:
+    async def _request(self, target: URL, conditions: dict[str, str]) -> _Body | URL:
         """One hop: the body, or where a redirect leads."""
         assert self._session is not None, "Fetcher.start() was not called"
         s = self.settings
@@ -158,19 +186,22 @@ class Fetcher:
         backstop_s = s.fetch_pool_wait_s + s.fetch_connect_timeout_s + s.fetch_total_timeout_s
         try:  # the backstop only backs up aiohttp's connect timeout: the trace hook resets the deadline
             async with asyncio.timeout(backstop_s) as hop.deadline:
-                async with self._session.get(target, allow_redirects=False, trace_request_ctx=hop) as resp:
-                    return await self._respond(target, resp)
+                get = self._session.get(target, allow_redirects=False, trace_request_ctx=hop, headers=conditions)
+                async with get as resp:
+                    return await self._respond(target, resp, bool(conditions))
         except ProcessorError:
             raise
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _fetch_error(exc, target, hop.connected) from None
 
-    async def _respond(self, target: URL, resp: aiohttp.ClientResponse) -> bytes | URL:
+    async def _respond(self, target: URL, resp: aiohttp.ClientResponse, conditional: bool) -> _Body | URL:
         metrics.FETCH_RESPONSES.labels(status=str(resp.status)).inc()
         if resp.status in REDIRECTS:
             return self._next_hop(target, resp)
+        if resp.status == NOT_MODIFIED and conditional:
+            return _Body(b"", Validators.of(resp), not_modified=True)
         self._raise_for_status(resp)
-        return await self._read_capped(resp)
+        return _Body(await self._read_capped(resp), Validators.of(resp))
 
     def _next_hop(self, current: URL, resp: aiohttp.ClientResponse) -> URL:
         location = resp.headers.get("Location")

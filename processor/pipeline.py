@@ -40,7 +40,7 @@ from .events import (
     event_time_of,
     parse_event,
 )
-from .fetch import Fetcher
+from .fetch import Fetcher, Validators
 from .model import Classifier, Prediction
 from .settings import Settings
 from .sink import Cache, Publisher, ResultStore, Sink, SinkTopics, until_done
@@ -175,15 +175,18 @@ class Pipeline:
         clf = self.classifier  # this event's model, whatever a rollout does meanwhile
         model = f"{clf.info.name}:{clf.info.version}"
         cached = await self.cache.get_url(event.url, model)
-        if cached is not None:
+        if cached is not None and time.time() - cached.checked_at < self.settings.revalidate_after_s:
             return self._result(clf, event, envelope, cached, "url", {"total": _ms(started)})
-        download = await self.fetcher.fetch(event.url)
+        validators = Validators(cached.etag, cached.last_modified) if cached is not None else None
+        download = await self.fetcher.fetch(event.url, validators)
         fetched = time.perf_counter()
+        if download.not_modified and cached is not None:  # the server says the image did not change
+            return self._result(clf, event, envelope, cached, "revalidated", {"total": _ms(started)})
         content_hash = "sha256:" + hashlib.sha256(download.data).hexdigest()
         cached = await self.cache.get_hash(content_hash, model)
         if cached is not None:
             timings = {"fetch": (fetched - started) * 1000, "total": _ms(started)}
-            return self._result(clf, event, envelope, cached, "hash", timings)
+            return self._result(clf, event, envelope, cached, "hash", timings, download.validators)
         loop = asyncio.get_running_loop()
         decoded: DecodedImage = await loop.run_in_executor(
             self._decode_pool, self.decoder.decode, download.data, clf.input_size
@@ -199,12 +202,20 @@ class Pipeline:
         result = CachedResult(
             content_hash, prediction.banner_score, prediction.position_scores, decoded.width, decoded.height
         )
-        return self._result(clf, event, envelope, result, "miss", timings)
+        return self._result(clf, event, envelope, result, "miss", timings, download.validators)
 
     @staticmethod
     def _result(
-        clf: Classifier, event: ImageEvent, envelope: Envelope, r: CachedResult, cache: str, timings: dict[str, float]
+        clf: Classifier,
+        event: ImageEvent,
+        envelope: Envelope,
+        r: CachedResult,
+        cache: str,
+        timings: dict[str, float],
+        validators: Validators | None = None,
     ) -> Classification:
+        """The classification of a result; ``validators`` of a fresh download, else those the cache had."""
+        v = validators or Validators(r.etag, r.last_modified)
         info = clf.info
         return Classification(
             event=event,
@@ -222,6 +233,8 @@ class Pipeline:
             event_time=event_time_of(event, envelope),
             cache=cache,
             timings_ms=timings,
+            etag=v.etag,
+            last_modified=v.last_modified,
         )
 
     @staticmethod

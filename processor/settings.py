@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     postgres_table: str = Field("image_classifications", description="Table of classifications.")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL; empty disables the cache.")
     cache_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="Lifetime of cached results.")
+    revalidate_after_s: float = Field(
+        0.0,
+        ge=0,
+        description="A URL seen again is revalidated (conditional GET: 304 keeps the result) once its cached "
+        "result is this old; 0: every time.",
+    )
 
     model_dir: Path = Field(DEFAULT_MODEL_DIR, description="Directory with model.keras and metadata.json.")
     batch_size: int = Field(32, ge=1, le=1024, description="Largest inference batch.")

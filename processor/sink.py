@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -221,8 +222,10 @@ async def until_done(step: Callable[[], Awaitable[T]], what: str) -> T:
 
 
 def cached(r: Classification) -> CachedResult:
-    """What the cache keeps of a classification."""
-    return CachedResult(r.content_hash, r.banner_score, r.position_scores, r.width, r.height)
+    """What the cache keeps of a classification: the result, and when and as what its URL was last seen."""
+    return CachedResult(
+        r.content_hash, r.banner_score, r.position_scores, r.width, r.height, r.etag, r.last_modified, time.time()
+    )
 
 
 def _ids(outcome: Outcome) -> tuple[str | None, str | None]:

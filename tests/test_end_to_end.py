@@ -70,7 +70,7 @@ async def test_every_event_ends_in_postgres_topic_or_dlq(
 async def test_second_pass_is_served_from_cache(
     settings: Settings, image_server: ImageServer, jpegs: dict[str, bytes], start_worker
 ) -> None:
-    worker = start_worker(settings)
+    worker = start_worker(settings.with_overrides(revalidate_after_s=3600))  # trust the URL cache for an hour
     names = sorted(jpegs)[:10]
     first = [event(f"a-{i}", image_server.url(n), index=i) for i, n in enumerate(names)]
     await produce(settings, first)
@@ -92,6 +92,28 @@ async def test_second_pass_is_served_from_cache(
     for i in range(10):  # the cached result is the same classification
         assert rows[f"a-{i}"]["content_hash"] == rows[f"b-{i}"]["content_hash"]
         assert rows[f"a-{i}"]["banner_score"] == pytest.approx(rows[f"b-{i}"]["banner_score"], abs=1e-6)
+
+
+async def test_a_repeated_url_is_revalidated_and_a_replaced_photo_is_classified_again(
+    settings: Settings, image_server: ImageServer, jpegs: dict[str, bytes], start_worker
+) -> None:
+    worker = start_worker(settings)  # revalidate_after_s = 0: every repeat asks the server
+    names = sorted(jpegs)[:6]
+    first = [event(f"r1-{i}", image_server.url(n), index=i) for i, n in enumerate(names)]
+    await produce(settings, first)
+    await worker.ready()
+    await wait_for_rows(settings, {e["image_id"] for e in first})
+    sent = image_server.bytes_sent
+
+    image_server.images[names[0]] = jpegs[sorted(jpegs)[-1]]  # the dealer replaced the photo behind a URL
+    second = [event(f"r2-{i}", image_server.url(n), index=i) for i, n in enumerate(names)]
+    await produce(settings, second)
+    await wait_for_rows(settings, {e["image_id"] for e in second})
+    outputs = {o["image_id"]: o for o in await read_topic(settings.broker_url, settings.output_topic, expected=12)}
+    assert [outputs[f"r2-{i}"]["cache"] for i in range(1, 6)] == ["revalidated"] * 5
+    assert outputs["r2-0"]["cache"] in ("miss", "hash"), "a replaced photo was served from the cache"
+    assert outputs["r2-0"]["content_hash"] != outputs["r1-0"]["content_hash"]
+    assert image_server.not_modified == 5 and image_server.bytes_sent - sent == len(jpegs[sorted(jpegs)[-1]])
 
 
 async def test_restarted_worker_does_not_reprocess_committed_events(

@@ -10,6 +10,7 @@ Every request is counted by path, so tests can prove what was (not) downloaded.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,8 @@ class ImageServer:
     latency_s: float = 0.0
     jitter_s: float = 0.0
     requests: Counter[str] = field(default_factory=Counter)
+    bytes_sent: int = 0  # image bytes served
+    not_modified: int = 0  # conditional requests answered 304
     port: int = 0
     host: str = "127.0.0.1"
     _runner: web.AppRunner | None = None
@@ -89,7 +92,12 @@ class ImageServer:
         if variant and data.startswith(b"\xff\xd8"):
             comment = variant.encode()[:1000]
             data = b"\xff\xd8\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + data[2:]
-        return web.Response(body=data, content_type="image/jpeg")
+        etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'  # like a CDN: changes with the bytes
+        if etag in request.headers.get("If-None-Match", ""):
+            self.not_modified += 1
+            return web.Response(status=304, headers={"ETag": etag})
+        self.bytes_sent += len(data)
+        return web.Response(body=data, content_type="image/jpeg", headers={"ETag": etag})
 
     async def _status(self, request: web.Request) -> web.Response:
         code = int(request.match_info["code"])
