@@ -6,17 +6,14 @@ model's version is higher, and a genuinely newer event for the image still wins.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaProducer
 
-from .topics import bootstrap
+from .feed import feed
 
 PAGE_ROWS = 1000  # rows read per query, and most events awaiting the broker
 
@@ -81,20 +78,6 @@ def event_bytes(row: asyncpg.Record) -> bytes:
     return orjson.dumps(event)
 
 
-class RateLimiter:
-    """Paces calls to at most ``rate_per_s`` on average (no bursts beyond one)."""
-
-    def __init__(self, rate_per_s: float) -> None:
-        self.interval_s = 1.0 / rate_per_s
-        self._next = time.monotonic()
-
-    async def wait(self) -> None:
-        now = time.monotonic()
-        if self._next > now:
-            await asyncio.sleep(self._next - now)
-        self._next = max(self._next, now) + self.interval_s
-
-
 async def _rows(pool: asyncpg.Pool, table: str, selection: Selection) -> AsyncIterator[tuple[int, asyncpg.Record]]:
     """(total, row) pairs in image_id order, a page at a time (keyset: no transaction held for hours)."""
     async with pool.acquire() as conn:
@@ -129,25 +112,19 @@ async def reclassify(
     """
     if selection.is_empty():
         raise ValueError("nothing selected: give a filter, or everything=True")
-    limiter = RateLimiter(rate_per_s)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(broker_url), acks="all", linger_ms=5)
-    await producer.start()
-    pending: list[asyncio.Future[object]] = []
-    sent = 0
-    try:
-        async for total, row in _rows(pool, table, selection):
-            await limiter.wait()
-            pending.append(await producer.send(topic, event_bytes(row), key=row["listing_id"].encode()))
-            sent += 1
-            if len(pending) >= PAGE_ROWS:  # bound what is unconfirmed
-                await asyncio.gather(*pending)
-                pending.clear()
-            if progress is not None:
-                progress(sent, total)
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-    return sent
+    total = 0
+
+    async def events() -> AsyncIterator[tuple[bytes | None, bytes]]:
+        nonlocal total
+        async for count, row in _rows(pool, table, selection):
+            total = count
+            yield row["listing_id"].encode(), event_bytes(row)
+
+    def sent_so_far(sent: int) -> None:
+        if progress is not None:
+            progress(sent, total)
+
+    return await feed(broker_url, topic, events(), rate_per_s, sent_so_far, window=PAGE_ROWS)
 
 
-__all__ = ["RateLimiter", "Selection", "event_bytes", "has_deleted_column", "reclassify", "where_clause"]
+__all__ = ["Selection", "event_bytes", "has_deleted_column", "reclassify", "where_clause"]

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from processor import registry
 from processor.cli import main
 from processor.dev.harness import settings_env
-from processor.reclassify import RateLimiter, Selection, reclassify, where_clause
+from processor.reclassify import Selection, reclassify, where_clause
 from processor.settings import DEFAULT_MODEL_DIR
 from processor.topics import ensure_topics, read_topic
 
@@ -80,14 +80,6 @@ def test_selections_become_sql_conditions() -> None:
     assert "processor_version_key(model_version) < processor_version_key($3)" in where
     assert "deleted IS NOT TRUE" in where and args == [["L1"], since, "2026.11.30.5"]
     assert Selection().is_empty() and not Selection(everything=True).is_empty()
-
-
-async def test_the_rate_limiter_paces_events() -> None:
-    limiter = RateLimiter(200.0)
-    started = datetime.now(UTC)
-    for _ in range(41):
-        await limiter.wait()
-    assert (datetime.now(UTC) - started).total_seconds() >= 0.19
 
 
 async def test_reclassify_requeues_the_chosen_images_at_a_bounded_rate(label_db: LabelDb) -> None:
