@@ -22,6 +22,8 @@ from .imageserver import ImageServer, generate_listings
 from .stack import EmbeddedStack, stop_processes
 
 BROKEN_EVERY = 50  # one event in 50 points at a missing image: it must end in the DLQ
+
+
 def run_demo(images: int, listings: int, workers: int, timeout_s: float, progress: bool) -> dict[str, Any]:
     """Start everything, stream ``images`` events through ``workers`` workers, summarise, stop."""
     with EmbeddedStack() as stack:
@@ -141,8 +143,7 @@ async def summarise(
         "positions": dict(Counter(r["position"] for r in rows)),
         "listings": len(catalogue),
         "listing_states": {
-            k: {f: v[f] for f in ("hero", "coverage", "banner_share", "counts", "feed")}
-            for k, v in states.items()
+            k: {f: v[f] for f in ("hero", "coverage", "banner_share", "counts", "feed")} for k, v in states.items()
         },
         "listing_updates_topic_records": len(updates),
         "images_per_s": round(done / elapsed_s, 1) if elapsed_s > 0 else None,
