@@ -37,6 +37,7 @@ from .sink import Record
 from .store import PostgresStore
 
 log = logging.getLogger(__name__)
+DRAIN_MARGIN_S = 10.0  # closing connections after the grace period, at most
 BACKFILL_YIELD_S = 0.02  # how often a waiting backfill event looks again whether the daily events left room
 
 
@@ -369,9 +370,12 @@ class GracefulWorker(faust.Worker):
     """On SIGTERM/SIGINT, first drain in-flight events (acking what is stored), then stop Faust,
     whose consumer commits the acked offsets. A second signal stops at once."""
 
-    def __init__(self, app: faust.App, drain: Callable[[], Awaitable[None]], **kwargs: Any) -> None:
+    def __init__(
+        self, app: faust.App, drain: Callable[[], Awaitable[None]], drain_timeout_s: float, **kwargs: Any
+    ) -> None:
         super().__init__(app, **kwargs)
         self._drain = drain
+        self._drain_timeout_s = drain_timeout_s
         self._draining = False
         self._drain_task: asyncio.Future[None] | None = None
 
@@ -390,7 +394,12 @@ class GracefulWorker(faust.Worker):
 
         async def drain_then_stop() -> None:
             try:
-                await self._drain()
+                async with asyncio.timeout(self._drain_timeout_s):  # never hang on the way out
+                    await self._drain()
+            except TimeoutError:
+                log.error(
+                    "draining took over %.0f s; stopping anyway (unacked events are replayed)", self._drain_timeout_s
+                )
             finally:
                 self._schedule_shutdown(sig)
 
@@ -430,5 +439,8 @@ def run_worker(settings: Settings) -> None:
         async def serve_health() -> None:
             await serve(health, settings.metrics_port)
 
-    worker = GracefulWorker(app, drain, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    drain_timeout_s = settings.shutdown_grace_s + DRAIN_MARGIN_S
+    worker = GracefulWorker(
+        app, drain, drain_timeout_s, loglevel=settings.log_level, quiet=True, redirect_stdouts=False
+    )
     worker.execute_from_commandline()

@@ -10,6 +10,7 @@ offset, so replays do not duplicate them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -150,10 +151,14 @@ class PostgresStore:
     async def start(self) -> None:
         self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_size, command_timeout=30)
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Close the pool; connections still busy after ``timeout_s`` (a dead server) are terminated."""
         if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), timeout_s)
+            except TimeoutError:
+                pool.terminate()
 
     @property
     def pool(self) -> asyncpg.Pool:
