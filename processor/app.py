@@ -79,14 +79,7 @@ def create_app(
     store = PostgresStore(settings.postgres_dsn, settings.postgres_table)
     cache = ResultCache(settings.redis_url, settings.cache_ttl_s)
     pipeline = Pipeline(settings, classifier, store, cache, FaustPublisher(app))
-    source = app.topic(
-        settings.input_topic,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=settings.topic_partitions,
-    )
+    source = _raw_topic(app, settings, settings.input_topic)
     inputs = (settings.input_topic, settings.backfill_topic)
     sinks = [app.topic(t, partitions=settings.topic_partitions) for t in settings.topics if t not in inputs]
 
@@ -148,14 +141,7 @@ def _listing_agent(
         settings.postgres_table,
         settings.listings_table,
     )
-    source = app.topic(
-        settings.output_topic,
-        settings.removals_topic,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
+    source = _raw_topic(app, settings, settings.output_topic, settings.removals_topic)
 
     async def ack(event: EventT[bytes]) -> None:
         event.ack()
@@ -200,6 +186,18 @@ def _listing_of(event: EventT[bytes]) -> str | None:
 
 async def _nothing() -> None:
     return None
+
+
+def _raw_topic(app: faust.App, settings: Settings, *names: str) -> Any:
+    """Topics read as raw bytes (the pipeline parses and validates them itself)."""
+    return app.topic(
+        *names,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.topic_partitions,
+    )
 
 
 def _faust_app(settings: Settings) -> faust.App:
@@ -260,14 +258,7 @@ def _backfill_agent(
     """The backfill topic, at a lower priority: few events at once (``backfill_max_in_flight``), and
     each waits while ``backfill_yield_at`` daily events are in flight, so a catalogue-sized backfill
     uses the capacity the daily events leave."""
-    source = app.topic(
-        settings.backfill_topic,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=settings.topic_partitions,
-    )
+    source = _raw_topic(app, settings, settings.backfill_topic)
     acker = _image_acker(app, pipeline, health, settings.backfill_max_in_flight, settings)
 
     async def after_daily(envelope: Envelope) -> None:

@@ -17,9 +17,10 @@ from typing import Any
 
 import asyncpg
 
+from .migrations import apply as apply_migrations
+
 TABLE = "model_versions"
 METADATA_FILE = "metadata.json"
-MIGRATION_LOCK = 0x6D6F_6431  # pg advisory lock id of this table's migrations
 
 MIGRATIONS = [  # append, never edit
     f"""
@@ -52,21 +53,8 @@ class ModelVersion:
 
 
 async def migrate(pool: asyncpg.Pool) -> int:
-    """Create or migrate ``model_versions`` (idempotent, under an advisory lock); return its version."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
-        await conn.execute("""CREATE TABLE IF NOT EXISTS processor_schema_migrations (
-            table_name text NOT NULL, version integer NOT NULL,
-            applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (table_name, version))""")
-        done = await conn.fetchval(
-            "SELECT coalesce(max(version), 0) FROM processor_schema_migrations WHERE table_name = $1", TABLE
-        )
-        for version, sql in enumerate(MIGRATIONS[done:], start=done + 1):
-            await conn.execute(sql)
-            await conn.execute(
-                "INSERT INTO processor_schema_migrations (table_name, version) VALUES ($1, $2)", TABLE, version
-            )
-    return len(MIGRATIONS)
+    """Create or migrate ``model_versions`` (idempotent, under the migration lock); return its version."""
+    return await apply_migrations(pool, TABLE, MIGRATIONS)
 
 
 def read_metadata(model_dir: Path) -> dict[str, Any]:

@@ -19,9 +19,9 @@ from typing import Any
 import asyncpg
 
 from .events import DETAIL_LIMIT, Classification, DeadLetter, Deletion, Outcome, clean_text
+from .migrations import apply as migrations_apply
 
 log = logging.getLogger(__name__)
-MIGRATION_LOCK = 0x6C69_7031  # pg advisory lock id: workers starting together migrate once
 DLQ_TABLE = "image_dead_letters"
 DLQ_ROW_RAW_LIMIT = 64 * 1024  # bytes of the original event kept in a dead-letter row
 # The stored row is not newer than the incoming one (see the module docstring).
@@ -166,23 +166,8 @@ class PostgresStore:
         return self._pool
 
     async def migrate(self) -> int:
-        """Apply pending migrations under an advisory lock; return the schema version."""
-        steps = migrations(self.table)
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
-            await conn.execute("""CREATE TABLE IF NOT EXISTS processor_schema_migrations (
-                table_name text NOT NULL, version integer NOT NULL,
-                applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (table_name, version))""")
-            done = await conn.fetchval(
-                "SELECT coalesce(max(version), 0) FROM processor_schema_migrations WHERE table_name = $1", self.table
-            )
-            for version, sql in enumerate(steps[done:], start=done + 1):
-                await conn.execute(sql)
-                await conn.execute(
-                    "INSERT INTO processor_schema_migrations (table_name, version) VALUES ($1, $2)", self.table, version
-                )
-                log.info("migrated %s to schema version %d", self.table, version)
-        return len(steps)
+        """Apply pending migrations of this table; return the schema version."""
+        return await migrations_apply(self.pool, self.table, migrations(self.table))
 
     async def write(self, outcomes: Sequence[Outcome]) -> set[str]:
         """Upsert results and deletions, insert dead letters, in one transaction; return the image ids

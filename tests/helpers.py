@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 
 import asyncpg
 
+from processor.dev.harness import settings_env
 from processor.settings import Settings
+
+
+def processor_command(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``processor ARGS`` with these settings in its environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "processor", *args],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 async def wait_for_rows(settings: Settings, image_ids: set[str], timeout_s: float = 60.0) -> dict[str, str]:

@@ -5,28 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
-from processor.dev.harness import settings_env
 from processor.dev.imageserver import ImageServer
 from processor.settings import Settings
 
 from .conftest import event
-from .helpers import fetch_dead_letters, fetch_rows, wait_for_rows
+from .helpers import fetch_dead_letters, fetch_rows, processor_command, wait_for_rows
 from .test_end_to_end import produce
 from .test_poison import wait_for_zero_lag
-
-
-def processor_command(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "processor", *args],
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 async def test_a_backfill_file_and_daily_events_are_both_classified(

@@ -7,16 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-from processor.dev.harness import settings_env
 from processor.dev.imageserver import ImageServer
 from processor.settings import DEFAULT_MODEL_DIR, Settings
 
 from .conftest import event
-from .helpers import fetch_rows, wait_for_rows
+from .helpers import fetch_rows, processor_command, wait_for_rows
 from .test_end_to_end import produce
 from .test_poison import wait_for_zero_lag
 
@@ -30,16 +27,6 @@ def new_version_of_the_shipped_model(tmp_path: Path) -> Path:
     meta = json.loads((model / "metadata.json").read_text())
     (model / "metadata.json").write_text(json.dumps({**meta, "version": NEW_VERSION}))
     return model
-
-
-def processor_command(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "processor", *args],
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 async def test_a_running_worker_switches_to_the_promoted_model_and_reclassify_moves_images(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncpg
 
+from ..migrations import apply as apply_migrations
+
 SCHEMA_NAME = "labelling"  # its name in processor_schema_migrations
-MIGRATION_LOCK = 0x6C61_6231
 
 MIGRATIONS = [  # append, never edit
     """
@@ -88,17 +89,4 @@ async def create_pool(dsn: str, db_schema: str = "", max_size: int = 8) -> async
 
 async def migrate(pool: asyncpg.Pool) -> int:
     """Apply pending migrations; return the schema version."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
-        await conn.execute("""CREATE TABLE IF NOT EXISTS processor_schema_migrations (
-            table_name text NOT NULL, version integer NOT NULL,
-            applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (table_name, version))""")
-        done = await conn.fetchval(
-            "SELECT coalesce(max(version), 0) FROM processor_schema_migrations WHERE table_name = $1", SCHEMA_NAME
-        )
-        for version, sql in enumerate(MIGRATIONS[done:], start=done + 1):
-            await conn.execute(sql)
-            await conn.execute(
-                "INSERT INTO processor_schema_migrations (table_name, version) VALUES ($1, $2)", SCHEMA_NAME, version
-            )
-    return len(MIGRATIONS)
+    return await apply_migrations(pool, SCHEMA_NAME, MIGRATIONS)

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 import asyncpg
 import orjson
 
-from ..store import MIGRATION_LOCK
+from ..migrations import apply as apply_migrations
 from .rules import ImageResult, ListingRules, ListingState, compute_state
 
 log = logging.getLogger(__name__)
@@ -104,23 +104,8 @@ class ListingStore:
         """
 
     async def migrate(self) -> int:
-        """Apply pending migrations (same lock and ledger as the image store); return the version."""
-        steps = migrations(self.table)
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
-            await conn.execute("""CREATE TABLE IF NOT EXISTS processor_schema_migrations (
-                table_name text NOT NULL, version integer NOT NULL,
-                applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (table_name, version))""")
-            done = await conn.fetchval(
-                "SELECT coalesce(max(version), 0) FROM processor_schema_migrations WHERE table_name = $1", self.table
-            )
-            for version, sql in enumerate(steps[done:], start=done + 1):
-                await conn.execute(sql)
-                await conn.execute(
-                    "INSERT INTO processor_schema_migrations (table_name, version) VALUES ($1, $2)", self.table, version
-                )
-                log.info("migrated %s to schema version %d", self.table, version)
-        return len(steps)
+        """Apply pending migrations of the listings table; return the schema version."""
+        return await apply_migrations(self._pool, self.table, migrations(self.table))
 
     async def recompute(self, listing_ids: Iterable[str]) -> list[ListingState]:
         """Recompute the listings' states from their surviving image rows; store those that
