@@ -1,0 +1,60 @@
+"""The model follower: a running worker switches to the model promoted in the registry (``processor
+model promote``) between events, without a restart; each event keeps the model it started with."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+
+from . import metrics, registry
+from .model import Classifier
+from .pipeline import Pipeline
+from .settings import Settings
+from .store import PostgresStore
+
+log = logging.getLogger(__name__)
+
+
+class ModelFollower:
+    """Loads the model promoted in the registry and switches the pipeline to it between events:
+    no restart, no event lost or acked twice; each result names the model that made it."""
+
+    def __init__(self, pipeline: Pipeline, store: PostgresStore, settings: Settings) -> None:
+        self._pipeline = pipeline
+        self._store = store
+        self._settings = settings
+        self._migrated = False
+        self._refused: tuple[str, str] | None = None  # a promoted model that failed to load: not retried
+
+    async def check(self) -> None:
+        try:
+            if not self._migrated:
+                await registry.migrate(self._store.pool)
+                self._migrated = True
+            wanted = await registry.active(self._store.pool)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # next check tries again
+            log.warning("model registry not read: %s: %s", type(exc).__name__, exc)
+            return
+        info = self._pipeline.classifier.info
+        if wanted is None or (wanted.name, wanted.version) in ((info.name, info.version), self._refused):
+            return
+        log.info("model %s %s promoted: loading %s", wanted.name, wanted.version, wanted.model_dir)
+        try:
+            model = await asyncio.to_thread(Classifier, wanted.model_dir, self._settings.banner_threshold)
+        except Exception as exc:  # a broken directory must not stop the worker: keep the running model
+            self._refused = (wanted.name, wanted.version)
+            log.error(
+                "promoted model %s %s does not load; keeping %s %s: %s",
+                wanted.name,
+                wanted.version,
+                info.name,
+                info.version,
+                exc,
+            )
+            return
+        self._pipeline.use_model(model)
+        metrics.MODEL_INFO.clear()
+        metrics.MODEL_INFO.labels(model.info.name, model.info.version).set(1)
+        log.info("now classifying with %s %s", model.info.name, model.info.version)
