@@ -38,7 +38,7 @@ async def classify_targets(settings: Settings, targets: list[str]) -> list[tuple
                 {
                     "has_banner": p.banner_score >= classifier.banner_threshold,
                     "banner_score": p.banner_score,
-                    "position": p.position,
+                    "position": p.position_at(classifier.info.position_floor),
                     "position_scores": p.position_scores,
                     "width": item.width,
                     "height": item.height,

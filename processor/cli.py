@@ -169,7 +169,7 @@ def classify(settings: Settings, targets: tuple[str, ...], as_json: bool) -> Non
             click.echo(
                 f"{target}: {'BANNER' if result['has_banner'] else 'no banner'} "
                 f"({result['banner_score']:.3f}), {result['position']} "
-                f"({result['position_scores'][result['position']]:.3f})"
+                f"({max(result['position_scores'].values()):.3f})"
             )
     sys.exit(1 if failed else 0)
 

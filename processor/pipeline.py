@@ -223,7 +223,7 @@ class Pipeline:
             has_banner=r.banner_score >= clf.banner_threshold,
             banner_score=r.banner_score,
             banner_threshold=clf.banner_threshold,
-            position=max(r.position_scores, key=r.position_scores.__getitem__),
+            position=Prediction(r.banner_score, r.position_scores).position_at(info.position_floor),
             position_scores=r.position_scores,
             model_name=info.name,
             model_version=info.version,
