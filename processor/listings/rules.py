@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 
 from ..events import version_key
+from ..model import UNSURE  # a position the model would not commit to: covers nothing, never preferred
 
-UNSURE = "unsure"  # a position the model would not commit to: covers nothing, never preferred
 
 
 class HeroRule(StrEnum):
