@@ -20,7 +20,6 @@ from ..events import version_key
 from ..model import UNSURE  # a position the model would not commit to: covers nothing, never preferred
 
 
-
 class HeroRule(StrEnum):
     """How the hero image is chosen among banner-free images."""
 
