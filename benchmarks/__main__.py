@@ -13,6 +13,7 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +25,27 @@ from processor.model import Classifier
 from processor.settings import DEFAULT_MODEL_DIR
 from processor.topics import ensure_topics, produce_lines
 
+from . import features
 from .cdn import event_urls, make_photos
 from .e2e import RunConfig, run_pipeline, run_settings
 from .naive import naive_rate
 from .stages import decode_rate, fetch_rate, inference_rate
 
-PROFILES = {  # events, distinct photos, naive events, sweep events, paced seconds, stage seconds
-    "smoke": dict(events=120, photos=20, naive=10, sweep=0, paced_s=0, stage_s=0.3, workers=(1,)),
-    "quick": dict(events=2000, photos=60, naive=40, sweep=1000, paced_s=10, stage_s=2.0, workers=(1, 2)),
-    "full": dict(events=5000, photos=200, naive=100, sweep=1500, paced_s=30, stage_s=5.0, workers=(1, 2, 4)),
-}
+PROFILES = {  # events, distinct photos, naive events, sweep events, paced seconds, stage seconds; features:
+    # listing actor events and runs of each side, seconds of paced daily events, URLs per revalidation pass
+    "smoke": dict(
+        events=120, photos=20, naive=10, sweep=0, paced_s=0, stage_s=0.3, workers=(1,),
+        listing=60, listing_reps=1, daily_s=2, revalidate=30,
+    ),
+    "quick": dict(
+        events=2000, photos=60, naive=40, sweep=1000, paced_s=10, stage_s=2.0, workers=(1, 2),
+        listing=1000, listing_reps=2, daily_s=10, revalidate=400,
+    ),
+    "full": dict(
+        events=5000, photos=200, naive=100, sweep=1500, paced_s=30, stage_s=5.0, workers=(1, 2, 4),
+        listing=1500, listing_reps=3, daily_s=30, revalidate=1000,
+    ),
+}  # fmt: skip
 
 
 def say(msg: str) -> None:
@@ -120,6 +132,8 @@ async def _run(
         say(f"  {main_run['images_per_s']} images/s")
         sweeps = await _sweeps(urls, image_urls, p, workdir, batch_size, concurrency)
         paced = await _paced(urls, server, names, p, workdir, main_run["images_per_s"], batch_size, concurrency)
+        config = RunConfig(int(p["listing"]), 1, batch_size, concurrency)
+        feature_runs = await _features(urls, server, names, image_urls, p, workdir, main_run["images_per_s"], config)
     limit = stages["combined_limit_images_per_s"]
     return {
         "end_to_end": main_run,
@@ -132,6 +146,7 @@ async def _run(
         ),
         "latency_at_half_load": paced,
         **sweeps,
+        **feature_runs,
         "cdn": {
             "latency_ms": latency_s * 1000,
             "jitter_ms": jitter_s * 1000,
@@ -243,6 +258,32 @@ async def _paced(
     }
 
 
+async def _features(
+    urls: StackUrls,
+    server: ImageServer,
+    names: list[str],
+    image_urls: list[str],
+    p: dict[str, Any],
+    workdir: Path,
+    max_rate: float,
+    config: RunConfig,
+) -> dict[str, Any]:
+    say(f"listing actor on and off: {config.events} events, {p['listing_reps']} run(s) each")
+    listing = await features.listing_actor(urls, image_urls, config, workdir, int(p["listing_reps"]))
+    say(f"  {listing['images_per_s_on']} vs {listing['images_per_s_off']} images/s: cost {listing['cost_percent']} %")
+    # A quarter of the measured maximum leaves the backfill room to run; the backlog is twice what the whole
+    # machine could do in the window, so it never runs dry.
+    rate, seconds = max(2.0, max_rate / 4), float(p["daily_s"])
+    backlog = max(50, int(2 * max_rate * seconds))
+    say(f"backfill: daily events at {rate:.0f}/s for {seconds:.0f} s, without and with {backlog} backfill events")
+    bf = await features.backfill(urls, server, names, config, workdir, rate, seconds, backlog)
+    say(f"  daily p95 x{bf['p95_ratio_with_without']} with the backlog")
+    say(f"revalidation: two passes over {p['revalidate']} URLs, CDN with and without ETags")
+    reval = await features.revalidation(urls, server, names, replace(config, events=int(p["revalidate"])), workdir)
+    say(f"  second pass: {reval['bytes_saved_percent']} % fewer bytes, {reval['second_pass_speedup']}x images/s")
+    return {"listing_actor": listing, "backfill": bf, "revalidation": reval}
+
+
 def _brief(run: dict[str, Any]) -> dict[str, Any]:
     keys = ("images_per_s", "latency_ms", "batch_size_histogram", "batches_closed", "cpu_cores_used_by_workers")
     return {k: run[k] for k in keys}
@@ -273,10 +314,36 @@ def _print_table(r: dict[str, Any]) -> None:
         )
     for workers, run in r.get("by_workers", {}).items():
         rows.append((f"{workers} worker(s) images/s", run["images_per_s"]))
+    rows.extend(_feature_rows(r))
     width = max(len(k) for k, _ in rows)
     print()
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
+
+
+def _feature_rows(r: dict[str, Any]) -> list[tuple[str, Any]]:
+    la, bf, rv = r["listing_actor"], r["backfill"], r["revalidation"]
+    without, with_ = (bf[k]["daily_latency_ms"] for k in ("without_backlog", "with_backlog"))
+    etags, plain = rv["etags"]["second_pass"], rv["no_etags"]["second_pass"]
+    return [
+        ("listing actor on / off images/s", f"{la['images_per_s_on']} / {la['images_per_s_off']}"),
+        ("listing actor cost", f"{la['cost_percent']} % (ratio {la['ratio_on_off']})"),
+        (
+            "listing actor worker CPU ms/image on / off",
+            f"{la['worker_cpu_ms_per_image_on']} / {la['worker_cpu_ms_per_image_off']}",
+        ),
+        (
+            f"daily p50/p95 ms at {bf['daily_rate_per_s']}/s without / with backlog",
+            f"{without['p50']}/{without['p95']} / {with_['p50']}/{with_['p95']} (p95 x{bf['p95_ratio_with_without']})",
+        ),
+        ("backfill events done meanwhile", f"{bf['with_backlog']['backfill_done_meanwhile']} of {bf['backlog']}"),
+        (
+            "2nd pass KB / images/s: ETags / none",
+            f"{etags['bytes_downloaded'] // 1024} / {plain['bytes_downloaded'] // 1024} KB, "
+            f"{etags['images_per_s']} / {plain['images_per_s']}",
+        ),
+        ("revalidation saving", f"{rv['bytes_saved_percent']} % bytes, {rv['second_pass_speedup']}x images/s"),
+    ]
 
 
 if __name__ == "__main__":

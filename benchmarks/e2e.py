@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,12 +17,13 @@ import numpy as np
 import orjson
 import psutil
 
-from processor.dev.demo import count_outcomes
 from processor.dev.harness import WorkerProcess, isolated_settings, wait_ready
 from processor.dev.stack import StackUrls, free_port, stop_processes
 from processor.settings import Settings
 from processor.store import PostgresStore
 from processor.topics import ensure_topics, produce_lines, read_topic
+
+DONE_TIMEOUT_S = 900  # longest wait for a run's events (or listing states) to be stored
 
 
 @dataclass
@@ -34,6 +36,7 @@ class RunConfig:
     fetch_concurrency: int = 64
     max_in_flight: int = 256
     rate_per_s: float | None = None  # None: the whole backlog at once (throughput); else paced (latency)
+    wait_listings: bool = False  # also wait until the listing actor has caught up, and say when it did
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -51,8 +54,23 @@ def run_settings(urls: StackUrls, config: RunConfig) -> Settings:
     )
 
 
-async def run_pipeline(urls: StackUrls, image_urls: list[str], config: RunConfig, workdir: Path) -> dict[str, Any]:
-    """Stream ``config.events`` events through ``config.workers`` workers and measure everything."""
+@dataclass
+class Workers:
+    """Running ``processor worker`` subprocesses and a store on their table."""
+
+    settings: Settings
+    store: PostgresStore
+    procs: list[Any]
+    ports: list[int]
+
+    def fresh(self, image_urls: list[str]) -> list[str]:
+        """URL variants no earlier run (or Redis entry) has seen: a run of its own."""
+        return [u.replace("?v=", f"?v={self.settings.consumer_group}-") for u in image_urls]
+
+
+@contextlib.asynccontextmanager
+async def running_workers(urls: StackUrls, config: RunConfig, workdir: Path) -> AsyncIterator[Workers]:
+    """``config.workers`` ready workers on topics and a table of their own; stopped on exit."""
     settings = run_settings(urls, config)
     await ensure_topics(settings.broker_url, settings.topics, settings.topic_partitions)
     ports = [free_port() for _ in range(config.workers)]
@@ -66,56 +84,97 @@ async def run_pipeline(urls: StackUrls, image_urls: list[str], config: RunConfig
     try:
         await wait_ready(workers, 120)
         await store.start()
-        cpu0 = _cpu_seconds(procs)
-        started = time.time()
-        rss = _RssSampler(procs)
-        sampler = asyncio.create_task(rss.run())
-        # A run of its own: URL variants no earlier run (or Redis entry) has seen.
-        fresh = [u.replace("?v=", f"?v={settings.consumer_group}-") for u in image_urls[: config.events]]
-        await _produce(settings, fresh, config.rate_per_s)
-        await _wait_done(store, config.events, timeout_s=900)
-        sampler.cancel()
-        cpu_s = _cpu_seconds(procs) - cpu0
-        batches = await _scrape(ports)
-        return await _measure(settings, store, config, started, cpu_s, batches) | {"worker_rss_mb": rss.summary()}
+        yield Workers(settings, store, procs, ports)
     finally:
         stop_processes(procs, 20)
         await store.close()
 
 
-async def _produce(settings: Settings, urls: list[str], rate_per_s: float | None) -> None:
+async def run_pipeline(urls: StackUrls, image_urls: list[str], config: RunConfig, workdir: Path) -> dict[str, Any]:
+    """Stream ``config.events`` events through ``config.workers`` workers and measure everything."""
+    async with running_workers(urls, config, workdir) as w:
+        cpu0 = _cpu_seconds(w.procs)
+        started = time.time()
+        rss = _RssSampler(w.procs)
+        sampler = asyncio.create_task(rss.run())
+        await produce_events(w.settings, w.fresh(image_urls[: config.events]), config.rate_per_s)
+        await wait_done(w, config.events)
+        sampler.cancel()
+        cpu_s = _cpu_seconds(w.procs) - cpu0
+        batches = await _scrape(w.ports)
+        listings = await _wait_listings(w, config.events, started) if config.wait_listings else {}
+        measured = await _measure(w.settings, w.store, config, started, cpu_s, batches)
+        return measured | listings | {"worker_rss_mb": rss.summary()}
+
+
+async def produce_events(
+    settings: Settings, urls: list[str], rate_per_s: float | None = None, prefix: str = "img-", topic: str = ""
+) -> None:
+    """One event per URL onto ``topic`` (default: the input topic), image ids ``{prefix}{i}``, twelve
+    images a listing; all at once, or paced at ``rate_per_s`` with each stamped when it is sent."""
+
     def line(i: int, url: str) -> bytes:
         return orjson.dumps(
             {
-                "image_id": f"img-{i}",
-                "listing_id": f"listing-{i // 12}",
+                "image_id": f"{prefix}{i}",
+                "listing_id": f"{prefix}listing-{i // 12}",
                 "url": url,
                 "position_index": i % 12,
                 "event_time": datetime.now(UTC).isoformat(),
             }
         )
 
+    topic = topic or settings.input_topic
     if rate_per_s is None:
-        await produce_lines(settings.broker_url, settings.input_topic, [line(i, u) for i, u in enumerate(urls)])
+        await produce_lines(settings.broker_url, topic, [line(i, u) for i, u in enumerate(urls)])
         return
-    chunk = max(1, int(rate_per_s / 20))  # 20 sends a second, each stamped when it is sent
+    chunk = max(1, int(rate_per_s / 20))  # 20 sends a second
     start = time.monotonic()
     for k in range(0, len(urls), chunk):
         await asyncio.sleep(max(0.0, start + k / rate_per_s - time.monotonic()))
-        await produce_lines(
-            settings.broker_url, settings.input_topic, [line(i, urls[i]) for i in range(k, min(k + chunk, len(urls)))]
-        )
+        await produce_lines(settings.broker_url, topic, [line(i, urls[i]) for i in range(k, min(k + chunk, len(urls)))])
 
 
-async def _wait_done(store: PostgresStore, expected: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
+async def wait_done(w: Workers, expected: int, prefix: str = "") -> None:
+    """Until ``expected`` events whose image id starts with ``prefix`` are rows or dead letters of this run."""
+    query = f"""SELECT (SELECT count(*) FROM "{w.store.table}" WHERE starts_with(image_id, $1))
+        + (SELECT count(*) FROM image_dead_letters WHERE source_topic = ANY($2) AND starts_with(image_id, $1))"""
+    topics = [w.settings.input_topic, w.settings.backfill_topic]
+    await _poll(w, w.store.table, lambda row: row[0] >= expected, query, prefix, topics)
+
+
+async def _wait_listings(w: Workers, images: int, started: float) -> dict[str, Any]:
+    """Until the listing actor has stored and published states that count every image; say when it did."""
+    query = f"""SELECT coalesce(sum(image_count), 0) AS images, max(updated_at) AS last,
+        count(*) FILTER (WHERE published_revision < revision) AS unpublished FROM "{w.settings.listings_table}"
+    """
+    row = await _poll(w, w.settings.listings_table, lambda r: r["images"] >= images and not r["unpublished"], query)
+    last_image = await w.store.pool.fetchval(f'SELECT max(classified_at) FROM "{w.store.table}"')
+    return {
+        "listings_settled_after_last_image_s": round((row["last"] - last_image).total_seconds(), 2),
+        "images_per_s_incl_listings": round(images / (row["last"].timestamp() - started), 1),
+    }
+
+
+async def _poll(w: Workers, table: str, done: Callable[[Any], bool], query: str, *args: Any) -> Any:
+    """The first row of ``query`` that ``done`` accepts, once ``table`` exists (the workers create it)."""
+    deadline = time.monotonic() + DONE_TIMEOUT_S
     while time.monotonic() < deadline:
-        if await store.pool.fetchval("SELECT to_regclass($1) IS NOT NULL", store.table):
-            classified, dead = await count_outcomes(store)
-            if classified + dead >= expected:
-                return
+        if await w.store.pool.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
+            row = await w.store.pool.fetchrow(query, *args)
+            if row is not None and done(row):
+                return row
         await asyncio.sleep(0.1)
-    raise TimeoutError(f"pipeline did not finish {expected} events in {timeout_s} s")
+    raise TimeoutError(f"not done in {DONE_TIMEOUT_S} s: {query} {args}")
+
+
+def percentiles_ms(latencies_ms: Any) -> dict[str, float]:
+    return {f"p{p}": round(float(np.percentile(latencies_ms, p)), 1) for p in (50, 95, 99)}
+
+
+def latencies_ms(rows: list[Any]) -> Any:
+    """Event time to ``classified_at`` of each row, in milliseconds."""
+    return np.array([(r["classified_at"] - r["event_time"]).total_seconds() * 1000 for r in rows])
 
 
 class _RssSampler:
@@ -184,7 +243,7 @@ async def _measure(
     rows = await store.fetch_all()
     outputs = await read_topic(settings.broker_url, settings.output_topic, expected=len(rows), timeout_s=5)
     finished = max(r["classified_at"] for r in rows).timestamp()
-    latencies = np.array([(r["classified_at"] - r["event_time"]).total_seconds() * 1000 for r in rows])
+    latencies = latencies_ms(rows)
     stage_ms: dict[str, list[float]] = {}
     for o in outputs:
         for stage, ms in o["timings_ms"].items():  # type: ignore[union-attr]
@@ -192,11 +251,12 @@ async def _measure(
     cache = Counter(str(o["cache"]) for o in outputs)
     wall = finished - started
     return {
-        "config": {k: v for k, v in config.__dict__.items() if k != "overrides"} | config.overrides,
+        "config": {k: v for k, v in config.__dict__.items() if k not in ("overrides", "wait_listings")}
+        | config.overrides,
         "events": config.events,
         "classified": len(rows),
         "images_per_s": round(config.events / wall, 1),
-        "latency_ms": {f"p{p}": round(float(np.percentile(latencies, p)), 1) for p in (50, 95, 99)},
+        "latency_ms": percentiles_ms(latencies),
         "latency_cdf_ms": [round(float(v), 1) for v in np.percentile(latencies, np.arange(0, 101, 2))],
         "stage_ms_mean": {k: round(float(np.mean(v)), 2) for k, v in stage_ms.items()},
         "stage_ms_p95": {k: round(float(np.percentile(v, 95)), 2) for k, v in stage_ms.items()},

@@ -26,4 +26,18 @@ def test_benchmark_smoke_run_writes_every_figure(tmp_path: Path) -> None:
     assert report["efficiency"] > 0 and report["stages"]["combined_limit_images_per_s"] > 0
     assert set(e2e["stage_ms_mean"]) >= {"fetch", "decode", "inference", "total"}
     assert sum(e2e["batches_closed"].values()) >= 1 and e2e["batch_size_histogram"]
+    _assert_features(report)
     assert (tmp_path / "plots" / "latency_cdf.png").stat().st_size > 1000
+
+
+def _assert_features(report: dict) -> None:
+    listing = report["listing_actor"]
+    assert len(listing["images_per_s_on"]) == len(listing["images_per_s_off"]) == listing["runs_each"] >= 1
+    assert listing["ratio_on_off"] > 0 and listing["listings_settled_after_last_image_s"][0] >= 0
+    backfill = report["backfill"]
+    assert backfill["with_backlog"]["backfill_done_meanwhile"] > 0
+    assert all(backfill[k]["daily_latency_ms"]["p95"] > 0 for k in ("without_backlog", "with_backlog"))
+    reval = report["revalidation"]
+    etags, plain = reval["etags"]["second_pass"], reval["no_etags"]["second_pass"]
+    assert etags["not_modified"] == etags["cache"]["revalidated"] == reval["urls"] and etags["bytes_downloaded"] == 0
+    assert plain["not_modified"] == 0 and plain["cache"] == {"hash": reval["urls"]} and plain["bytes_downloaded"] > 0

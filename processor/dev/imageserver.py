@@ -34,6 +34,7 @@ class ImageServer:
     requests: Counter[str] = field(default_factory=Counter)
     bytes_sent: int = 0  # image bytes served
     not_modified: int = 0  # conditional requests answered 304
+    etags: bool = True  # False: a CDN that sends no ETag and ignores If-None-Match (benchmarks compare)
     port: int = 0
     host: str = "127.0.0.1"
     _runner: web.AppRunner | None = None
@@ -93,11 +94,11 @@ class ImageServer:
             comment = variant.encode()[:1000]
             data = b"\xff\xd8\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + data[2:]
         etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'  # like a CDN: changes with the bytes
-        if etag in request.headers.get("If-None-Match", ""):
+        if self.etags and etag in request.headers.get("If-None-Match", ""):
             self.not_modified += 1
             return web.Response(status=304, headers={"ETag": etag})
         self.bytes_sent += len(data)
-        return web.Response(body=data, content_type="image/jpeg", headers={"ETag": etag})
+        return web.Response(body=data, content_type="image/jpeg", headers={"ETag": etag} if self.etags else {})
 
     async def _status(self, request: web.Request) -> web.Response:
         code = int(request.match_info["code"])
