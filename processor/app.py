@@ -90,7 +90,7 @@ def create_app(
         health.partitions = len(mine)
         log.info("partitions assigned: %d (%s)", len(mine), ", ".join(sorted(map(_tp, mine))))
 
-    acker = _image_acker(app, pipeline, health, settings.max_in_flight, settings)
+    acker = _image_acker(app, pipeline, health, settings)
 
     follower = ModelFollower(pipeline, store, settings)
 
@@ -226,7 +226,11 @@ def _faust_app(settings: Settings) -> faust.App:
 
 
 def _image_acker(
-    app: faust.App, pipeline: Pipeline, health: WorkerHealth, max_in_flight: int, settings: Settings
+    app: faust.App,
+    pipeline: Pipeline,
+    health: WorkerHealth,
+    settings: Settings,
+    max_unacked_per_partition: int | None = None,
 ) -> OrderedAcker[EventT[bytes]]:
     """The acker of the image agent: acks in offset order, pauses a partition over budget, and
     stores an event whose processing keeps failing as a dead letter."""
@@ -247,24 +251,28 @@ def _image_acker(
             resume=lambda tp: app.consumer.resume_partitions([cast(TP, tp)]),
             fallback=fallback,
         ),
-        max_in_flight,
-        settings.max_unacked_per_partition,
+        settings.max_in_flight,
+        max_unacked_per_partition or settings.max_unacked_per_partition,
     )
 
 
 def _backfill_agent(
     app: faust.App, pipeline: Pipeline, daily: OrderedAcker[EventT[bytes]], health: WorkerHealth, settings: Settings
 ) -> OrderedAcker[EventT[bytes]]:
-    """The backfill topic, at a lower priority: few events at once (``backfill_max_in_flight``), and
-    each waits while ``backfill_yield_at`` daily events are in flight, so a catalogue-sized backfill
-    uses the capacity the daily events leave."""
+    """The backfill topic, at a lower priority: few events processed at once (``backfill_max_in_flight``),
+    each after waiting while ``backfill_yield_at`` daily events are in flight, so a catalogue-sized
+    backfill uses the capacity the daily events leave. The agent itself never blocks: a backfill
+    partition with ``backfill_max_in_flight`` events unacknowledged is paused in the consumer, so its
+    backlog never fills Faust's buffers, which would hold up the delivery of daily events too."""
     source = _raw_topic(app, settings, settings.backfill_topic)
-    acker = _image_acker(app, pipeline, health, settings.backfill_max_in_flight, settings)
+    acker = _image_acker(app, pipeline, health, settings, settings.backfill_max_in_flight)
+    slots = asyncio.Semaphore(settings.backfill_max_in_flight)
 
     async def after_daily(envelope: Envelope) -> None:
-        while daily.in_flight >= settings.backfill_yield_at:  # noqa: ASYNC110 - a poll keeps the acker unaware of priorities
-            await asyncio.sleep(BACKFILL_YIELD_S)
-        await _process(pipeline, envelope)
+        async with slots:
+            while daily.in_flight >= settings.backfill_yield_at:  # noqa: ASYNC110 - a poll keeps the acker unaware of priorities
+                await asyncio.sleep(BACKFILL_YIELD_S)
+            await _process(pipeline, envelope)
 
     @app.agent(source, concurrency=1, name="backfill")
     async def backfill(stream: StreamT[bytes]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from ..events import version_key
-from ..model import UNSURE  # a position the model would not commit to: covers nothing, never preferred
+from ..model import UNSURE as UNSURE  # a position the model would not commit to: covers nothing, never preferred
 
 
 class HeroRule(StrEnum):
