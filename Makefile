@@ -70,7 +70,7 @@ EXTRA_TEST_PHOTOS := $(addprefix $(CV)/data/,licenseplate_motion.jpg messi5.jpg 
 	usr/share/visp-images-data/ViSP-images/Solvay/Solvay_conference_1927_Version2_2126x1463.jpg
 ALL_BACKGROUNDS = --backgrounds $(MODEL_WORK)/plasma --backgrounds $(MODEL_WORK)/extra --backgrounds $(MODEL_WORK)/more
 SYNTH = $(BIN)/processor synth --count 16000 --backgrounds $(MODEL_WORK)/unpacked/usr/share/backgrounds
-model: $(STAMP) ## retrain the shipped model in MODEL_WORK (/tmp/listing-model) and evaluate it (Debian/Ubuntu; ~3.5 h on 2 cores)
+model: $(STAMP) ## retrain the shipped model in MODEL_WORK (/tmp/listing-model) and evaluate it (Debian/Ubuntu; ~4.5 h on 2 cores)
 	$(MAKE) model-photos
 	$(SYNTH) --out $(MODEL_WORK)/synth4 --seed 4
 	$(BIN)/processor train --data $(MODEL_WORK)/synth4 --out $(MODEL_WORK)/stage1 --epochs 30 --seed 4 --input-size 160
@@ -89,12 +89,17 @@ model: $(STAMP) ## retrain the shipped model in MODEL_WORK (/tmp/listing-model) 
 	$(SYNTH) --out $(MODEL_WORK)/synth10 --seed 10 $(ALL_BACKGROUNDS)
 	$(SYNTH) --out $(MODEL_WORK)/synth11 --seed 11 $(ALL_BACKGROUNDS)
 	$(BIN)/processor train --init $(MODEL_WORK)/stage4 --data $(MODEL_WORK)/synth10 --data $(MODEL_WORK)/synth11 \
-		--out $(MODEL_WORK)/model --epochs 6 --seed 10 --version $(MODEL_VERSION)
-	$(BIN)/processor synth --calibration-set --out $(MODEL_WORK)/calib --count 1000 --seed 21 \
-		--backgrounds $(MODEL_WORK)/unpacked/usr/share/backgrounds $(ALL_BACKGROUNDS)
-	$(BIN)/processor synth --out $(MODEL_WORK)/calib-gen --count 1000 --seed 22 \
-		--backgrounds $(MODEL_WORK)/unpacked/usr/share/backgrounds $(ALL_BACKGROUNDS)
-	$(BIN)/processor calibrate --model $(MODEL_WORK)/model --data $(MODEL_WORK)/calib --data $(MODEL_WORK)/calib-gen --write
+		--out $(MODEL_WORK)/stage5 --epochs 6 --seed 10
+	$(MAKE) model-renders
+	$(BIN)/processor synth --out $(MODEL_WORK)/synth12 --count 8000 --seed 12 $(RENDER_BG)
+	$(BIN)/processor train --init $(MODEL_WORK)/stage5 --data $(MODEL_WORK)/renders1 --data $(MODEL_WORK)/synth12 \
+		--out $(MODEL_WORK)/stage6 --epochs 6 --seed 12
+	$(BIN)/processor train --init $(MODEL_WORK)/stage6 --data $(MODEL_WORK)/renders1 --data $(MODEL_WORK)/synth12 \
+		--out $(MODEL_WORK)/model --epochs 6 --seed 12 --version $(MODEL_VERSION)
+	$(BIN)/processor synth --calibration-set --out $(MODEL_WORK)/calib --count 1000 --seed 21 $(RENDER_BG)
+	$(BIN)/processor synth --out $(MODEL_WORK)/calib-gen --count 1000 --seed 22 $(RENDER_BG)
+	$(BIN)/processor calibrate --model $(MODEL_WORK)/model --data $(MODEL_WORK)/calib --data $(MODEL_WORK)/calib-gen \
+		--data $(MODEL_WORK)/calib-renders --write --position-floor 0.9
 	$(MAKE) model-evaluate MODEL=$(MODEL_WORK)/model
 	@echo "copy $(MODEL_WORK)/model to processor/models/default to ship it"
 
@@ -165,13 +170,17 @@ model-real-cars: $(STAMP) ## write the real-car evaluation set into MODEL_WORK/r
 		--no-car $(MODEL_WORK)/test-extra
 
 MODEL ?= processor/models/default
-model-evaluate: $(STAMP) ## evaluate MODEL on the three held-out photograph sets (after model-photos)
+model-evaluate: $(STAMP) ## evaluate MODEL on the held-out photo sets, unseen-car renders and real cars (after model-photos, model-renders)
 	$(BIN)/processor synth --held-out-photos --out $(MODEL_WORK)/held-out --count 400 --seed 7
 	$(BIN)/processor synth --held-out-photos --out $(MODEL_WORK)/held-out-plasma --count 400 --seed 8 \
 		--photos-from $(MODEL_WORK)/test-photos
 	$(BIN)/processor synth --held-out-photos --out $(MODEL_WORK)/held-out-extra --count 400 --seed 9 \
 		--photos-from $(MODEL_WORK)/test-extra
-	for set in held-out held-out-plasma held-out-extra; do \
+	$(BIN)/processor render --out $(MODEL_WORK)/test-renders --count 1000 --seed 51 --torcs $(MODEL_WORK)/torcs \
+		$(addprefix --cars ,$(CALIBRATION_CARS)) --backgrounds $(MODEL_WORK)/unpacked/usr/share/backgrounds \
+		--backgrounds $(MODEL_WORK)/plasma --backgrounds $(MODEL_WORK)/extra
+	$(MAKE) model-real-cars
+	for set in held-out held-out-plasma held-out-extra test-renders real-cars; do \
 		$(BIN)/processor evaluate --model $(MODEL) --data $(MODEL_WORK)/$$set; done
 
 clean: ## remove the virtual environment and caches
