@@ -91,7 +91,7 @@ class OrderedAcker(Generic[E]):
             part.backlog.append((item, work))
             if not part.paused and self._hooks.pause is not None:
                 part.paused = True
-                self._hooks.pause(key)
+                self._flow(self._hooks.pause, key)
             return
         await self._start(key, part, item, work)
 
@@ -143,7 +143,15 @@ class OrderedAcker(Generic[E]):
         if part.paused and not part.backlog:
             part.paused = False
             if self._hooks.resume is not None:
-                self._hooks.resume(key)
+                self._flow(self._hooks.resume, key)
+
+    @staticmethod
+    def _flow(hook: Callable[[Hashable], None], key: Hashable) -> None:
+        """Pause or resume a key; a consumer that refuses only costs flow control, never the acks."""
+        try:
+            hook(key)
+        except Exception:  # logged with the key: acking and draining must go on regardless
+            log.exception("flow control (%s) failed for %r", getattr(hook, "__name__", "hook"), key)
 
     def oldest_age_s(self) -> dict[Hashable, float]:
         """Seconds since the oldest unacknowledged event of each key arrived (0 when none is pending)."""

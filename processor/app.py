@@ -16,7 +16,7 @@ import logging
 import signal
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 import faust
 import orjson
@@ -247,8 +247,11 @@ def _image_acker(
         AckerHooks(
             ack,
             describe=lambda event: _envelope(event).describe(),
-            pause=lambda tp: app.consumer.pause_partitions([cast(TP, tp)]),
-            resume=lambda tp: app.consumer.resume_partitions([cast(TP, tp)]),
+            # Faust's own per-partition flow control: no new fetches for the partition, while records it
+            # already fetched are still delivered (pause_partitions would drop those, and they would never
+            # come back before a rebalance).
+            pause=lambda tp: app.consumer.on_buffer_full(_faust_tp(tp)),
+            resume=lambda tp: app.consumer.on_buffer_drop(_faust_tp(tp)),
             fallback=fallback,
         ),
         settings.max_in_flight,
@@ -282,6 +285,12 @@ def _backfill_agent(
             await acker.submit(event.message.tp, event, functools.partial(after_daily, _envelope(event)))
 
     return acker
+
+
+def _faust_tp(tp: Any) -> TP:
+    """Faust's own TP for a message's partition: messages carry aiokafka's TopicPartition, which compares
+    equal but fails the consumer's isinstance checks once it lands in its set of active partitions."""
+    return TP(tp.topic, tp.partition)
 
 
 async def _process(pipeline: Pipeline, envelope: Envelope) -> None:

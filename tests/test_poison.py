@@ -250,3 +250,19 @@ async def test_a_database_outage_waits_and_loses_nothing() -> None:
     finally:
         await sink.stop()
     assert isinstance(outcome, Classification) and set(store.rows) == {"x"} and not store.dead
+
+
+async def test_a_partition_over_its_budget_pauses_and_resumes_until_everything_is_stored(
+    settings: Settings, image_server: ImageServer, jpegs: dict[str, bytes], start_worker
+) -> None:
+    """A budget of two unacked events per partition: the consumer pauses and resumes the partition
+    many times (with Faust's own partition objects), and nothing stalls."""
+    settings = settings.with_overrides(topic_partitions=1, max_unacked_per_partition=2, broker_commit_interval_s=0.2)
+    image_server.latency_s = 0.05
+    events = [event(f"budget-{i}", image_server.url(n) + f"?b={i}", index=i) for i, n in enumerate(sorted(jpegs))]
+    worker = start_worker(settings)
+    await produce(settings, events)
+    await worker.ready()
+    await wait_for_rows(settings, {e["image_id"] for e in events}, timeout_s=90)
+    await wait_for_zero_lag(settings)
+    assert "flow control" not in worker.log(), worker.log()[-3000:]
