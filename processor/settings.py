@@ -26,9 +26,9 @@ class Settings(BaseSettings):
     backfill_topic: str = Field(
         "images-backfill", description="Topic of backfill events, consumed at a lower priority."
     )
-    backfill_max_in_flight: int = Field(16, ge=1, description="Backfill events being processed at once per worker.")
+    backfill_max_in_flight: int = Field(8, ge=1, description="Backfill events being processed at once per worker.")
     backfill_yield_at: int = Field(
-        32, ge=1, description="Backfill events wait while this many daily events are in flight."
+        4, ge=1, description="Backfill events wait while this many daily events are in flight."
     )
     output_topic: str = Field("image-classifications", description="Topic of results.")
     dlq_topic: str = Field("images-dlq", description="Topic of dead-letter records.")
