@@ -38,16 +38,26 @@ def _model_option(required: bool, help: str) -> Callable[[F], F]:
     return click.option("--model", "model_dir", type=path, required=required, default=None, help=help)
 
 
+def _generated_set_options(command: F) -> F:
+    """--out, --count, --seed and --banner-share: what every generated labelled set takes."""
+    options = [
+        click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory."),
+        click.option("--count", default=4000, show_default=True, help="Images to write."),
+        click.option("--seed", default=1, show_default=True),
+        click.option("--banner-share", default=0.5, show_default=True),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def _data_option(help: str, multiple: bool = False) -> Callable[[F], F]:
     path = click.Path(path_type=Path, exists=True)
     return click.option("--data", type=path, required=True, multiple=multiple, help=help)
 
 
 @click.command()
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
-@click.option("--count", default=4000, show_default=True, help="Images to write.")
-@click.option("--seed", default=1, show_default=True)
-@click.option("--banner-share", default=0.5, show_default=True)
+@_generated_set_options
 @click.option(
     "--backgrounds",
     type=click.Path(path_type=Path, exists=True, file_okay=False),
@@ -162,10 +172,7 @@ def calibrate(model_dir: Path, data: tuple[Path, ...], write: bool, floor_target
 
 
 @click.command()
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
-@click.option("--count", default=4000, show_default=True, help="Images to write.")
-@click.option("--seed", default=1, show_default=True)
-@click.option("--banner-share", default=0.5, show_default=True)
+@_generated_set_options
 @click.option(
     "--torcs",
     type=click.Path(path_type=Path, exists=True, file_okay=False),
