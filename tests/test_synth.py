@@ -92,3 +92,12 @@ def test_photo_testset_from_a_folder(tmp_path: Path) -> None:
     for path in out.rglob("*.jpg"):
         with Image.open(path) as img:
             assert 480 <= img.width <= 1024
+
+
+def test_dataset_of_chosen_positions_only(tmp_path: Path) -> None:
+    labels = synth.write_dataset(tmp_path / "indoor", 30, seed=2, positions=("interior", "engine", synth.OTHER))
+    with labels.open() as fh:
+        drawn = {row["position"] for row in csv.DictReader(fh)}
+    assert drawn == {"interior", "engine", synth.OTHER}
+    with pytest.raises(ValueError, match="positions"):
+        synth.write_dataset(tmp_path / "bad", 5, seed=2, positions=("roof",))

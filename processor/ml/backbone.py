@@ -111,37 +111,61 @@ def read_legacy_checkpoint(fh: BinaryIO) -> dict[str, NDArray[Any]]:
     return out
 
 
+def block_specs() -> list[tuple[int, int, int, int, int]]:
+    """(kernel, filters in, filters out, expansion, stride) of each of the 16 MBConv blocks."""
+    return [
+        (kernel, f_in if r == 0 else f_out, f_out, expand, stride if r == 0 else 1)
+        for kernel, repeats, f_in, f_out, expand, stride in STAGES
+        for r in range(repeats)
+    ]
+
+
+def block_output(index: int) -> str:
+    """The name of the layer that ends block ``index`` (its residual add, or its projection)."""
+    _, f_in, f_out, _, stride = block_specs()[index]
+    return f"block{index}_add" if stride == 1 and f_in == f_out else f"block{index}_project_bn"
+
+
 def build(include_top: bool = True, input_size: int = INPUT_SIZE) -> Any:
     """EfficientNet-Lite0 in Keras (float input already scaled by ``preprocess``)."""
     import keras
     from keras import layers
 
-    def bn(name: str) -> Any:
-        return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.99, name=name)
-
     inputs = keras.Input((input_size, input_size, 3), name="image")
     x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
-    x = layers.ReLU(6.0)(bn("stem_bn")(x))
-    index = 0
-    for kernel, repeats, f_in, f_out, expand, stride in STAGES:
-        for r in range(repeats):
-            block_in, s, p = (f_in if r == 0 else f_out), (stride if r == 0 else 1), f"block{index}_"
-            shortcut = x
-            if expand != 1:
-                x = layers.Conv2D(block_in * expand, 1, use_bias=False, name=p + "expand_conv")(x)
-                x = layers.ReLU(6.0)(bn(p + "expand_bn")(x))
-            x = layers.DepthwiseConv2D(kernel, strides=s, padding="same", use_bias=False, name=p + "dwconv")(x)
-            x = layers.ReLU(6.0)(bn(p + "dw_bn")(x))
-            x = bn(p + "project_bn")(layers.Conv2D(f_out, 1, use_bias=False, name=p + "project_conv")(x))
-            if s == 1 and block_in == f_out:
-                x = layers.Add(name=p + "add")([x, shortcut])
-            index += 1
-    x = layers.Conv2D(1280, 1, use_bias=False, name="head_conv")(x)
-    x = layers.ReLU(6.0)(bn("head_bn")(x))
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = layers.ReLU(6.0)(_bn("stem_bn")(x))
+    x = blocks_from(x, 0)
     if include_top:
         x = layers.Dense(1000, name="predictions")(layers.Dropout(0.2)(x))  # logits
     return keras.Model(inputs, x, name="efficientnet_lite0")
+
+
+def blocks_from(x: Any, start: int) -> Any:
+    """Blocks ``start``..15, the 1280-filter head convolution and average pooling, applied to ``x``
+    (layer names as in ``build``, so weights copy over by name)."""
+    from keras import layers
+
+    for index, (kernel, block_in, f_out, expand, s) in enumerate(block_specs()):
+        if index < start:
+            continue
+        p, shortcut = f"block{index}_", x
+        if expand != 1:
+            x = layers.Conv2D(block_in * expand, 1, use_bias=False, name=p + "expand_conv")(x)
+            x = layers.ReLU(6.0)(_bn(p + "expand_bn")(x))
+        x = layers.DepthwiseConv2D(kernel, strides=s, padding="same", use_bias=False, name=p + "dwconv")(x)
+        x = layers.ReLU(6.0)(_bn(p + "dw_bn")(x))
+        x = _bn(p + "project_bn")(layers.Conv2D(f_out, 1, use_bias=False, name=p + "project_conv")(x))
+        if s == 1 and block_in == f_out:
+            x = layers.Add(name=p + "add")([x, shortcut])
+    x = layers.Conv2D(1280, 1, use_bias=False, name="head_conv")(x)
+    x = layers.ReLU(6.0)(_bn("head_bn")(x))
+    return layers.GlobalAveragePooling2D(name="avg_pool")(x)
+
+
+def _bn(name: str) -> Any:
+    from keras import layers
+
+    return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.99, name=name)
 
 
 def load_weights(model: Any, state: dict[str, NDArray[Any]]) -> None:
@@ -160,8 +184,7 @@ def load_weights(model: Any, state: dict[str, NDArray[Any]]) -> None:
 
     conv("stem_conv", "_conv_stem")
     batchnorm("stem_bn", "_bn0")
-    blocks = sum(stage[1] for stage in STAGES)
-    for i in range(blocks):
+    for i in range(len(block_specs())):
         p, k = f"block{i}_", f"_blocks.{i}."
         if f"{k}_expand_conv.weight" in state:
             conv(p + "expand_conv", k + "_expand_conv")
@@ -195,6 +218,16 @@ def load(path: Path | None = None) -> Any:
     import keras
 
     return keras.models.load_model(path or convert(), safe_mode=True)
+
+
+def load_sized(input_size: int) -> Any:
+    """The ImageNet features (no classifier) for square inputs of ``input_size`` pixels."""
+    lite = load()
+    sized = build(include_top=False, input_size=input_size)
+    for layer in sized.layers:
+        if layer.weights:
+            layer.set_weights(lite.get_layer(layer.name).get_weights())
+    return sized
 
 
 def top5(model: Any, rgb_uint8: NDArray[np.uint8]) -> list[int]:

@@ -81,6 +81,12 @@ def _data_option(help: str, multiple: bool = False) -> Callable[[F], F]:
     multiple=True,
     help="With --held-out-photos: cut the set from these folders instead of the held-out installed photographs.",
 )
+@click.option(
+    "--positions",
+    multiple=True,
+    help="Draw only these positions (repeatable; 'other' = bare photos; default: all), e.g. the indoor and "
+    "detail classes next to rendered exteriors.",
+)
 def synth(
     out: Path,
     count: int,
@@ -90,6 +96,7 @@ def synth(
     held_out_photos: bool,
     calibration_set: bool,
     photos_from: tuple[Path, ...],
+    positions: tuple[str, ...],
 ) -> None:
     """Write generated, labelled listing photos (images/ + labels.csv)."""
     from .synth import write_calibration_set, write_dataset, write_photo_testset
@@ -99,7 +106,8 @@ def synth(
     elif calibration_set:
         click.echo(f"wrote {write_calibration_set(out, count, seed, backgrounds)}")
     else:
-        click.echo(f"wrote {write_dataset(out, count, seed, banner_share, backgrounds)}")
+        chosen = {"positions": positions} if positions else {}
+        click.echo(f"wrote {write_dataset(out, count, seed, banner_share, backgrounds, **chosen)}")
 
 
 @click.command()
@@ -250,6 +258,12 @@ def real_cars(out: Path, roots: tuple[Path, ...], no_car: tuple[Path, ...]) -> N
 @click.option(
     "--backbone-weights", default=None, help='Keras application weights: "imagenet" (download) or a local file.'
 )
+@click.option(
+    "--tune-from",
+    type=click.IntRange(1, 15),
+    default=None,
+    help="efficientnet-lite0: also train its blocks from this index (1-15) on, from the ImageNet weights.",
+)
 def train(
     data: tuple[Path, ...],
     out: Path,
@@ -260,6 +274,7 @@ def train(
     model_version: str | None,
     backbone: str,
     backbone_weights: str | None,
+    tune_from: int | None,
 ) -> None:
     """Train a model directory from labelled images."""
     from .train import TrainOptions
@@ -274,6 +289,7 @@ def train(
         version=model_version,
         backbone=backbone,
         backbone_weights=backbone_weights,
+        tune_from=tune_from,
     )
     meta = run_training(data, out, options)
     click.echo(json.dumps(meta["metrics"], indent=2))

@@ -43,6 +43,7 @@ class TrainOptions:
     verbose: int = 1
     backbone: str = "cnn"
     backbone_weights: str | None = None
+    tune_from: int | None = None  # efficientnet-lite0: train its blocks from this index on, not only heads
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +69,17 @@ def train(data: Path | Sequence[Path], out: Path, options: TrainOptions | None =
     opts = options or TrainOptions()
     if opts.backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {opts.backbone!r}; choose from {BACKBONES}")
+    if opts.tune_from is not None and opts.backbone != "efficientnet-lite0":
+        raise ValueError("tune_from needs --backbone efficientnet-lite0")
     keras.utils.set_random_seed(opts.seed)
     sources = [data] if isinstance(data, Path) else list(data)
     prepared = prepare(sources, opts)
-    model = fit_cnn(prepared, opts) if opts.backbone == "cnn" else fit_transfer(prepared, opts)
+    if opts.backbone == "cnn":
+        model = fit_cnn(prepared, opts)
+    elif opts.tune_from is not None:
+        model = fit_tuned(prepared, opts)
+    else:
+        model = fit_transfer(prepared, opts)
     return write_model_dir(model, prepared, sources, out, opts)
 
 
@@ -169,6 +177,81 @@ def fit_transfer(p: Prepared, opts: TrainOptions) -> Any:
         callbacks=[keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True)],
     )
     return keras.Model(extractor.input, heads(extractor.output), name=f"listing_image_{opts.backbone}")
+
+
+def fit_tuned(p: Prepared, opts: TrainOptions) -> Any:
+    """Fine-tune EfficientNet-Lite0 from block ``opts.tune_from`` on: the frozen blocks below run once
+    per image (plus one augmented copy), their feature maps are kept, and the upper blocks, initialised
+    with the ImageNet weights (batch-norm statistics kept), train with the two heads on them."""
+    import keras
+    from keras import layers
+
+    from . import backbone
+
+    if opts.backbone != "efficientnet-lite0" or opts.tune_from is None:
+        raise ValueError("tune_from needs --backbone efficientnet-lite0")
+    if p.size[0] != p.size[1]:
+        raise ValueError("tune_from needs a square input size")
+    if not 1 <= opts.tune_from < len(backbone.block_specs()):
+        raise ValueError(f"tune_from: a block index from 1 to {len(backbone.block_specs()) - 1}")
+    lite = backbone.load_sized(p.size[0])
+    frozen = keras.Model(lite.input, lite.get_layer(backbone.block_output(opts.tune_from - 1)).output, name="frozen")
+    frozen.trainable = False
+    inputs = keras.Input((p.size[1], p.size[0], 3), dtype="uint8", name="image")
+    below = frozen(layers.Rescaling(1 / 128.0, offset=-127.0 / 128.0)(inputs))  # backbone.preprocess
+    extractor = keras.Model(inputs, below)
+
+    def features(x: NDArray[np.uint8]) -> NDArray[np.float32]:
+        return np.asarray(extractor.predict(x, batch_size=64, verbose=opts.verbose), dtype=np.float32)
+
+    tr, val = p.train_idx, p.val_idx
+    feats = features(p.x)
+    augmented = features(_augmented(p.x[tr], opts.seed))
+    maps = keras.Input(feats.shape[1:], name="feature_map")
+    pooled = layers.Dropout(0.3)(backbone.blocks_from(maps, opts.tune_from))
+    top = keras.Model(
+        maps,
+        {
+            "banner": layers.Dense(1, activation="sigmoid", name="banner")(pooled),
+            "position": layers.Dense(len(p.positions), activation="softmax", name="position")(pooled),
+        },
+        name="tuned_top",
+    )
+    pretrained = {layer.name: layer for layer in lite.layers}
+    for layer in top.layers:
+        if layer.name in pretrained and layer.weights:
+            layer.set_weights(pretrained[layer.name].get_weights())
+        if isinstance(layer, layers.BatchNormalization):
+            layer.trainable = False  # ImageNet statistics: small batches of one domain would skew them
+    top.compile(optimizer=keras.optimizers.Adam(3e-4), **COMPILE)
+    twice = np.concatenate([tr, tr])
+    top.fit(
+        np.concatenate([feats[tr], augmented]),
+        {"banner": p.y_banner[twice], "position": p.y_position[twice]},
+        sample_weight={head: w[twice] for head, w in p.weights.items()},
+        validation_data=(feats[val], {"banner": p.y_banner[val], "position": p.y_position[val]}),
+        epochs=opts.epochs,
+        batch_size=64,
+        verbose=opts.verbose,
+        shuffle=True,
+        callbacks=[
+            keras.callbacks.EarlyStopping(patience=3, restore_best_weights=True),
+            keras.callbacks.ReduceLROnPlateau(patience=1, factor=0.3),
+        ],
+    )
+    return keras.Model(inputs, top(below), name="listing_image_lite0_tuned")
+
+
+def _augmented(x: NDArray[np.uint8], seed: int) -> NDArray[np.uint8]:
+    """One randomly flipped and colour-jittered copy of each image (the CNN's training augmentation)."""
+    import tensorflow as tf
+
+    tf.random.set_seed(seed)
+    out = np.empty_like(x)
+    for start in range(0, len(x), 256):
+        batch = tf.constant(x[start : start + 256])
+        out[start : start + 256] = np.stack([_augment(image, None, None)[0].numpy() for image in batch])
+    return out
 
 
 def write_model_dir(model: Any, p: Prepared, sources: Sequence[Path], out: Path, opts: TrainOptions) -> dict[str, Any]:

@@ -177,11 +177,15 @@ def render_sample(
     size: tuple[int, int] | None = None,
     photos: tuple[Path, ...] | None = None,
     position: str | None = None,
+    other: bool | None = None,
 ) -> Sample:
-    """A labelled photo: a drawn car over a photographic or generated background, or a bare photograph."""
+    """A labelled photo: a drawn car over a photographic or generated background, or (``other``; by
+    default at random when no ``position`` is given) a bare photograph or texture."""
     photos = installed_photos() if photos is None else photos
     size = size or rng.choice(SIZES)
-    if position is None and rng.random() < OTHER_SHARE:
+    if other is None:
+        other = position is None and rng.random() < OTHER_SHARE
+    if other:
         img = (
             photo_crop(rng, photos, size, remix=True)
             if photos and rng.random() < 0.85
@@ -215,23 +219,38 @@ def to_jpeg(img: Image.Image, quality: int) -> bytes:
 
 
 def samples(
-    seed: int, count: int, banner_share: float = 0.5, photos: tuple[Path, ...] | None = None
+    seed: int,
+    count: int,
+    banner_share: float = 0.5,
+    photos: tuple[Path, ...] | None = None,
+    positions: Sequence[str] = (*POSITIONS, OTHER),
 ) -> Iterator[Sample]:
-    """A reproducible stream of labelled photos."""
+    """A reproducible stream of labelled photos of ``positions`` (``other``: a bare photo or texture)."""
     rng = random.Random(seed)
+    drawn = [p for p in positions if p != OTHER]
     for _ in range(count):
-        yield render_sample(rng, rng.random() < banner_share, photos=photos)
+        banner = rng.random() < banner_share
+        if OTHER in positions and (not drawn or rng.random() < OTHER_SHARE):
+            yield render_sample(rng, banner, photos=photos, other=True)
+        else:
+            yield render_sample(rng, banner, photos=photos, position=rng.choice(drawn))
 
 
 CHUNK = 250  # images per worker task; each chunk has its own seed, so output does not depend on the pool
 
 
 def _write_chunk(
-    out: Path, first: int, count: int, seed: int, banner_share: float, photos: tuple[Path, ...]
+    out: Path,
+    first: int,
+    count: int,
+    seed: int,
+    banner_share: float,
+    photos: tuple[Path, ...],
+    positions: Sequence[str],
 ) -> list[list[str]]:
     rows = []
     quality = random.Random(seed + 1)
-    for i, sample in enumerate(samples(seed, count, banner_share, photos), start=first):
+    for i, sample in enumerate(samples(seed, count, banner_share, photos, positions), start=first):
         name = f"images/{i:06d}.jpg"
         (out / name).write_bytes(to_jpeg(sample.image, quality.randint(55, 95)))
         rows.append([name, str(int(sample.banner)), sample.position])
@@ -239,16 +258,27 @@ def _write_chunk(
 
 
 def write_dataset(
-    out: Path, count: int, seed: int, banner_share: float = 0.5, backgrounds: Sequence[Path] = ()
+    out: Path,
+    count: int,
+    seed: int,
+    banner_share: float = 0.5,
+    backgrounds: Sequence[Path] = (),
+    positions: Sequence[str] = (*POSITIONS, OTHER),
 ) -> Path:
-    """Write JPEGs and a labels.csv (file, banner, position) using all CPUs; return the CSV's path."""
+    """Write JPEGs and a labels.csv (file, banner, position) of ``positions`` using all CPUs; return the
+    CSV's path."""
+    unknown = set(positions) - {*POSITIONS, OTHER}
+    if unknown or not positions:
+        raise ValueError(f"positions: choose from {(*POSITIONS, OTHER)}, not {sorted(unknown)}")
     (out / "images").mkdir(parents=True, exist_ok=True)
     photos = installed_photos() + photos_in(backgrounds)
     starts = range(0, count, CHUNK)
     counts = [min(CHUNK, count - s) for s in starts]
     seeds = [seed * 100_003 + s for s in starts]
     with ProcessPoolExecutor(max_workers=max(1, min(len(starts), os.cpu_count() or 1))) as pool:
-        chunks = pool.map(_write_chunk, repeat(out), starts, counts, seeds, repeat(banner_share), repeat(photos))
+        chunks = pool.map(
+            _write_chunk, repeat(out), starts, counts, seeds, repeat(banner_share), repeat(photos), repeat(positions)
+        )
         rows = [row for chunk in chunks for row in chunk]
     labels = out / "labels.csv"
     with labels.open("w", newline="") as fh:
