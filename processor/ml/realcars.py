@@ -7,11 +7,13 @@ Allowed sources (Debian and PyPI packages) hold very few car pictures; these are
 | ``ALPR/test.jpg``, left car (red roadster) | PyPI ``alpr`` 0.0.2 (MIT) | front_three_quarter |
 | ``ALPR/test.jpg``, right car (silver coupe) | PyPI ``alpr`` 0.0.2 (MIT) | rear_three_quarter |
 | ``licenseplate_motion.jpg`` (a saloon's tail, motion-blurred) | Debian ``opencv-doc`` (Apache-2.0) | rear |
+| ``assets/test_image.png`` (a silver Skoda Citigo, parked) | PyPI ``fast-alpr`` 0.4.0 sdist (MIT) | rear_three_quarter |
+| ``quickie-jpeg-example.jpg`` (a red 1930s convertible) | Debian ``gimp-help-en`` (GFDL) | front_three_quarter |
+| ``truck-tone-mapped-using-gegl-mantuik.jpg`` (a blue Ford Ranger pickup in an orchard) | Debian ``gimp-help-en`` (GFDL) | side |
 
-The ALPR picture looks like a studio render rather than a photograph; only the OpenCV one is certainly a
-photograph. Each is written as is and mirrored (a mirror keeps the position), once bare and once stamped
+The ALPR picture looks like a studio render rather than a photograph; the other four are photographs. Each is written as is and mirrored (a mirror keeps the position), once bare and once stamped
 with a banner style the generator never trains on. Photographs without a car (the held-out photo sets)
-join as ``other``, so the set also measures false "car" calls. Three pictures are a smoke test of the
+join as ``other``, so the set also measures false "car" calls. Six pictures are a smoke test of the
 domain gap, not a benchmark: the labelling loop is the way to a real one.
 """
 
@@ -36,10 +38,21 @@ class RealCar:
     position: str
 
 
+GIMP_TUTORIALS = "usr/share/gimp/2.0/help/en/images/tutorials"
 REAL_CARS = (
     RealCar("alpr-roadster", "ALPR/test.jpg", (0, 260, 560, 600), "front_three_quarter"),
     RealCar("alpr-coupe", "ALPR/test.jpg", (490, 250, 1200, 640), "rear_three_quarter"),
     RealCar("opencv-licenseplate", "usr/share/doc/opencv-doc/examples/data/licenseplate_motion.jpg", None, "rear"),
+    RealCar("fast-alpr-citigo", "fast_alpr-0.4.0/assets/test_image.png", (45, 42, 452, 272), "rear_three_quarter"),
+    RealCar(
+        "gimp-convertible", f"{GIMP_TUTORIALS}/quickie-jpeg-example.jpg", (10, 49, 297, 210), "front_three_quarter"
+    ),
+    RealCar(
+        "gimp-pickup",
+        f"{GIMP_TUTORIALS}/tone-mapping/truck-tone-mapped-using-gegl-mantuik.jpg",
+        (25, 248, 645, 478),
+        "side",
+    ),
 )
 # Pictures in the held-out photo folders that do show a car: not "other".
 NOT_OTHER = ("licenseplate_motion.jpg",)
