@@ -6,14 +6,15 @@ Allowed sources (Debian and PyPI packages) hold very few car pictures; these are
 | --- | --- | --- |
 | ``ALPR/test.jpg``, left car (red roadster) | PyPI ``alpr`` 0.0.2 (MIT) | front_three_quarter |
 | ``ALPR/test.jpg``, right car (silver coupe) | PyPI ``alpr`` 0.0.2 (MIT) | rear_three_quarter |
-| ``licenseplate_motion.jpg`` (a saloon's tail, motion-blurred) | Debian ``opencv-doc`` (Apache-2.0) | rear |
-| ``assets/test_image.png`` (a silver Skoda Citigo, parked) | PyPI ``fast-alpr`` 0.4.0 sdist (MIT) | rear_three_quarter |
-| ``quickie-jpeg-example.jpg`` (a red 1930s convertible) | Debian ``gimp-help-en`` (GFDL) | front_three_quarter |
-| ``truck-tone-mapped-using-gegl-mantuik.jpg`` (a blue Ford Ranger pickup in an orchard) | Debian ``gimp-help-en`` (GFDL) | side |
+| ``licenseplate_motion.jpg`` (a saloon's tail, blurred) | Debian ``opencv-doc`` (Apache-2.0) | rear |
+| ``assets/test_image.png`` (a Skoda Citigo) | PyPI ``fast-alpr`` 0.4.0 sdist (MIT) | rear_three_quarter |
+| ``quickie-jpeg-example.jpg`` (a 1930s convertible) | Debian ``gimp-help-en`` (GFDL) | front_three_quarter |
+| ``truck-tone-mapped-using-gegl-mantuik.jpg`` (a Ford Ranger) | Debian ``gimp-help-en`` (GFDL) | side |
 
-The ALPR picture looks like a studio render rather than a photograph; the other four are photographs. Each is written as is and mirrored (a mirror keeps the position), once bare and once stamped
-with a banner style the generator never trains on. Photographs without a car (the held-out photo sets)
-join as ``other``, so the set also measures false "car" calls. Six pictures are a smoke test of the
+The ALPR picture looks like a studio render rather than a photograph; the other four are photographs.
+Each is written as is and mirrored (a mirror keeps the position), once bare and once stamped with a
+banner style the generator never trains on. Photographs without a car (the held-out photo sets) join as
+``other``, so the set also measures false "car" calls. Six pictures are a smoke test of the
 domain gap, not a benchmark: the labelling loop is the way to a real one.
 """
 

@@ -247,11 +247,10 @@ def _augmented(x: NDArray[np.uint8], seed: int) -> NDArray[np.uint8]:
     import tensorflow as tf
 
     tf.random.set_seed(seed)
-    out = np.empty_like(x)
-    for start in range(0, len(x), 256):
-        batch = tf.constant(x[start : start + 256])
-        out[start : start + 256] = np.stack([_augment(image, None, None)[0].numpy() for image in batch])
-    return out
+    ds = tf.data.Dataset.from_tensor_slices(x).map(
+        lambda image: _augment(image, 0, 0)[0], num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    return np.concatenate(list(ds.batch(256).as_numpy_iterator()))
 
 
 def write_model_dir(model: Any, p: Prepared, sources: Sequence[Path], out: Path, opts: TrainOptions) -> dict[str, Any]:
