@@ -23,7 +23,10 @@ TABLE_SQL = """CREATE TABLE IF NOT EXISTS naive_classifications (
 
 async def naive_rate(settings: Settings, classifier: Classifier, events: int) -> float:
     """Images/s of the one-at-a-time loop over ``events`` events already in the input topic."""
-    model = classifier._model  # the plain Keras model: naive code calls model.predict per image
+    # The plain Keras model: naive code calls model.predict per image.
+    model = (
+        classifier._model if classifier.runtime == "keras" else Classifier(settings.model_dir, runtime="keras")._model
+    )
     consumer = AIOKafkaConsumer(
         settings.input_topic,
         bootstrap_servers=bootstrap(settings.broker_url),

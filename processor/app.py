@@ -394,7 +394,7 @@ def run_worker(settings: Settings) -> None:
     """Load the model, then run a Faust worker until SIGINT/SIGTERM."""
     _cap_malloc_arenas()
     health = WorkerHealth(settings.liveness_stall_s)
-    classifier = Classifier(settings.model_dir, settings.banner_threshold)
+    classifier = Classifier(settings.model_dir, settings.banner_threshold, settings.inference_runtime)
     health.model_loaded = True
     metrics.MODEL_INFO.labels(classifier.info.name, classifier.info.version).set(1)
     app, drain = create_app(settings, classifier, health)

@@ -15,7 +15,9 @@ from .settings import Settings
 
 async def classify_targets(settings: Settings, targets: list[str]) -> list[tuple[str, dict[str, Any]]]:
     """Fetch or read every target, decode, classify in one batch; errors are per target."""
-    classifier = await asyncio.to_thread(Classifier, settings.model_dir, settings.banner_threshold)
+    classifier = await asyncio.to_thread(
+        Classifier, settings.model_dir, settings.banner_threshold, settings.inference_runtime
+    )
     fetcher = Fetcher(settings)
     await fetcher.start()
     try:

@@ -24,6 +24,7 @@ LAZY_COMMANDS = {
     "calibrate": "processor.ml.cli:calibrate",
     "demo": "processor.dev.cli:demo",
     "evaluate": "processor.ml.cli:evaluate",
+    "export-onnx": "processor.ml.cli:export_onnx",
     "real-cars": "processor.ml.cli:real_cars",
     "render": "processor.ml.cli:render",
     "stack": "processor.dev.cli:stack",

@@ -42,7 +42,9 @@ class ModelFollower:
             return
         log.info("model %s %s promoted: loading %s", wanted.name, wanted.version, wanted.model_dir)
         try:
-            model = await asyncio.to_thread(Classifier, wanted.model_dir, self._settings.banner_threshold)
+            model = await asyncio.to_thread(
+                Classifier, wanted.model_dir, self._settings.banner_threshold, self._settings.inference_runtime
+            )
         except Exception as exc:  # a broken directory must not stop the worker: keep the running model
             self._refused = (wanted.name, wanted.version)
             log.error(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     batch_size: int = Field(32, ge=1, le=1024, description="Largest inference batch.")
     batch_delay_ms: float = Field(20.0, ge=0, description="Longest wait after a batch's first image.")
     banner_threshold: float | None = Field(None, description="Override the model's banner threshold.")
+    inference_runtime: Literal["auto", "keras", "onnx"] = Field(
+        "auto",
+        description="auto: ONNX Runtime where the model directory has model.onnx (CPU hosts), else Keras; "
+        "keras for GPU hosts (any Keras backend, e.g. KERAS_BACKEND=jax).",
+    )
     follow_registry: bool = Field(
         True, description="Load the model promoted in Postgres (processor model promote) without a restart."
     )

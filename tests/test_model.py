@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from processor.ml import synth
 from processor.ml.evaluate import evaluate
@@ -185,3 +186,36 @@ def test_fine_tuning_the_upper_backbone_blocks(tmp_path: Path) -> None:
     assert len(classifier.predict([np.zeros((96, 96, 3), np.uint8)] * 3)) == 3
     with pytest.raises(ValueError, match="tune_from"):
         train(data, tmp_path / "bad", TrainOptions(epochs=1, tune_from=14, verbose=0))
+
+
+def test_onnx_runtime_scores_like_keras_and_int8_records_its_agreement(tmp_path: Path) -> None:
+    pytest.importorskip("tf2onnx", reason="pip install tf2onnx (train extra)")
+    from processor.ml.onnx_export import export_onnx
+    from processor.model import ONNX_FILE, choose_runtime
+
+    model = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, model, ignore=shutil.ignore_patterns(ONNX_FILE))
+    assert choose_runtime(model) == "keras"  # no model.onnx yet
+    record = export_onnx(model)
+    assert choose_runtime(model) == "onnx" and choose_runtime(model, "keras") == "keras"
+    assert record["agreement_with_keras"]["max_score_difference"] < 1e-3
+    images = [
+        np.asarray(synth.render_sample(random.Random(i), banner=i % 2 == 0, size=(200, 150)).image) for i in range(6)
+    ]
+    pixels = [np.asarray(Image.fromarray(img).resize(Classifier(model).input_size)) for img in images]
+    by_keras = Classifier(model, runtime="keras").predict(pixels)
+    by_onnx = Classifier(model).predict(pixels)
+    for k, o in zip(by_keras, by_onnx, strict=True):
+        assert abs(k.banner_score - o.banner_score) < 1e-4 and k.position == o.position
+
+    data = tmp_path / "calibration"
+    synth.write_dataset(data, 48, seed=6)
+    with pytest.raises(ValueError, match="calibration"):
+        export_onnx(model, int8=True)
+    record = export_onnx(model, [data], int8=True)
+    meta = json.loads((model / "metadata.json").read_text())
+    assert meta["onnx"] == record and record["int8"] and record["checked_on"]["images"] == 48
+    assert record["agreement_with_keras"]["banner_same"] >= 0.9  # int8 moves scores a little, not decisions
+    assert (model / ONNX_FILE).stat().st_size < 0.5 * (model / "model.keras").stat().st_size
+    with pytest.raises(ValueError, match="runtime"):
+        Classifier(model, runtime="tflite")
