@@ -41,3 +41,20 @@ def _assert_features(report: dict) -> None:
     etags, plain = reval["etags"]["second_pass"], reval["no_etags"]["second_pass"]
     assert etags["not_modified"] == etags["cache"]["revalidated"] == reval["urls"] and etags["bytes_downloaded"] == 0
     assert plain["not_modified"] == 0 and plain["cache"] == {"hash": reval["urls"]} and plain["bytes_downloaded"] > 0
+
+
+def test_model_speed_benchmark_compares_runtimes_side_by_side(tmp_path: Path) -> None:
+    out = tmp_path / "models.json"
+    spec = "processor/models/default"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.models", "--model", f"{spec}:keras", "--model", f"{spec}:auto"]
+        + ["--rounds", "2", "--seconds", "0.3", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    first, second = report["models"][f"{spec}:keras"], report["models"][f"{spec}:auto"]
+    assert first["runtime"] == "keras" and first["ratio_to_first"] == 1.0 and len(first["rounds"]) == 2
+    assert second["runtime"] in {"keras", "onnx"} and second["images_per_s"] > 0
