@@ -46,9 +46,9 @@ def _assert_features(report: dict) -> None:
 def test_model_speed_benchmark_compares_runtimes_side_by_side(tmp_path: Path) -> None:
     out = tmp_path / "models.json"
     spec = "processor/models/default"
+    models = ["--model", f"{spec}:keras", "--model", f"{spec}:auto"]
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.models", "--model", f"{spec}:keras", "--model", f"{spec}:auto"]
-        + ["--rounds", "2", "--seconds", "0.3", "--json", str(out)],
+        [sys.executable, "-m", "benchmarks.models", *models, "--rounds", "2", "--seconds", "0.3", "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -182,6 +182,7 @@ def test_fine_tuning_the_upper_backbone_blocks(tmp_path: Path) -> None:
     for got, want in zip(top.get_layer("head_bn").get_weights(), lite.get_layer("head_bn").get_weights(), strict=True):
         np.testing.assert_array_equal(got, want)
     assert "block13_add" not in {layer.name for layer in top.layers}  # the frozen part stays below
+    assert (tmp_path / "model" / "model.keras").stat().st_size < 1.3 * 4 * tuned.count_params()  # no optimizer state
     classifier = Classifier(tmp_path / "model")
     assert len(classifier.predict([np.zeros((96, 96, 3), np.uint8)] * 3)) == 3
     with pytest.raises(ValueError, match="tune_from"):

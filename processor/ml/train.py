@@ -207,22 +207,11 @@ def fit_tuned(p: Prepared, opts: TrainOptions) -> Any:
     tr, val = p.train_idx, p.val_idx
     feats = features(p.x)
     augmented = features(_augmented(p.x[tr], opts.seed))
-    maps = keras.Input(feats.shape[1:], name="feature_map")
-    pooled = layers.Dropout(0.3)(backbone.blocks_from(maps, opts.tune_from))
-    top = keras.Model(
-        maps,
-        {
-            "banner": layers.Dense(1, activation="sigmoid", name="banner")(pooled),
-            "position": layers.Dense(len(p.positions), activation="softmax", name="position")(pooled),
-        },
-        name="tuned_top",
-    )
+    top = _tuned_top(feats.shape[1:], opts.tune_from, len(p.positions))
     pretrained = {layer.name: layer for layer in lite.layers}
     for layer in top.layers:
         if layer.name in pretrained and layer.weights:
             layer.set_weights(pretrained[layer.name].get_weights())
-        if isinstance(layer, layers.BatchNormalization):
-            layer.trainable = False  # ImageNet statistics: small batches of one domain would skew them
     top.compile(optimizer=keras.optimizers.Adam(3e-4), **COMPILE)
     twice = np.concatenate([tr, tr])
     top.fit(
@@ -239,7 +228,33 @@ def fit_tuned(p: Prepared, opts: TrainOptions) -> Any:
             keras.callbacks.ReduceLROnPlateau(patience=1, factor=0.3),
         ],
     )
-    return keras.Model(inputs, top(below), name="listing_image_lite0_tuned")
+    shipped = _tuned_top(feats.shape[1:], opts.tune_from, len(p.positions))  # no optimizer state inside
+    shipped.set_weights(top.get_weights())
+    return keras.Model(inputs, shipped(below), name="listing_image_lite0_tuned")
+
+
+def _tuned_top(shape: tuple[int, ...], tune_from: int, positions: int) -> Any:
+    """Lite0's blocks from ``tune_from`` on and the two heads, over the frozen blocks' feature maps;
+    batch normalization keeps its (ImageNet) statistics: small batches of one domain would skew them."""
+    import keras
+    from keras import layers
+
+    from . import backbone
+
+    maps = keras.Input(shape, name="feature_map")
+    pooled = layers.Dropout(0.3)(backbone.blocks_from(maps, tune_from))
+    top = keras.Model(
+        maps,
+        {
+            "banner": layers.Dense(1, activation="sigmoid", name="banner")(pooled),
+            "position": layers.Dense(positions, activation="softmax", name="position")(pooled),
+        },
+        name="tuned_top",
+    )
+    for layer in top.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.trainable = False
+    return top
 
 
 def _augmented(x: NDArray[np.uint8], seed: int) -> NDArray[np.uint8]:
