@@ -187,6 +187,11 @@ def test_fine_tuning_the_upper_backbone_blocks(tmp_path: Path) -> None:
     assert len(classifier.predict([np.zeros((96, 96, 3), np.uint8)] * 3)) == 3
     with pytest.raises(ValueError, match="tune_from"):
         train(data, tmp_path / "bad", TrainOptions(epochs=1, tune_from=14, verbose=0))
+    # The labelling loop's path: fine-tune the tuned model on new photos (--init); its architecture carries over.
+    again = train(data, tmp_path / "again", TrainOptions(init=tmp_path / "model", epochs=1, seed=6, verbose=0))
+    assert again["tune_from"] == 14 and again["input_size"] == [96, 96]
+    assert again["training"]["initialized_from"] == "listing-image-efficientnet-lite0 0.0.3-test"
+    assert len(Classifier(tmp_path / "again").predict([np.zeros((96, 96, 3), np.uint8)])) == 1
 
 
 def test_onnx_runtime_scores_like_keras_and_int8_records_its_agreement(tmp_path: Path) -> None:

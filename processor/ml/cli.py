@@ -242,7 +242,7 @@ def real_cars(out: Path, roots: tuple[Path, ...], no_car: tuple[Path, ...]) -> N
     "init_dir",
     type=click.Path(path_type=Path, exists=True, file_okay=False),
     default=None,
-    help="Fine-tune this model directory (e.g. the shipped one) instead of starting from scratch (cnn only).",
+    help="Fine-tune this model directory (e.g. the shipped one) instead of starting from scratch (cnn or tuned).",
 )
 @click.option("--epochs", default=30, show_default=True)
 @click.option("--seed", default=1, show_default=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ COMPILE: dict[str, Any] = {  # losses and metrics of both heads, for every way o
 class TrainOptions:
     """How to train; the defaults train the compact CNN from scratch."""
 
-    init: Path | None = None  # fine-tune this model directory (cnn only)
+    init: Path | None = None  # fine-tune this model directory (a cnn or a tuned backbone)
     epochs: int = 30
     seed: int = 1
     input_size: int = 128
@@ -67,6 +67,11 @@ def train(data: Path | Sequence[Path], out: Path, options: TrainOptions | None =
     import keras
 
     opts = options or TrainOptions()
+    if opts.init is not None:  # fine-tuning: the architecture is the initial model's
+        raw = ModelInfo.read(opts.init).raw
+        opts = replace(opts, backbone=raw.get("backbone", "cnn"), tune_from=raw.get("tune_from"))
+        if opts.backbone != "cnn" and opts.tune_from is None:
+            raise ValueError(f"--init {opts.init}: fine-tuning takes a cnn or a tuned backbone (--tune-from) model")
     if opts.backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {opts.backbone!r}; choose from {BACKBONES}")
     if opts.tune_from is not None and opts.backbone != "efficientnet-lite0":
@@ -92,8 +97,8 @@ def prepare(sources: Sequence[Path], opts: TrainOptions) -> Prepared:
     if opts.init is not None:  # fine-tuning keeps the model's labels and input size
         info = ModelInfo.read(opts.init)
         unknown = {i.position for i in items} - {*info.positions, NO_POSITION}
-        if unknown or opts.backbone != "cnn":
-            raise ValueError(f"--init {opts.init}: positions {sorted(unknown)} unknown to it, or a backbone was given")
+        if unknown:
+            raise ValueError(f"--init {opts.init}: positions {sorted(unknown)} unknown to it")
         positions, size, initialized_from = info.positions, info.input_size, f"{info.name} {info.version}"
     y_banner = np.array([i.banner for i in items], dtype=np.float32)
     order = list(range(len(items)))
@@ -194,8 +199,18 @@ def fit_tuned(p: Prepared, opts: TrainOptions) -> Any:
         raise ValueError("tune_from needs a square input size")
     if not 1 <= opts.tune_from < len(backbone.block_specs()):
         raise ValueError(f"tune_from: a block index from 1 to {len(backbone.block_specs()) - 1}")
-    lite = backbone.load_sized(p.size[0])
-    frozen = keras.Model(lite.input, lite.get_layer(backbone.block_output(opts.tune_from - 1)).output, name="frozen")
+    if opts.init is None:
+        lite = backbone.load_sized(p.size[0])
+        frozen = keras.Model(
+            lite.input, lite.get_layer(backbone.block_output(opts.tune_from - 1)).output, name="frozen"
+        )
+        start = {layer.name: layer.get_weights() for layer in lite.layers if layer.weights}
+        learning_rate = 3e-4
+    else:  # fine-tune a tuned model further (e.g. on photos from the labelling loop)
+        initial = keras.models.load_model(opts.init / MODEL_FILE, compile=False, safe_mode=True)
+        frozen = initial.get_layer("frozen")
+        start = {layer.name: layer.get_weights() for layer in initial.get_layer("tuned_top").layers if layer.weights}
+        learning_rate = 1e-4
     frozen.trainable = False
     inputs = keras.Input((p.size[1], p.size[0], 3), dtype="uint8", name="image")
     below = frozen(layers.Rescaling(1 / 128.0, offset=-127.0 / 128.0)(inputs))  # backbone.preprocess
@@ -208,11 +223,10 @@ def fit_tuned(p: Prepared, opts: TrainOptions) -> Any:
     feats = features(p.x)
     augmented = features(_augmented(p.x[tr], opts.seed))
     top = _tuned_top(feats.shape[1:], opts.tune_from, len(p.positions))
-    pretrained = {layer.name: layer for layer in lite.layers}
     for layer in top.layers:
-        if layer.name in pretrained and layer.weights:
-            layer.set_weights(pretrained[layer.name].get_weights())
-    top.compile(optimizer=keras.optimizers.Adam(3e-4), **COMPILE)
+        if layer.name in start:
+            layer.set_weights(start[layer.name])
+    top.compile(optimizer=keras.optimizers.Adam(learning_rate), **COMPILE)
     twice = np.concatenate([tr, tr])
     top.fit(
         np.concatenate([feats[tr], augmented]),
@@ -290,6 +304,7 @@ def write_model_dir(model: Any, p: Prepared, sources: Sequence[Path], out: Path,
     metadata = {
         "name": name,
         "backbone": opts.backbone,
+        **({"tune_from": opts.tune_from} if opts.tune_from is not None else {}),
         "version": version,
         "labels": {"banner": ["no_banner", "banner"], "position": list(p.positions)},
         "input_size": list(p.size),
