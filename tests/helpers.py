@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -10,7 +11,9 @@ import time
 import asyncpg
 
 from processor.dev.harness import settings_env
-from processor.settings import Settings
+from processor.settings import DEFAULT_MODEL_DIR, Settings
+
+SHIPPED_MODEL_NAME = json.loads((DEFAULT_MODEL_DIR / "metadata.json").read_text())["name"]
 
 
 def processor_command(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:

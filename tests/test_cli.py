@@ -17,7 +17,7 @@ from processor.dev.imageserver import ImageServer
 from processor.settings import Settings
 
 from .conftest import event
-from .helpers import fetch_rows, wait_for_rows
+from .helpers import SHIPPED_MODEL_NAME, fetch_rows, wait_for_rows
 
 PROCESSOR = [sys.executable, "-m", "processor"]
 
@@ -87,7 +87,7 @@ def test_demo_accounts_for_every_event() -> None:
     assert summary["classified"] + summary["dead_letters"] == 60
     assert summary["dead_letter_kinds"] == {"fetch_failed": 1}
     assert summary["output_topic_records"] == summary["classified"]
-    assert summary["model"]["name"] == "listing-image-cnn"
+    assert summary["model"]["name"] == SHIPPED_MODEL_NAME
     states = summary["listing_states"]  # heroes and coverage come from the listing actor's table
     assert len(states) == 6 and sum(s["counts"]["images"] for s in states.values()) == summary["classified"]
     assert summary["listing_updates_topic_records"] >= 6

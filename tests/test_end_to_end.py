@@ -15,7 +15,7 @@ from processor.settings import Settings
 from processor.topics import ensure_topics, produce_lines, read_topic
 
 from .conftest import event
-from .helpers import fetch_dead_letters, fetch_rows, wait_for_rows
+from .helpers import SHIPPED_MODEL_NAME, fetch_dead_letters, fetch_rows, wait_for_rows
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "processor/schemas/image-classification.schema.json").read_text())
 
@@ -44,7 +44,7 @@ async def test_every_event_ends_in_postgres_topic_or_dlq(
 
     rows = await fetch_rows(settings)
     assert len(rows) == len(good)
-    assert {r["model_name"] for r in rows} == {"listing-image-cnn"} and all(r["model_version"] for r in rows)
+    assert {r["model_name"] for r in rows} == {SHIPPED_MODEL_NAME} and all(r["model_version"] for r in rows)
     by_id = {r["image_id"]: r for r in rows}
     banner_truth = {f"img-{i}": n.endswith("-b.jpg") for i, n in enumerate(names)}
     agree = sum(by_id[i]["has_banner"] == truth for i, truth in banner_truth.items())

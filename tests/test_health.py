@@ -22,7 +22,7 @@ from processor.dev.stack import EmbeddedStack, free_port, stop_processes
 from processor.settings import Settings
 
 from .conftest import event
-from .helpers import wait_for_rows
+from .helpers import SHIPPED_MODEL_NAME, wait_for_rows
 from .test_end_to_end import produce
 
 REQUIRE_TOOLS = bool(os.environ.get("PROCESSOR_TEST_REQUIRE_TOOLS"))
@@ -107,7 +107,7 @@ async def test_prometheus_scrapes_two_workers_and_reads_their_lag(
         lag = await query_until(port, "count by (instance) (processor_consumer_lag)", 2)
         assert len(lag) == 2, f"lag from {len(lag)} workers: {lag}"
         models = await query_until(port, "processor_model_info", 2)
-        assert {m["metric"]["name"] for m in models} == {"listing-image-cnn"}
+        assert {m["metric"]["name"] for m in models} == {SHIPPED_MODEL_NAME}
         up = await query_until(port, "up == 1", 2)
         assert len(up) == 2
     finally:

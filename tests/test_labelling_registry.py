@@ -17,6 +17,7 @@ from processor.reclassify import Selection, reclassify, where_clause
 from processor.settings import DEFAULT_MODEL_DIR
 from processor.topics import ensure_topics, read_topic
 
+from .helpers import SHIPPED_MODEL_NAME
 from .labelling_support import LabelDb, label_db_fixture  # noqa: F401
 
 
@@ -70,7 +71,7 @@ def test_promote_refuses_what_would_not_run(label_db: LabelDb, tmp_path: Path) -
     code, out = run_cli(label_db, "model", "promote", str(good), "--by", "ci")
     assert code == 0 and "2026.12.3.1" in out
     code, out = run_cli(label_db, "model", "list")
-    assert code == 0 and out.startswith("* listing-image-cnn 2026.12.3.1") and "by ci" in out
+    assert code == 0 and out.startswith(f"* {SHIPPED_MODEL_NAME} 2026.12.3.1") and "by ci" in out
 
 
 def test_selections_become_sql_conditions() -> None:

@@ -13,7 +13,7 @@ from processor.dev.imageserver import ImageServer
 from processor.settings import DEFAULT_MODEL_DIR, Settings
 
 from .conftest import event
-from .helpers import fetch_rows, processor_command, wait_for_rows
+from .helpers import SHIPPED_MODEL_NAME, fetch_rows, processor_command, wait_for_rows
 from .test_end_to_end import produce
 from .test_poison import wait_for_zero_lag
 
@@ -45,7 +45,7 @@ async def test_a_running_worker_switches_to_the_promoted_model_and_reclassify_mo
     promoted = processor_command(settings, "model", "promote", str(new_version_of_the_shipped_model(tmp_path)))
     assert promoted.returncode == 0, promoted.stderr[-2000:]
     for _ in range(60):  # within seconds, without a restart
-        if f"now classifying with listing-image-cnn {NEW_VERSION}" in worker.log():
+        if f"now classifying with {SHIPPED_MODEL_NAME} {NEW_VERSION}" in worker.log():
             break
         await asyncio.sleep(0.5)
     else:

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 from . import banners
 from .cars import DRAWERS, INDOOR, POSITIONS, colour
 
-__all__ = ["OTHER", "POSITIONS", "SIZES", "Sample", "render", "render_sample", "to_jpeg", "write_dataset"]
+__all__ = ["OTHER", "POSITIONS", "SIZES", "Sample", "render", "render_sample", "samples", "to_jpeg", "write_dataset"]
 
 OTHER = "other"  # a photograph with no car drawn on it
 SIZES = ((640, 480), (800, 600), (1024, 768), (1280, 960), (480, 360), (1024, 683))
