@@ -40,13 +40,18 @@ async def _with_pool(settings: Settings, work: Callable[[asyncpg.Pool], Awaitabl
 
 
 def check_loads(model_dir: Path) -> None:
-    """Refuse a directory whose model does not load (Keras safe mode) or cannot score an image."""
-    from .model import Classifier
+    """Refuse a directory whose model does not load or cannot score an image, in any runtime a worker
+    may use: Keras (safe mode) always, ONNX Runtime when the directory has model.onnx."""
+    from .model import ONNX_FILE, Classifier
 
-    try:
-        Classifier(model_dir)
-    except Exception as exc:  # anything Keras raises means the workers could not load it either
-        raise PromotionRefused(f"{model_dir}: the model does not load: {type(exc).__name__}: {exc}") from exc
+    runtimes = ["keras", "onnx"] if (model_dir / ONNX_FILE).exists() else ["keras"]
+    for runtime in runtimes:
+        try:
+            Classifier(model_dir, runtime=runtime)
+        except Exception as exc:  # anything the framework raises means the workers could not load it either
+            raise PromotionRefused(
+                f"{model_dir}: the model does not load ({runtime}): {type(exc).__name__}: {exc}"
+            ) from exc
 
 
 def check_labels(model_dir: Path, running_dir: Path) -> None:

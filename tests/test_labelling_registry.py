@@ -68,6 +68,10 @@ def test_promote_refuses_what_would_not_run(label_db: LabelDb, tmp_path: Path) -
     assert code != 0 and "labels" in out
     code, out = run_cli(label_db, "model", "promote", str(broken))
     assert code != 0 and "does not load" in out
+    broken_onnx = model_copy(tmp_path, "2026.12.3.4")
+    (broken_onnx / "model.onnx").write_bytes(b"not a model either")
+    code, out = run_cli(label_db, "model", "promote", str(broken_onnx))
+    assert code != 0 and "does not load (onnx)" in out
     code, out = run_cli(label_db, "model", "promote", str(good), "--by", "ci")
     assert code == 0 and "2026.12.3.1" in out
     code, out = run_cli(label_db, "model", "list")
