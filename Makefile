@@ -72,7 +72,7 @@ ALL_BACKGROUNDS = --backgrounds $(MODEL_WORK)/plasma --backgrounds $(MODEL_WORK)
 SYNTH = $(BIN)/processor synth --count 16000 --backgrounds $(MODEL_WORK)/unpacked/usr/share/backgrounds
 # The default model (issue #13): EfficientNet-Lite0 with its ImageNet weights (the offline port), blocks 12-15
 # and two heads fine-tuned at 144 px on the TORCS renders (exteriors, real geometry) and on generated indoor,
-# detail and `other` photos; banner threshold and position floor chosen on calibration data (photo crops,
+# detail and `other` photos and photo crops with banners; banner threshold and position floor chosen on calibration data (photo crops,
 # renders of three cars never trained on, generated indoor photos); model.onnx for ONNX Runtime, fp32 (int8
 # changed 5 % of decisions). About 1 h on 2 cores after the downloads.
 INDOOR_POSITIONS := --positions interior --positions dashboard --positions engine --positions trunk \
@@ -83,8 +83,10 @@ model: $(STAMP) ## retrain the default model in MODEL_WORK (/tmp/listing-model) 
 	$(MAKE) model-more-photos
 	$(MAKE) model-renders
 	$(BIN)/processor synth --out $(MODEL_WORK)/synth-indoor --count 5000 --seed 13 $(INDOOR_POSITIONS) $(RENDER_BG)
-	$(BIN)/processor train --data $(MODEL_WORK)/renders1 --data $(MODEL_WORK)/synth-indoor --out $(MODEL_WORK)/model \
-		--backbone efficientnet-lite0 --tune-from 12 --input-size 144 --epochs 5 --seed 13 --version $(MODEL_VERSION)
+	$(BIN)/processor synth --out $(MODEL_WORK)/synth-other --count 4000 --seed 14 --positions other $(RENDER_BG)
+	$(BIN)/processor train --data $(MODEL_WORK)/renders1 --data $(MODEL_WORK)/synth-indoor \
+		--data $(MODEL_WORK)/synth-other --out $(MODEL_WORK)/model --backbone efficientnet-lite0 --tune-from 12 \
+		--input-size 144 --epochs 5 --seed 13 --version $(MODEL_VERSION)
 	$(BIN)/processor synth --calibration-set --out $(MODEL_WORK)/calib --count 1000 --seed 21 $(RENDER_BG)
 	$(BIN)/processor synth --out $(MODEL_WORK)/calib-indoor --count 1000 --seed 22 $(INDOOR_POSITIONS) $(RENDER_BG)
 	$(BIN)/processor calibrate --model $(MODEL_WORK)/model $(CALIBRATION_SETS) --write --position-floor 0.9
