@@ -168,18 +168,13 @@ def fit_transfer(p: Prepared, opts: TrainOptions) -> Any:
         name="heads",
     )
     heads.compile(optimizer=keras.optimizers.Adam(1e-3), **COMPILE)
-    tr, val = p.train_idx, p.val_idx
-    twice = np.concatenate([tr, tr])
-    heads.fit(
-        np.concatenate([feats[tr], mirrored[tr]]),
-        {"banner": p.y_banner[twice], "position": p.y_position[twice]},
-        sample_weight={head: w[twice] for head, w in p.weights.items()},
-        validation_data=(feats[val], {"banner": p.y_banner[val], "position": p.y_position[val]}),
-        epochs=opts.epochs,
-        batch_size=64,
-        verbose=opts.verbose,
-        shuffle=True,
-        callbacks=[keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True)],
+    _fit_on_features(
+        heads,
+        p,
+        opts,
+        feats,
+        mirrored[p.train_idx],
+        [keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True)],
     )
     return keras.Model(extractor.input, heads(extractor.output), name=f"listing_image_{opts.backbone}")
 
@@ -219,17 +214,37 @@ def fit_tuned(p: Prepared, opts: TrainOptions) -> Any:
     def features(x: NDArray[np.uint8]) -> NDArray[np.float32]:
         return np.asarray(extractor.predict(x, batch_size=64, verbose=opts.verbose), dtype=np.float32)
 
-    tr, val = p.train_idx, p.val_idx
     feats = features(p.x)
-    augmented = features(_augmented(p.x[tr], opts.seed))
+    augmented = features(_augmented(p.x[p.train_idx], opts.seed))
     top = _tuned_top(feats.shape[1:], opts.tune_from, len(p.positions))
     for layer in top.layers:
         if layer.name in start:
             layer.set_weights(start[layer.name])
     top.compile(optimizer=keras.optimizers.Adam(learning_rate), **COMPILE)
+    callbacks = [
+        keras.callbacks.EarlyStopping(patience=3, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(patience=1, factor=0.3),
+    ]
+    _fit_on_features(top, p, opts, feats, augmented, callbacks)
+    shipped = _tuned_top(feats.shape[1:], opts.tune_from, len(p.positions))  # no optimizer state inside
+    shipped.set_weights(top.get_weights())
+    return keras.Model(inputs, shipped(below), name="listing_image_lite0_tuned")
+
+
+def _fit_on_features(
+    model: Any,
+    p: Prepared,
+    opts: TrainOptions,
+    feats: NDArray[np.float32],
+    copies: NDArray[np.float32],
+    callbacks: list[Any],
+) -> None:
+    """Fit on the training split's features plus one more (mirrored or augmented) copy of each; validate
+    on the validation split's."""
+    tr, val = p.train_idx, p.val_idx
     twice = np.concatenate([tr, tr])
-    top.fit(
-        np.concatenate([feats[tr], augmented]),
+    model.fit(
+        np.concatenate([feats[tr], copies]),
         {"banner": p.y_banner[twice], "position": p.y_position[twice]},
         sample_weight={head: w[twice] for head, w in p.weights.items()},
         validation_data=(feats[val], {"banner": p.y_banner[val], "position": p.y_position[val]}),
@@ -237,14 +252,8 @@ def fit_tuned(p: Prepared, opts: TrainOptions) -> Any:
         batch_size=64,
         verbose=opts.verbose,
         shuffle=True,
-        callbacks=[
-            keras.callbacks.EarlyStopping(patience=3, restore_best_weights=True),
-            keras.callbacks.ReduceLROnPlateau(patience=1, factor=0.3),
-        ],
+        callbacks=callbacks,
     )
-    shipped = _tuned_top(feats.shape[1:], opts.tune_from, len(p.positions))  # no optimizer state inside
-    shipped.set_weights(top.get_weights())
-    return keras.Model(inputs, shipped(below), name="listing_image_lite0_tuned")
 
 
 def _tuned_top(shape: tuple[int, ...], tune_from: int, positions: int) -> Any:
