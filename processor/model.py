@@ -100,12 +100,13 @@ def _onnx_call(path: Path) -> Any:
 
 def choose_runtime(model_dir: Path, runtime: str = "auto") -> str:
     """``keras`` or ``onnx`` for this directory: ``auto`` is ONNX Runtime where model.onnx and the
-    onnxruntime package are both there."""
+    onnxruntime package are both there, unless another Keras backend was chosen (KERAS_BACKEND=jax on a
+    GPU host): then Keras."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime {runtime!r}: choose from {RUNTIMES}")
     if runtime != "auto":
         return runtime
-    if not (model_dir / ONNX_FILE).exists():
+    if not (model_dir / ONNX_FILE).exists() or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
         return "keras"
     try:
         import onnxruntime  # noqa: F401

@@ -66,8 +66,8 @@ class Settings(BaseSettings):
     banner_threshold: float | None = Field(None, description="Override the model's banner threshold.")
     inference_runtime: Literal["auto", "keras", "onnx"] = Field(
         "auto",
-        description="auto: ONNX Runtime where the model directory has model.onnx (CPU hosts), else Keras; "
-        "keras for GPU hosts (any Keras backend, e.g. KERAS_BACKEND=jax).",
+        description="auto: ONNX Runtime where the model directory has model.onnx (CPU hosts) and KERAS_BACKEND is "
+        "unset or tensorflow, else Keras (GPU hosts: KERAS_BACKEND=jax).",
     )
     follow_registry: bool = Field(
         True, description="Load the model promoted in Postgres (processor model promote) without a restart."

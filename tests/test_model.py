@@ -226,3 +226,11 @@ def test_onnx_runtime_scores_like_keras_and_int8_records_its_agreement(tmp_path:
     assert (model / ONNX_FILE).stat().st_size < 0.5 * (model / "model.keras").stat().st_size
     with pytest.raises(ValueError, match="runtime"):
         Classifier(model, runtime="tflite")
+
+
+def test_auto_runtime_leaves_other_keras_backends_to_keras(monkeypatch: pytest.MonkeyPatch) -> None:
+    from processor.model import choose_runtime
+
+    assert choose_runtime(DEFAULT_MODEL_DIR) == "onnx"  # the shipped model has model.onnx
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    assert choose_runtime(DEFAULT_MODEL_DIR) == "keras" and choose_runtime(DEFAULT_MODEL_DIR, "onnx") == "onnx"
