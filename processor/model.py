@@ -4,7 +4,7 @@
 prediction per image, or raises; it is called from a worker thread.
 
 Two runtimes run the same model: Keras (any backend; the one for GPU hosts, e.g. JAX) and ONNX Runtime
-on the ``model.onnx`` that ``processor export-onnx`` writes beside model.keras (1.4-1.6x faster on CPUs,
+on the ``model.onnx`` that ``processor export-onnx`` writes beside model.keras (about 2x faster on CPUs,
 and int8 where the model was quantized). ``runtime="auto"`` takes ONNX Runtime when the file is there
 and the package is installed.
 """
