@@ -164,3 +164,143 @@ def export(settings: Settings, config: LabelConfig, out: Path, holdout_percent: 
     )
     for image_id, why in sorted(summary.failed.items())[:20]:
         click.echo(f"  failed {image_id!r}: {why}", err=True)
+
+
+@label.command(name="import")
+@click.option(
+    "--folder",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=None,
+    help="Queue every image under this folder (listing: its sub-folder).",
+)
+@click.option(
+    "--manifest",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="Queue a CSV's rows: image_id, listing_id (or car_id), and url or file.",
+)
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=None,
+    help="Folder the manifest's file column is relative to.",
+)
+@click.option("--labellers", type=click.IntRange(1), default=None, help="Labellers per image (default: K and N).")
+@click.option(
+    "--second-share",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of images (by id hash) that need two agreeing labellers (with --labellers 1).",
+)
+@label_options
+@settings_options
+def import_command(
+    settings: Settings,
+    config: LabelConfig,
+    folder: Path | None,
+    manifest: Path | None,
+    root: Path | None,
+    labellers: int | None,
+    second_share: float,
+) -> None:
+    """Add a folder or a manifest of photos to the labelling queue (a new team's first step)."""
+    from .importing import ManifestError, Overlap, import_rows, register_dir, rows_from_folder, rows_from_manifest
+
+    if (folder is None) == (manifest is None):
+        raise click.UsageError("give --folder or --manifest")
+    try:
+        rows = rows_from_folder(folder) if folder is not None else rows_from_manifest(manifest, root)  # type: ignore[arg-type]
+    except ManifestError as exc:
+        raise click.ClickException(str(exc)) from None
+    local = (folder if folder is not None else root or Path()).resolve() if folder or root else None
+
+    async def work(pool: asyncpg.Pool) -> Any:
+        if local is not None:
+            await register_dir(pool, local)
+        return await import_rows(pool, rows, Overlap(labellers, second_share))
+
+    done = _with_pool(settings, config, work)
+    click.echo(
+        f"queued {done.added} images ({done.double} for two labellers); {done.already_queued} were queued already"
+    )
+
+
+@label.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@label_options
+@settings_options
+def agreement(settings: Settings, config: LabelConfig, as_json: bool) -> None:
+    """Agreement between labellers who answered the same images: Cohen's kappa per question."""
+    import json
+
+    from .agreement import pairwise
+
+    report = _with_pool(settings, config, pairwise)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    click.echo(f"images with two labels: {report.images}")
+    for question in report.questions:
+        click.echo(f"  {question.name:<9} agreement {question.observed:.3f}  Cohen's kappa {question.kappa:.3f}")
+    for (a, b), n in sorted(report.disagreements.items(), key=lambda kv: -kv[1])[:15]:
+        click.echo(f"  position {a} vs {b}: {n}")
+
+
+def _client_options(command: Command) -> Command:
+    options = [
+        click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="The labelling app."),
+        click.option("--user", "username", required=True, help="Your user name."),
+        click.option("--password-stdin", is_flag=True, help="Read the password from standard input."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@label.command()
+@_client_options
+@click.option("--count", default=16, show_default=True, help="Photos on the sheet.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Folder for sheets.")
+@click.option("--columns", default=4, show_default=True)
+@click.option("--cell-px", default=400, show_default=True, help="Width of one photo on the sheet.")
+def sheet(url: str, username: str, password_stdin: bool, count: int, out: Path, columns: int, cell_px: int) -> None:
+    """Claim a page of photos and write it as a numbered contact sheet (answer it with ``label submit``)."""
+    from .sheets import AppClient, claim_sheet
+
+    password = _read_password(password_stdin)
+
+    async def run() -> tuple[Path, int]:
+        async with AppClient(url) as client:
+            await client.sign_in(username, password)
+            return await claim_sheet(client, count, out, columns, cell_px)
+
+    path, n = asyncio.run(run())
+    click.echo(f"{n} photos: {path}" if n else "nothing left to label")
+
+
+@label.command()
+@_client_options
+@click.option("--sheet", "sheet_json", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True)
+@click.option("--answers", type=click.File(), required=True, help="Answer lines (see processor.labelling.sheets).")
+def submit(url: str, username: str, password_stdin: bool, sheet_json: Path, answers: Any) -> None:
+    """Send the answers to a contact sheet."""
+    from .sheets import AppClient, Sheet, SheetError, parse_answers
+
+    password = _read_password(password_stdin)
+    try:
+        parsed = parse_answers(answers.read(), Sheet.load(sheet_json))
+    except SheetError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    async def run() -> dict[str, Any]:
+        async with AppClient(url) as client:
+            await client.sign_in(username, password)
+            return await client.submit(parsed)
+
+    reply = asyncio.run(run())
+    click.echo(f"saved {reply['saved']} of {len(parsed)}")
+    for error in reply["errors"]:
+        click.echo(f"  {error['image_id']}: {error['error']}", err=True)
+    if reply["errors"]:
+        raise SystemExit(1)

@@ -66,7 +66,7 @@ async def export(
 ) -> ExportSummary:
     """Download every finally labelled image and write the folders; return the counts."""
     rows = await final_labels(pool)
-    proxy = ImageProxy(settings, cache_items=0, longest_px=1)
+    proxy = ImageProxy(settings, cache_items=0, longest_px=1, pool=pool)
     written: dict[str, list[dict[str, str]]] = {"train": [], "holdout": []}
     summary = ExportSummary()
     semaphore = asyncio.Semaphore(CONCURRENCY)

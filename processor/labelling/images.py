@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import io
 from collections import OrderedDict
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
+import asyncpg
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import NotAnImage, TooLarge
+from ..errors import BlockedUrl, FetchFailed, NotAnImage, TooLarge
 from ..fetch import Fetcher
 from ..settings import Settings
 
@@ -54,10 +57,23 @@ def image_format(data: bytes, max_pixels: int) -> str:
         raise NotAnImage(f"cannot decode the image: {exc}") from None
 
 
-class ImageProxy:
-    """Fetches, re-encodes and keeps the last ``cache_items`` images in memory; ``start()``, ``close()``."""
+def local_path(url: str, allowed: list[Path]) -> Path:
+    """The file a ``file:`` URL names, if it lies under an allowed folder; raise BlockedUrl otherwise."""
+    path = Path(unquote(urlsplit(url).path)).resolve()
+    if not any(path.is_relative_to(folder) for folder in allowed):
+        raise BlockedUrl("that file is not under a folder imported into the labelling app")
+    return path
 
-    def __init__(self, settings: Settings, cache_items: int, longest_px: int) -> None:
+
+class ImageProxy:
+    """Fetches, re-encodes and keeps the last ``cache_items`` images in memory; ``start()``, ``close()``.
+
+    ``file:`` URLs (from ``processor label import``) are read from disk, only under the folders an
+    import registered in ``pool``.
+    """
+
+    def __init__(self, settings: Settings, cache_items: int, longest_px: int, pool: asyncpg.Pool | None = None) -> None:
+        self._pool = pool
         self._settings = settings
         self._fetcher = Fetcher(settings)
         self._cache: OrderedDict[str, bytes] = OrderedDict()
@@ -72,7 +88,21 @@ class ImageProxy:
 
     async def fetch_original(self, url: str) -> bytes:
         """The source bytes, as the Fetcher allows (raise a ProcessorError subclass)."""
+        if url.startswith("file:"):
+            return await self._read_local(url)
         return (await self._fetcher.fetch(url)).data
+
+    async def _read_local(self, url: str) -> bytes:
+        from .importing import image_dirs
+
+        path = local_path(url, await image_dirs(self._pool) if self._pool is not None else [])
+        try:
+            size = path.stat().st_size
+            if size > self._settings.max_image_bytes:
+                raise TooLarge(f"file is {size} bytes, over the cap of {self._settings.max_image_bytes}")
+            return await asyncio.to_thread(path.read_bytes)
+        except OSError as exc:
+            raise FetchFailed(f"cannot read the imported file: {exc.strerror}") from None
 
     async def display(self, url: str) -> bytes:
         """A display JPEG of the image at ``url`` (raise a ProcessorError subclass)."""

@@ -68,6 +68,19 @@ MIGRATIONS = [  # append, never edit
     );
     CREATE INDEX IF NOT EXISTS label_answers_user ON label_answers (user_id, verdict);
     """,
+    # Imported photos (a folder or a manifest) and per-image consensus: an import can ask for one labeller
+    # on most images and two who must agree on a share of them (agreement figures); NULL: the app's K and N.
+    """
+    ALTER TABLE label_tasks DROP CONSTRAINT IF EXISTS label_tasks_reason_check;
+    ALTER TABLE label_tasks ADD CONSTRAINT label_tasks_reason_check
+        CHECK (reason IN ('banner', 'position', 'random', 'admin', 'import'));
+    ALTER TABLE label_tasks ADD COLUMN IF NOT EXISTS agree integer CHECK (agree >= 1);
+    ALTER TABLE label_tasks ADD COLUMN IF NOT EXISTS max_labellers integer CHECK (max_labellers >= agree);
+    CREATE TABLE IF NOT EXISTS label_image_dirs (
+        path text PRIMARY KEY,
+        added_at timestamptz NOT NULL DEFAULT now()
+    );
+    """,
 ]
 
 

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from .. import registry
 from ..settings import Settings
-from . import views_admin, views_auth, views_label
+from . import views_admin, views_api, views_auth, views_label
 from .config import LabelConfig
 from .images import ImageProxy
 from .schema import create_pool, migrate
@@ -48,11 +48,12 @@ def create_app(settings: Settings, config: LabelConfig) -> web.Application:
     app.add_routes(views_auth.routes)
     app.add_routes(views_label.routes)
     app.add_routes(views_admin.routes)
+    app.add_routes(views_api.routes)
     app.router.add_static("/static", STATIC_DIR)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         pool = await create_pool(settings.postgres_dsn, config.db_schema)
-        images = ImageProxy(settings, config.image_cache_items, config.display_px)
+        images = ImageProxy(settings, config.image_cache_items, config.display_px, pool)
         try:
             await migrate(pool)
             positions, threshold = model_labels(await model_dir_in_use(pool, settings), settings)

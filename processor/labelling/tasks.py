@@ -48,7 +48,7 @@ CLAIM = f"""
     WHERE t.status = 'open'
       AND NOT EXISTS (SELECT 1 FROM label_answers a WHERE a.image_id = t.image_id AND a.user_id = $1)
       AND t.votes + (SELECT count(*) FROM label_answers a WHERE a.image_id = t.image_id AND a.verdict IS NULL
-                     AND a.shown_at > now() - make_interval(secs => $2)) < $3
+                     AND a.shown_at > now() - make_interval(secs => $2)) < coalesce(t.max_labellers, $3)
     ORDER BY t.votes DESC, t.created_at, md5(t.image_id)
     LIMIT 1 FOR UPDATE SKIP LOCKED
 """
@@ -74,6 +74,28 @@ async def next_task(pool: asyncpg.Pool, user_id: int, config: LabelConfig) -> Ta
                 "INSERT INTO label_answers (image_id, user_id) VALUES ($1, $2)", row["image_id"], user_id
             )
     return _task(row)
+
+
+async def claim_batch(pool: asyncpg.Pool, user_id: int, config: LabelConfig, count: int) -> list[Task]:
+    """Up to ``count`` images for this person: those shown and not yet answered first, then new ones."""
+    async with pool.acquire() as conn, conn.transaction():
+        rows = list(
+            await conn.fetch(
+                f"SELECT {TASK_COLUMNS} FROM label_answers a JOIN label_tasks t USING (image_id) "
+                "WHERE a.user_id = $1 AND a.verdict IS NULL AND t.status = 'open' ORDER BY a.shown_at LIMIT $2",
+                user_id,
+                count,
+            )
+        )
+        while len(rows) < count:
+            row = await conn.fetchrow(CLAIM, user_id, float(config.assignment_ttl_s), config.max_labellers)
+            if row is None:
+                break
+            await conn.execute(
+                "INSERT INTO label_answers (image_id, user_id) VALUES ($1, $2)", row["image_id"], user_id
+            )
+            rows.append(row)
+    return [_task(r) for r in rows]
 
 
 async def task_url(pool: asyncpg.Pool, image_id: str) -> str | None:
@@ -109,7 +131,10 @@ async def _decide(conn: asyncpg.Connection, image_id: str, config: LabelConfig) 
     rows = await conn.fetch(
         "SELECT verdict, banner, position FROM label_answers WHERE image_id = $1 AND verdict IS NOT NULL", image_id
     )
-    outcome = decide([Vote(r["verdict"], r["banner"], r["position"]) for r in rows], config.agree, config.max_labellers)
+    task = await conn.fetchrow("SELECT agree, max_labellers FROM label_tasks WHERE image_id = $1", image_id)
+    agree = task["agree"] if task is not None and task["agree"] is not None else config.agree
+    most = task["max_labellers"] if task is not None and task["max_labellers"] is not None else config.max_labellers
+    outcome = decide([Vote(r["verdict"], r["banner"], r["position"]) for r in rows], agree, most)
     if outcome.status != "open":
         banner, position = outcome.label if outcome.label is not None else (None, None)
         await conn.execute(

@@ -1,0 +1,75 @@
+"""Agreement between labellers: Cohen's kappa per question over images that two people labelled.
+
+For each image with at least two labels, the first two (in answer order) form a pair; kappa is
+taken over all pairs, the two answers standing for "first" and "second" labeller. It corrects the
+raw agreement for the agreement expected by chance from how often each answer is given.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    """Agreement on one question."""
+
+    name: str
+    pairs: int
+    observed: float
+    kappa: float
+
+
+@dataclass
+class Report:
+    """Agreement over every doubly labelled image."""
+
+    images: int = 0
+    questions: list[Question] = field(default_factory=list)
+    disagreements: dict[tuple[str, str], int] = field(default_factory=dict)  # position pairs, sorted
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "questions": {q.name: {"pairs": q.pairs, "observed": q.observed, "kappa": q.kappa} for q in self.questions},
+            "position_disagreements": [
+                {"a": a, "b": b, "count": n} for (a, b), n in sorted(self.disagreements.items(), key=lambda kv: -kv[1])
+            ],
+        }
+
+
+def cohen_kappa(pairs: Sequence[tuple[Hashable, Hashable]]) -> tuple[float, float]:
+    """(observed agreement, kappa) of paired answers; kappa is 1.0 when chance agreement is already 1."""
+    if not pairs:
+        return float("nan"), float("nan")
+    n = len(pairs)
+    observed = sum(a == b for a, b in pairs) / n
+    first, second = Counter(a for a, _ in pairs), Counter(b for _, b in pairs)
+    expected = sum(first[k] * second[k] for k in first) / (n * n)
+    kappa = 1.0 if expected == 1 else (observed - expected) / (1 - expected)
+    return observed, kappa
+
+
+async def pairwise(pool: asyncpg.Pool) -> Report:
+    """Kappa for the banner and the position question over images with two or more labels."""
+    rows = await pool.fetch("""
+        SELECT image_id, banner, position FROM (
+            SELECT image_id, banner, position,
+                row_number() OVER (PARTITION BY image_id ORDER BY answered_at, user_id) AS k
+            FROM label_answers WHERE verdict = 'label') a
+        WHERE k <= 2 ORDER BY image_id, k""")
+    answers: dict[str, list[tuple[bool, str]]] = {}
+    for row in rows:
+        answers.setdefault(row["image_id"], []).append((row["banner"], row["position"]))
+    pairs = [(a[0], a[1]) for a in answers.values() if len(a) == 2]
+    report = Report(images=len(pairs))
+    for name, index in (("banner", 0), ("position", 1)):
+        observed, kappa = cohen_kappa([(x[index], y[index]) for x, y in pairs])
+        report.questions.append(Question(name, len(pairs), observed, kappa))
+    report.disagreements = dict(Counter(tuple(sorted((x[1], y[1]))) for x, y in pairs if x[1] != y[1]))  # type: ignore[misc]
+    return report
