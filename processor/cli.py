@@ -22,6 +22,7 @@ LAZY_COMMANDS = {
     "backfill": "processor.backfill:backfill",
     "dlq": "processor.redrive:dlq",
     "calibrate": "processor.ml.cli:calibrate",
+    "corpus": "processor.ml.corpus_cli:corpus",
     "demo": "processor.dev.cli:demo",
     "evaluate": "processor.ml.cli:evaluate",
     "export-onnx": "processor.ml.cli:export_onnx",

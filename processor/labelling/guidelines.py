@@ -12,18 +12,37 @@ import asyncpg
 
 MAX_CHARS = 50_000
 FIRST_VERSION = """\
-Answer two questions about each photo.
+Answer two questions about each photo: is there a banner, and what does the photo show.
 
-Banner: answer "yes" when anything was stamped on the photo after it was taken: prices, rates,
-phone numbers, dealer names or logos, stickers, frames, watermarks. Writing that is part of the
-car or the scene (a number plate, a badge on the car, a shop sign) is not a banner.
+BANNER: "yes" for any overlay a dealer or a site added to the photo, however small: price or
+finance banners, contact strips, phone numbers, dealer names or logos (a small corner logo
+counts), watermarks (even faint ones), stickers, frames, "sold" stamps. Not a banner: writing
+that is part of the scene (number plates, badges on the car, a shop sign, a sticker on the
+car's own window that was there when the photo was taken).
 
-Position: what the photo mostly shows. Front and rear are straight on; three-quarter views show
-the front (or rear) and one side. Interior is the cabin; dashboard is the driver's view of the
-instruments; engine, trunk and detail (a wheel, a light, a seat close up) are what they say.
-"Other" is anything that is not a car photo.
+POSITION: what the photo mostly shows.
+- front: the car head-on, bumper and grille centred, within about 20 degrees of straight ahead.
+- front_three_quarter: the front and one side both clearly visible (about 20-70 degrees).
+- side: the profile (about 70-110 degrees).
+- rear_three_quarter: the rear and one side (about 110-160 degrees).
+- rear: the tail head-on.
+- interior: the cabin: seats, door cards, headliner, rear bench, a cabin overview from a door
+  or from the back seat where the seats dominate.
+- dashboard: the front of the cabin as the subject: steering wheel, instrument cluster, centre
+  screen or console, gear lever; also the dash seen from the back seat.
+- engine: the engine bay with the bonnet open, or an engine close-up.
+- trunk: the open boot or load space, including a pickup's bed and a van's cargo area seen
+  from its open doors.
+- detail: a close-up of one exterior part: wheel, tyre, headlight, badge, mirror, damage.
+- other: no car as the subject: documents, keys, people, buildings, screenshots.
 
-Press "unsure" when you cannot tell after a good look; press "skip" when the photo does not load.
+Settled cases: a seat close-up is interior; a gear lever or a screen close-up is dashboard; a
+wheel is detail, never side; a whole car with a dent is its angle, a close-up of the dent is
+detail; a showroom with many cars and no single subject is other; a photo of a car on a
+screen or a brochure is other.
+
+Press "unsure" when you cannot tell after a good look (it goes to the admin); press "skip"
+when the photo does not load.
 """
 
 

@@ -1,0 +1,281 @@
+"""The real-photo corpus: a manifest with provenance and labels, the photos fetched from their sources,
+splits by car, and the train / calibration / test folders that ``processor train`` reads.
+
+The manifest (``data/real-photos/manifest.csv``) has one row per photo: where it comes from
+(repository, commit, path, the licence the repository states, SHA-256 of the original bytes), the
+car it shows (``car_id``), its labels as the labelling app's consensus decided them, and its split.
+Photo bytes are not in the project: ``fetch`` downloads each photo from its repository at its
+commit, checks the SHA-256, and stores a copy of at most ``STORE_PX`` on its longest side.
+Splits are by car (a hash of ``car_id``), never by photo, so no car is in two splits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import io
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from urllib.parse import quote
+
+import aiohttp
+from PIL import Image, ImageOps
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+MANIFEST = Path(__file__).resolve().parents[2] / "data" / "real-photos" / "manifest.csv"
+RAW_GITHUB = "https://raw.githubusercontent.com"
+STORE_PX = 1024
+STORE_QUALITY = 90
+SPLITS = (("train", 0.70), ("calibration", 0.80), ("test", 1.0))  # cumulative shares of cars
+
+
+@dataclass(frozen=True, slots=True)
+class Photo:
+    """One manifest row."""
+
+    image_id: str
+    car_id: str
+    split: str
+    position: str  # empty until labelled
+    banner: str  # "1", "0", or empty until labelled
+    labellers: str  # how many labellers agreed (or "admin" when the admin decided)
+    repo: str
+    commit: str
+    path: str
+    licence: str
+    sha256: str
+    width: int
+    height: int
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.position) and self.banner in ("0", "1")
+
+
+FIELDS = tuple(f.name for f in fields(Photo))
+
+
+def read_manifest(path: Path = MANIFEST) -> list[Photo]:
+    with path.open(newline="") as fh:
+        return [
+            Photo(**{**row, "width": int(row["width"]), "height": int(row["height"])})  # type: ignore[arg-type]
+            for row in csv.DictReader(fh)
+        ]
+
+
+def write_manifest(photos: Iterable[Photo], path: Path = MANIFEST) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(asdict(p) for p in sorted(photos, key=lambda p: (p.car_id, p.image_id)))
+
+
+def split_of(car_id: str) -> str:
+    """The split a car belongs to: fixed by a hash of its id, whatever else is in the corpus."""
+    bucket = int.from_bytes(hashlib.sha256(car_id.encode()).digest()[:8], "big") / 2**64
+    return next(name for name, upper in SPLITS if bucket < upper)
+
+
+def store_photo(data: bytes, out: Path) -> tuple[int, int]:
+    """Write ``data`` as a JPEG of at most STORE_PX (EXIF orientation applied); return the original size."""
+    with Image.open(io.BytesIO(data)) as img:
+        size = img.size
+        rgb = ImageOps.exif_transpose(img).convert("RGB")
+    rgb.thumbnail((STORE_PX, STORE_PX))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".part")
+    rgb.save(tmp, "JPEG", quality=STORE_QUALITY)
+    tmp.replace(out)
+    return size
+
+
+def photo_file(photos_dir: Path, photo: Photo) -> Path:
+    return photos_dir / f"{photo.image_id}.jpg"
+
+
+def source_url(photo: Photo, base_url: str = RAW_GITHUB) -> str:
+    """Where the original bytes are: the repository's file at the recorded commit."""
+    return f"{base_url.rstrip('/')}/{photo.repo}/{photo.commit}/{quote(photo.path)}"
+
+
+class SourceChanged(ValueError):
+    """The bytes at the source are not the ones the manifest recorded (SHA-256 differs)."""
+
+
+@dataclass
+class FetchReport:
+    """What ``fetch`` did."""
+
+    fetched: int = 0
+    present: int = 0
+    failed: dict[str, str] | None = None
+
+
+async def fetch(
+    photos: list[Photo],
+    out: Path,
+    base_url: str = RAW_GITHUB,
+    concurrency: int = 16,
+    progress: Callable[[], object] | None = None,
+) -> FetchReport:
+    """Download every photo not in ``out`` yet, check its SHA-256, and store it; failures are reported."""
+    report = FetchReport(failed={})
+    assert report.failed is not None
+    semaphore = asyncio.Semaphore(concurrency)
+    timeout = aiohttp.ClientTimeout(total=60, sock_connect=10)
+
+    async def one(session: aiohttp.ClientSession, photo: Photo) -> None:
+        target = photo_file(out, photo)
+        if await asyncio.to_thread(target.exists):
+            report.present += 1
+            return
+        async with semaphore:
+            try:
+                data = await _download(session, source_url(photo, base_url))
+                if hashlib.sha256(data).hexdigest() != photo.sha256:
+                    raise SourceChanged(f"SHA-256 of {photo.repo}:{photo.path} differs from the manifest")
+                await asyncio.to_thread(store_photo, data, target)
+                report.fetched += 1
+            except (aiohttp.ClientError, TimeoutError, SourceChanged, OSError) as exc:
+                report.failed[photo.image_id] = f"{type(exc).__name__}: {exc}"  # type: ignore[index]
+            finally:
+                if progress is not None:
+                    progress()
+
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await asyncio.gather(*(one(session, p) for p in photos))
+    return report
+
+
+async def _download(session: aiohttp.ClientSession, url: str) -> bytes:
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(4),
+        wait=wait_exponential(multiplier=0.5, max=8),
+        retry=retry_if_exception_type((aiohttp.ClientConnectionError, aiohttp.ServerTimeoutError, TimeoutError)),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            async with session.get(url) as resp:
+                resp.raise_for_status()
+                return await resp.read()
+    raise AssertionError("unreachable")
+
+
+def apply_labels(photos: list[Photo], labels: dict[str, tuple[str, str, str]]) -> list[Photo]:
+    """Photos with their labels from an export (image_id -> banner, position, labellers) and their split.
+
+    Photos without a final label keep an empty one (the admin discarded them, or they are not labelled yet).
+    """
+    return [
+        replace(p, banner=labels[p.image_id][0], position=labels[p.image_id][1], labellers=labels[p.image_id][2])
+        if p.image_id in labels
+        else replace(p, banner="", position="", labellers="")
+        for p in (replace(q, split=split_of(q.car_id)) for q in photos)
+    ]
+
+
+def read_export(export_dir: Path) -> dict[str, tuple[str, str, str]]:
+    """image_id -> (banner, position, decided by) from ``processor label export`` folders."""
+    labels: dict[str, tuple[str, str, str]] = {}
+    for part in ("train", "holdout"):
+        path = export_dir / part / "labels.csv"
+        if path.exists():
+            with path.open(newline="") as fh:
+                for row in csv.DictReader(fh):
+                    labels[row["image_id"]] = (row["banner"], row["position"], row["source"])
+    return labels
+
+
+def write_split_folders(photos: list[Photo], photos_dir: Path, out: Path) -> dict[str, Counter[str]]:
+    """``out/<split>/labels.csv`` (absolute file paths) for every labelled photo that is on disk."""
+    counts: dict[str, Counter[str]] = {}
+    for split, _ in SPLITS:
+        rows = [p for p in photos if p.split == split and p.labelled and photo_file(photos_dir, p).exists()]
+        folder = out / split
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / "labels.csv").open("w", newline="") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(("file", "banner", "position", "image_id", "car_id"))
+            for p in rows:
+                writer.writerow((str(photo_file(photos_dir, p).resolve()), p.banner, p.position, p.image_id, p.car_id))
+        counts[split] = Counter(p.position for p in rows)
+    return counts
+
+
+def check_splits(photos: list[Photo]) -> list[str]:
+    """Cars found in more than one split (empty when the corpus is sound)."""
+    seen: dict[str, set[str]] = {}
+    for p in photos:
+        seen.setdefault(p.car_id, set()).add(p.split)
+    return sorted(car for car, splits in seen.items() if len(splits) > 1)
+
+
+def dhash(path: Path) -> int:
+    """A 64-bit difference hash: near-identical photos (re-encoded, resized) differ in a few bits."""
+    with Image.open(path) as img:
+        small = img.convert("L").resize((9, 8), Image.Resampling.LANCZOS)
+    pixels = list(small.getdata())
+    bits = 0
+    for row in range(8):
+        for col in range(8):
+            bits = (bits << 1) | (pixels[row * 9 + col] > pixels[row * 9 + col + 1])
+    return bits
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A photo extracted from a source repository, before it joins the manifest."""
+
+    repo: str
+    commit: str
+    path: str
+    licence: str
+    file: Path
+
+
+def add_photos(
+    photos: list[Photo], candidates: list[Candidate], photos_dir: Path, car_per: str, near_bits: int = 4
+) -> tuple[list[Photo], Counter[str]]:
+    """The manifest with the new candidates stored in ``photos_dir``; duplicates (exact or near) are dropped.
+
+    ``car_per`` says how a source groups its photos: ``folder`` (one car per folder, as dealer sites
+    keep galleries) or ``photo`` (datasets of one photo per car).
+    """
+    hashes = [dhash(photo_file(photos_dir, p)) for p in photos if photo_file(photos_dir, p).exists()]
+    known = {p.sha256 for p in photos}
+    outcome: Counter[str] = Counter()
+    added = list(photos)
+    for c in candidates:
+        data = c.file.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        if sha in known:
+            outcome["duplicate"] += 1
+            continue
+        image_id = sha[:16]
+        target = photos_dir / f"{image_id}.jpg"
+        try:
+            width, height = store_photo(data, target)
+        except (OSError, ValueError, Image.DecompressionBombError):
+            outcome["unreadable"] += 1
+            continue
+        h = dhash(target)
+        if any((h ^ other).bit_count() <= near_bits for other in hashes):
+            target.unlink()
+            outcome["near_duplicate"] += 1
+            continue
+        group = c.path if car_per == "photo" else str(Path(c.path).parent)
+        car_id = f"{c.repo}:{group}"
+        known.add(sha)
+        hashes.append(h)
+        added.append(
+            Photo(
+                image_id, car_id, split_of(car_id), "", "", "", c.repo, c.commit, c.path, c.licence, sha, width, height
+            )
+        )
+        outcome["added"] += 1
+    return added, outcome

@@ -1,0 +1,171 @@
+"""``processor corpus ...``: fetch the real photos, queue them for labelling, take the labels back, write splits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from pathlib import Path
+
+import asyncpg
+import click
+
+from .corpus import (
+    MANIFEST,
+    RAW_GITHUB,
+    apply_labels,
+    check_splits,
+    photo_file,
+    read_export,
+    read_manifest,
+    write_manifest,
+    write_split_folders,
+)
+
+manifest_option = click.option(
+    "--manifest",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=MANIFEST,
+    show_default=True,
+    help="The corpus manifest.",
+)
+photos_option = click.option(
+    "--photos",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Folder of the fetched photos (<image_id>.jpg).",
+)
+
+
+@click.group()
+def corpus() -> None:
+    """The real-photo corpus: provenance and labels in a manifest, photos fetched from their sources."""
+
+
+@corpus.command(name="fetch")
+@manifest_option
+@photos_option
+@click.option("--base-url", default=RAW_GITHUB, show_default=True, help="Where <repo>/<commit>/<path> is served.")
+@click.option("--concurrency", default=16, show_default=True)
+def fetch_command(manifest: Path, photos: Path, base_url: str, concurrency: int) -> None:
+    """Download every photo of the manifest from its repository at its commit (SHA-256 checked)."""
+    from tqdm import tqdm
+
+    from .corpus import fetch
+
+    rows = read_manifest(manifest)
+    with tqdm(total=len(rows), unit="photo", desc="fetched") as bar:
+        report = asyncio.run(fetch(rows, photos, base_url, concurrency, lambda: bar.update()))
+    failed = report.failed or {}
+    click.echo(f"fetched {report.fetched}, already there {report.present}, failed {len(failed)}")
+    for image_id, why in sorted(failed.items())[:20]:
+        click.echo(f"  {image_id}: {why}", err=True)
+    if failed:
+        raise SystemExit(1)
+
+
+@corpus.command(name="queue")
+@manifest_option
+@photos_option
+@click.option("--second-share", default=0.25, show_default=True, help="Share of photos for a second labeller.")
+def queue_command(manifest: Path, photos: Path, second_share: float) -> None:
+    """Add the fetched photos to the labelling app's queue (one labeller each, two on a share)."""
+    from ..labelling.cli import _with_pool
+    from ..labelling.config import LabelConfig
+    from ..labelling.importing import Imported, ImportRow, Overlap, import_rows, register_dir
+    from ..settings import Settings
+
+    root = photos.resolve()
+    rows = [
+        ImportRow(p.image_id, p.car_id, photo_file(root, p).as_uri())
+        for p in read_manifest(manifest)
+        if photo_file(root, p).exists()
+    ]
+
+    async def work(pool: asyncpg.Pool) -> Imported:
+        await register_dir(pool, root)
+        return await import_rows(pool, rows, Overlap(1, second_share))
+
+    done = _with_pool(Settings(), LabelConfig(), work)
+    click.echo(f"queued {done.added} photos ({done.double} for two labellers); {done.already_queued} already queued")
+
+
+@corpus.command(name="apply-labels")
+@manifest_option
+@click.option("--export", "export_dir", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True)
+def apply_labels_command(manifest: Path, export_dir: Path) -> None:
+    """Write the labels of a ``processor label export`` into the manifest, and each car's split."""
+    photos = apply_labels(read_manifest(manifest), read_export(export_dir))
+    write_manifest(photos, manifest)
+    labelled = [p for p in photos if p.labelled]
+    click.echo(f"{len(labelled)} of {len(photos)} photos labelled")
+
+
+@corpus.command()
+@manifest_option
+@photos_option
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Folder to write.")
+def splits(manifest: Path, photos: Path, out: Path) -> None:
+    """Write train/, calibration/ and test/ (labels.csv each) for processor train / calibrate / evaluate."""
+    rows = read_manifest(manifest)
+    mixed = check_splits(rows)
+    if mixed:
+        raise click.ClickException(f"cars in two splits: {mixed[:5]}")
+    counts = write_split_folders(rows, photos, out)
+    for split, by_position in counts.items():
+        click.echo(f"{split}: {sum(by_position.values())} photos  {dict(sorted(by_position.items()))}")
+
+
+@corpus.command()
+@manifest_option
+@click.option("--json", "as_json", is_flag=True)
+def stats(manifest: Path, as_json: bool) -> None:
+    """Counts by split, position, banner, source and licence (the datasheet's figures)."""
+    rows = [p for p in read_manifest(manifest) if p.labelled]
+    report = {
+        "photos": len(rows),
+        "cars": len({p.car_id for p in rows}),
+        "sources": len({p.repo for p in rows}),
+        "by_split": {
+            s: {"photos": sum(p.split == s for p in rows), "cars": len({p.car_id for p in rows if p.split == s})}
+            for s in ("train", "calibration", "test")
+        },
+        "by_position": dict(Counter(p.position for p in rows).most_common()),
+        "banner": sum(p.banner == "1" for p in rows),
+        "by_licence": dict(Counter(p.licence for p in rows).most_common()),
+        "by_source": dict(Counter(p.repo for p in rows).most_common()),
+    }
+    click.echo(json.dumps(report, indent=2))
+
+
+@corpus.command(name="add")
+@manifest_option
+@photos_option
+@click.option(
+    "--provenance",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    required=True,
+    help="JSON lines: repo, commit, path, licence, file (relative to this file's folder).",
+)
+@click.option(
+    "--car-per",
+    type=click.Choice(["folder", "photo"]),
+    default="folder",
+    show_default=True,
+    help="How the source groups photos of one car.",
+)
+def add_command(manifest: Path, photos: Path, provenance: Path, car_per: str) -> None:
+    """Add photos extracted from a source repository (with their provenance) to the manifest."""
+    from .corpus import Candidate, add_photos
+
+    candidates = []
+    for line in provenance.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            candidates.append(
+                Candidate(row["repo"], row["commit"], row["path"], row["licence"], provenance.parent / row["file"])
+            )
+    existing = read_manifest(manifest) if manifest.exists() else []
+    rows, outcome = add_photos(existing, candidates, photos, car_per)
+    write_manifest(rows, manifest)
+    click.echo(f"{dict(outcome)}; manifest has {len(rows)} photos")
