@@ -16,7 +16,8 @@ Answer two questions about each photo: is there a banner, and what does the phot
 
 BANNER: "yes" for any overlay a dealer or a site added to the photo, however small: price or
 finance banners, contact strips, phone numbers, dealer names or logos (a small corner logo
-counts), watermarks (even faint ones), stickers, frames, "sold" stamps. Not a banner: writing
+counts), watermarks (even faint ones), stickers, frames, "sold" stamps, and stamps a camera or
+phone printed on the photo (a date, "shot on ..."). Not a banner: writing
 that is part of the scene (number plates, badges on the car, a shop sign, a sticker on the
 car's own window that was there when the photo was taken).
 
