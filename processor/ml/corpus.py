@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
+import numpy as np
 from PIL import Image, ImageOps
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -218,12 +219,10 @@ def check_splits(photos: list[Photo]) -> list[str]:
 def dhash(path: Path) -> int:
     """A 64-bit difference hash: near-identical photos (re-encoded, resized) differ in a few bits."""
     with Image.open(path) as img:
-        small = img.convert("L").resize((9, 8), Image.Resampling.LANCZOS)
-    pixels = list(small.getdata())
+        small = np.asarray(img.convert("L").resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
     bits = 0
-    for row in range(8):
-        for col in range(8):
-            bits = (bits << 1) | (pixels[row * 9 + col] > pixels[row * 9 + col + 1])
+    for brighter in (small[:, :-1] > small[:, 1:]).reshape(-1):
+        bits = (bits << 1) | int(brighter)
     return bits
 
 

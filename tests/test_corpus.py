@@ -1,0 +1,156 @@
+"""The real-photo corpus: adding sources, fetching from them, labels back from the app, splits by car."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import random
+from dataclasses import replace
+from pathlib import Path
+
+from aiohttp import web
+from click.testing import CliRunner
+from PIL import Image
+
+from processor.cli import main
+from processor.ml.corpus import (
+    Candidate,
+    Photo,
+    add_photos,
+    apply_labels,
+    check_splits,
+    fetch,
+    read_manifest,
+    split_of,
+    write_manifest,
+    write_split_folders,
+)
+
+
+def photo(seed: int, size: tuple[int, int] = (640, 480)) -> bytes:
+    rng = random.Random(seed)
+    img = Image.new("RGB", size)
+    img.putdata([tuple(rng.randrange(256) for _ in range(3)) for _ in range(size[0] * size[1] // 64)] * 64)  # type: ignore[misc]
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=92)
+    return out.getvalue()
+
+
+def source(tmp_path: Path, files: dict[str, bytes]) -> list[Candidate]:
+    root = tmp_path / "source"
+    out = []
+    for path, data in files.items():
+        local = root / path.replace("/", "__")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(data)
+        out.append(Candidate("dealer/site", "a" * 40, path, "MIT", local))
+    return out
+
+
+def test_add_drops_exact_and_near_duplicates_and_groups_cars_by_folder(tmp_path: Path) -> None:
+    first = photo(1)
+    resaved = io.BytesIO()
+    Image.open(io.BytesIO(first)).resize((600, 450)).save(resaved, "JPEG", quality=70)  # same photo, re-encoded
+    files = {
+        "cars/golf/1.jpg": first,
+        "cars/golf/2.jpg": photo(2),
+        "cars/polo/1.jpg": photo(3),
+        "cars/polo/copy.jpg": first,
+        "thumbs/golf-small.jpg": resaved.getvalue(),
+    }
+    photos, outcome = add_photos([], source(tmp_path, files), tmp_path / "photos", car_per="folder")
+    assert dict(outcome) == {"added": 3, "duplicate": 1, "near_duplicate": 1}
+    assert sorted(p.car_id for p in photos) == [
+        "dealer/site:cars/golf",
+        "dealer/site:cars/golf",
+        "dealer/site:cars/polo",
+    ]
+    for p in photos:
+        assert p.sha256 == hashlib.sha256(files[p.path]).hexdigest() and p.image_id == p.sha256[:16]
+        assert (tmp_path / "photos" / f"{p.image_id}.jpg").exists() and (p.width, p.height) == (640, 480)
+        assert p.split == split_of(p.car_id)
+    by_photo, _ = add_photos([], source(tmp_path, {"a/1.jpg": photo(1), "a/2.jpg": photo(2)}), tmp_path / "p2", "photo")
+    assert len({p.car_id for p in by_photo}) == 2
+
+
+def test_splits_are_by_car_stable_and_close_to_their_shares() -> None:
+    cars = [f"car-{i}" for i in range(3000)]
+    splits = [split_of(c) for c in cars]
+    assert splits == [split_of(c) for c in cars]
+    shares = {s: splits.count(s) / len(cars) for s in ("train", "calibration", "test")}
+    assert abs(shares["train"] - 0.7) < 0.03 and abs(shares["calibration"] - 0.1) < 0.02
+    row = Photo("i", "car-1", "train", "side", "0", "consensus", "r/r", "c" * 40, "p.jpg", "MIT", "s", 1, 1)
+    assert check_splits([row, row]) == []
+    assert check_splits([row, replace(row, image_id="j", split="test")]) == ["car-1"]
+
+
+async def test_fetch_downloads_from_the_commit_checks_sha256_and_skips_what_is_there(tmp_path: Path) -> None:
+    good, changed = photo(5), photo(6)
+    served = {"/dealer/site/" + "a" * 40 + "/cars/golf%201.jpg": good, "/dealer/site/" + "a" * 40 + "/x.jpg": changed}
+    hits: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        hits.append(request.raw_path)
+        body = served.get(request.raw_path)
+        return web.Response(body=body, content_type="image/jpeg") if body else web.Response(status=404)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+    def row(image_id: str, path: str, data: bytes) -> Photo:
+        sha = hashlib.sha256(data).hexdigest()
+        return Photo(image_id, "car", "train", "", "", "", "dealer/site", "a" * 40, path, "MIT", sha, 640, 480)
+
+    rows = [row("ok", "cars/golf 1.jpg", good), row("bad", "x.jpg", good), row("gone", "y.jpg", good)]
+    try:
+        report = await fetch(rows, tmp_path / "photos", base, concurrency=2)
+        assert report.fetched == 1 and set(report.failed or {}) == {"bad", "gone"}
+        assert "SHA-256" in (report.failed or {})["bad"]
+        with Image.open(tmp_path / "photos" / "ok.jpg") as img:
+            assert img.size == (640, 480)
+        before = len(hits)
+        again = await fetch(rows[:1], tmp_path / "photos", base)
+        assert again.present == 1 and len(hits) == before
+    finally:
+        await runner.cleanup()
+
+
+def test_labels_from_an_export_fill_the_manifest_and_the_split_folders(tmp_path: Path) -> None:
+    photos_dir = tmp_path / "photos"
+    files = {f"cars/{car}/{i}.jpg": photo(10 * car + i) for car in range(6) for i in range(2)}
+    rows, _ = add_photos([], source(tmp_path, files), photos_dir, "folder")
+    export = tmp_path / "export" / "train"
+    export.mkdir(parents=True)
+    with (export / "labels.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(("file", "banner", "position", "image_id", "listing_id", "source", "reason"))
+        for p in rows[:-1]:  # the last one was discarded by the admin
+            writer.writerow(("images/x.jpg", "1", "side", p.image_id, p.car_id, "consensus", "import"))
+    manifest = tmp_path / "manifest.csv"
+    write_manifest(rows, manifest)
+    runner = CliRunner()
+    applied = runner.invoke(
+        main, ["corpus", "apply-labels", "--manifest", str(manifest), "--export", str(export.parent)]
+    )
+    assert applied.exit_code == 0, applied.output
+    labelled = read_manifest(manifest)
+    assert sum(p.labelled for p in labelled) == len(rows) - 1
+    counts = write_split_folders(labelled, photos_dir, tmp_path / "splits")
+    assert sum(sum(c.values()) for c in counts.values()) == len(rows) - 1
+    cars_by_split: dict[str, set[str]] = {}
+    for split in ("train", "calibration", "test"):
+        with (tmp_path / "splits" / split / "labels.csv").open() as fh:
+            for r in csv.DictReader(fh):
+                assert Path(r["file"]).is_file() and r["position"] == "side"
+                cars_by_split.setdefault(r["car_id"], set()).add(split)
+    assert all(len(s) == 1 for s in cars_by_split.values())
+    stats = runner.invoke(main, ["corpus", "stats", "--manifest", str(manifest), "--json"])
+    assert json.loads(stats.output)["photos"] == len(rows) - 1
+    assert apply_labels(labelled, {})[0].position == ""
