@@ -154,3 +154,11 @@ def test_labels_from_an_export_fill_the_manifest_and_the_split_folders(tmp_path:
     stats = runner.invoke(main, ["corpus", "stats", "--manifest", str(manifest), "--json"])
     assert json.loads(stats.output)["photos"] == len(rows) - 1
     assert apply_labels(labelled, {})[0].position == ""
+
+
+def test_a_pattern_names_the_car_in_a_path_else_its_folder_or_file() -> None:
+    from processor.ml.corpus import car_of
+
+    assert car_of("images/train/9808053-hyundai-minor_scratch.rf.1.jpg", "photo", r"/(\d{5,})-") == "9808053"
+    assert car_of("images/train/front.jpg", "photo", r"/(\d{5,})-") == "images/train/front.jpg"
+    assert car_of("cars/golf/1.jpg", "folder") == "cars/golf"

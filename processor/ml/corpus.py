@@ -15,6 +15,7 @@ import asyncio
 import csv
 import hashlib
 import io
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields, replace
@@ -237,14 +238,24 @@ class Candidate:
     file: Path
 
 
-def add_photos(
-    photos: list[Photo], candidates: list[Candidate], photos_dir: Path, car_per: str, near_bits: int = 4
-) -> tuple[list[Photo], Counter[str]]:
-    """The manifest with the new candidates stored in ``photos_dir``; duplicates (exact or near) are dropped.
+def car_of(path: str, car_per: str, pattern: str | None = None) -> str:
+    """The car a source's file shows: the first group of ``pattern`` that matched the path, else its folder
+    (``car_per`` folder: dealer sites keep one gallery per car) or the file (``photo``: one photo per car)."""
+    found = re.search(pattern, path) if pattern else None
+    if found and any(found.groups()):
+        return next(g for g in found.groups() if g)
+    return path if car_per == "photo" else str(Path(path).parent)
 
-    ``car_per`` says how a source groups its photos: ``folder`` (one car per folder, as dealer sites
-    keep galleries) or ``photo`` (datasets of one photo per car).
-    """
+
+def add_photos(
+    photos: list[Photo],
+    candidates: list[Candidate],
+    photos_dir: Path,
+    car_per: str,
+    pattern: str | None = None,
+    near_bits: int = 4,
+) -> tuple[list[Photo], Counter[str]]:
+    """The manifest with the new candidates stored in ``photos_dir``; duplicates (exact or near) are dropped."""
     hashes = [dhash(photo_file(photos_dir, p)) for p in photos if photo_file(photos_dir, p).exists()]
     known = {p.sha256 for p in photos}
     outcome: Counter[str] = Counter()
@@ -267,8 +278,7 @@ def add_photos(
             target.unlink()
             outcome["near_duplicate"] += 1
             continue
-        group = c.path if car_per == "photo" else str(Path(c.path).parent)
-        car_id = f"{c.repo}:{group}"
+        car_id = f"{c.repo}:{car_of(c.path, car_per, pattern)}"
         known.add(sha)
         hashes.append(h)
         added.append(

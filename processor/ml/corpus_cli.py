@@ -154,7 +154,8 @@ def stats(manifest: Path, as_json: bool) -> None:
     show_default=True,
     help="How the source groups photos of one car.",
 )
-def add_command(manifest: Path, photos: Path, provenance: Path, car_per: str) -> None:
+@click.option("--car-pattern", default=None, help="A regular expression whose first group names the car in a path.")
+def add_command(manifest: Path, photos: Path, provenance: Path, car_per: str, car_pattern: str | None) -> None:
     """Add photos extracted from a source repository (with their provenance) to the manifest."""
     from .corpus import Candidate, add_photos
 
@@ -166,6 +167,6 @@ def add_command(manifest: Path, photos: Path, provenance: Path, car_per: str) ->
                 Candidate(row["repo"], row["commit"], row["path"], row["licence"], provenance.parent / row["file"])
             )
     existing = read_manifest(manifest) if manifest.exists() else []
-    rows, outcome = add_photos(existing, candidates, photos, car_per)
+    rows, outcome = add_photos(existing, candidates, photos, car_per, car_pattern)
     write_manifest(rows, manifest)
     click.echo(f"{dict(outcome)}; manifest has {len(rows)} photos")
