@@ -25,6 +25,7 @@ LAZY_COMMANDS = {
     "corpus": "processor.ml.corpus_cli:corpus",
     "demo": "processor.dev.cli:demo",
     "evaluate": "processor.ml.cli:evaluate",
+    "evaluate-real": "processor.ml.cli:evaluate_real",
     "export-onnx": "processor.ml.cli:export_onnx",
     "real-cars": "processor.ml.cli:real_cars",
     "render": "processor.ml.cli:render",

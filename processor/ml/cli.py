@@ -311,3 +311,33 @@ def export_onnx(model_dir: Path, calibration: tuple[Path, ...], int8: bool, imag
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     click.echo(json.dumps(run_export(model_dir, calibration, int8=int8, images=images), indent=2))
+
+
+@click.command("evaluate-real")
+@click.option(
+    "--model",
+    "model_dirs",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    multiple=True,
+    required=True,
+    help="Model directory (repeatable: models side by side on the same photos).",
+)
+@_data_option("A split folder from processor corpus splits (labels.csv with car_id).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the reports here.")
+def evaluate_real(model_dirs: tuple[Path, ...], data: Path, json_out: Path | None) -> None:
+    """Real-photo figures: positions (per class, exterior, called other), banners, calibration, heroes."""
+    from .realeval import real_report
+
+    reports = [real_report(m, data) for m in model_dirs]
+    if json_out is not None:
+        json_out.write_text(json.dumps(reports, indent=2) + "\n")
+    for r in reports:
+        p, b, h = r["position"], r["banner"], r["heroes"]
+        click.echo(
+            f"{r['model']['name']} {r['model']['version']} on {r['photos']} photos of {r['cars']} cars: "
+            f"positions {p['accuracy']:.3f}, exterior {p['exterior_accuracy']}, car photos called other "
+            f"{p['car_photos_called_other']}, ECE {p['calibration_error']}; overlays found {b['overlays_found']}, "
+            f"false alarms {b['false_alarms']}; exterior heroes {h['exterior_banner_free_hero']}/{h['listings']}"
+        )
+        recalls = ", ".join(f"{k} {v['recall']:.2f}" for k, v in p["per_class"].items() if v.get("support"))
+        click.echo(f"  recall: {recalls}")
