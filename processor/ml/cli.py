@@ -264,6 +264,13 @@ def real_cars(out: Path, roots: tuple[Path, ...], no_car: tuple[Path, ...]) -> N
     default=None,
     help="efficientnet-lite0: also train its blocks from this index (1-15) on, from the ImageNet weights.",
 )
+@click.option(
+    "--validation",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="Validate on this labelled set (e.g. the corpus's calibration split) instead of a random eighth.",
+)
+@click.option("--balance-positions", is_flag=True, help="Weigh every position class alike (inverse frequency).")
 def train(
     data: tuple[Path, ...],
     out: Path,
@@ -275,6 +282,8 @@ def train(
     backbone: str,
     backbone_weights: str | None,
     tune_from: int | None,
+    validation: Path | None,
+    balance_positions: bool,
 ) -> None:
     """Train a model directory from labelled images."""
     from .train import TrainOptions
@@ -290,6 +299,8 @@ def train(
         backbone=backbone,
         backbone_weights=backbone_weights,
         tune_from=tune_from,
+        validation=validation,
+        balance_positions=balance_positions,
     )
     meta = run_training(data, out, options)
     click.echo(json.dumps(meta["metrics"], indent=2))

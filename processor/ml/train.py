@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -44,6 +45,8 @@ class TrainOptions:
     backbone: str = "cnn"
     backbone_weights: str | None = None
     tune_from: int | None = None  # efficientnet-lite0: train its blocks from this index on, not only heads
+    validation: Path | None = None  # validate (early stopping, banner threshold) on this set, not a random eighth
+    balance_positions: bool = False  # weigh each position class alike (inverse frequency, capped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +91,23 @@ def train(data: Path | Sequence[Path], out: Path, options: TrainOptions | None =
     return write_model_dir(model, prepared, sources, out, opts)
 
 
+MAX_CLASS_WEIGHT = 10.0
+
+
+def position_weights(positions: list[str], train_idx: NDArray[np.int64]) -> NDArray[np.float32]:
+    """Inverse-frequency weights over the training split (mean 1 there, at most MAX_CLASS_WEIGHT); 0 if unknown."""
+    counts = Counter(positions[i] for i in train_idx if positions[i] != NO_POSITION)
+    total, classes = sum(counts.values()), len(counts)
+    weight = {c: min(MAX_CLASS_WEIGHT, total / (classes * n)) for c, n in counts.items()}
+    return np.array([weight.get(p, 0.0) for p in positions], dtype=np.float32)
+
+
 def prepare(sources: Sequence[Path], opts: TrainOptions) -> Prepared:
-    """Read and decode the labelled sets; split off an eighth for validation; balance the banner classes."""
+    """Read and decode the labelled sets; validate on ``opts.validation`` or a random eighth; balance classes."""
     items = [item for source in sources for item in read_labels(source)]
+    n_train = len(items)
+    if opts.validation is not None:
+        items += read_labels(opts.validation)
     positions = tuple(sorted({i.position for i in items if i.position != NO_POSITION})) or ("other",)
     size = (opts.input_size, opts.input_size)
     initialized_from = None
@@ -101,10 +118,19 @@ def prepare(sources: Sequence[Path], opts: TrainOptions) -> Prepared:
             raise ValueError(f"--init {opts.init}: positions {sorted(unknown)} unknown to it")
         positions, size, initialized_from = info.positions, info.input_size, f"{info.name} {info.version}"
     y_banner = np.array([i.banner for i in items], dtype=np.float32)
-    order = list(range(len(items)))
+    order = list(range(n_train))
     random.Random(opts.seed).shuffle(order)
-    n_val = max(1, len(order) // 8)
-    val, tr = np.array(order[:n_val]), np.array(order[n_val:])
+    if opts.validation is not None:
+        val, tr = np.arange(n_train, len(items)), np.array(order)
+    else:
+        n_val = max(1, len(order) // 8)
+        val, tr = np.array(order[:n_val]), np.array(order[n_val:])
+    known = [i.position if i.position in positions else NO_POSITION for i in items]
+    position_weight = (
+        position_weights(known, tr)
+        if opts.balance_positions
+        else np.array([1.0 if p != NO_POSITION else 0.0 for p in known], dtype=np.float32)
+    )
     share = float(y_banner[tr].mean())  # class balancing: both banner classes weigh half
     banner_weight = np.where(y_banner == 1, 0.5 / max(share, 1e-3), 0.5 / max(1 - share, 1e-3)).astype(np.float32)
     return Prepared(
@@ -116,7 +142,7 @@ def prepare(sources: Sequence[Path], opts: TrainOptions) -> Prepared:
         y_position=np.array([positions.index(i.position) if i.position in positions else 0 for i in items]),
         weights={
             "banner": banner_weight,
-            "position": np.array([1.0 if i.position in positions else 0.0 for i in items], dtype=np.float32),
+            "position": position_weight,
         },
         train_idx=tr,
         val_idx=val,
@@ -321,6 +347,8 @@ def write_model_dir(model: Any, p: Prepared, sources: Sequence[Path], out: Path,
         "banner_threshold": threshold,
         "training": {
             "data": [str(source) for source in sources],
+            "validation": str(opts.validation) if opts.validation is not None else "a random eighth of the data",
+            "balance_positions": opts.balance_positions,
             "initialized_from": p.initialized_from,
             "data_hash": data_hash(p.items),
             "images": len(p.items),
