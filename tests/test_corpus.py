@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import random
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -87,8 +88,12 @@ def test_splits_are_by_car_stable_and_close_to_their_shares() -> None:
 
 
 async def test_fetch_downloads_from_the_commit_checks_sha256_and_skips_what_is_there(tmp_path: Path) -> None:
-    good, changed = photo(5), photo(6)
-    served = {"/dealer/site/" + "a" * 40 + "/cars/golf%201.jpg": good, "/dealer/site/" + "a" * 40 + "/x.jpg": changed}
+    good, changed, zipped = photo(5), photo(6), photo(7)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("set/1.jpg", zipped)
+    root = "/dealer/site/" + "a" * 40
+    served = {f"{root}/cars/golf%201.jpg": good, f"{root}/x.jpg": changed, f"{root}/data/set.zip": archive.getvalue()}
     hits: list[str] = []
 
     async def handler(request: web.Request) -> web.Response:
@@ -108,10 +113,17 @@ async def test_fetch_downloads_from_the_commit_checks_sha256_and_skips_what_is_t
         sha = hashlib.sha256(data).hexdigest()
         return Photo(image_id, "car", "train", "", "", "", "dealer/site", "a" * 40, path, "MIT", sha, 640, 480)
 
-    rows = [row("ok", "cars/golf 1.jpg", good), row("bad", "x.jpg", good), row("gone", "y.jpg", good)]
+    rows = [
+        row("ok", "cars/golf 1.jpg", good),
+        row("bad", "x.jpg", good),
+        row("gone", "y.jpg", good),
+        row("zipped", "data/set.zip!/set/1.jpg", zipped),
+        row("not-in-zip", "data/set.zip!/set/2.jpg", zipped),
+    ]
     try:
         report = await fetch(rows, tmp_path / "photos", base, concurrency=2)
-        assert report.fetched == 1 and set(report.failed or {}) == {"bad", "gone"}
+        assert report.fetched == 2 and set(report.failed or {}) == {"bad", "gone", "not-in-zip"}
+        assert hits.count(f"{root}/data/set.zip") == 1  # one download for both members
         assert "SHA-256" in (report.failed or {})["bad"]
         with Image.open(tmp_path / "photos" / "ok.jpg") as img:
             assert img.size == (640, 480)

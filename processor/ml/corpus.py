@@ -16,6 +16,7 @@ import csv
 import hashlib
 import io
 import re
+import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields, replace
@@ -99,9 +100,18 @@ def photo_file(photos_dir: Path, photo: Photo) -> Path:
     return photos_dir / f"{photo.image_id}.jpg"
 
 
+ARCHIVE_SEPARATOR = "!/"  # "data/set.zip!/img/1.jpg": a member of a zip file the repository holds
+
+
 def source_url(photo: Photo, base_url: str = RAW_GITHUB) -> str:
-    """Where the original bytes are: the repository's file at the recorded commit."""
-    return f"{base_url.rstrip('/')}/{photo.repo}/{photo.commit}/{quote(photo.path)}"
+    """Where the original bytes are: the repository's file (or the zip file holding it) at the recorded commit."""
+    path = photo.path.split(ARCHIVE_SEPARATOR, 1)[0]
+    return f"{base_url.rstrip('/')}/{photo.repo}/{photo.commit}/{quote(path)}"
+
+
+def zip_member(archive: bytes, member: str) -> bytes:
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        return zf.read(member)
 
 
 class SourceChanged(ValueError):
@@ -130,6 +140,20 @@ async def fetch(
     semaphore = asyncio.Semaphore(concurrency)
     timeout = aiohttp.ClientTimeout(total=60, sock_connect=10)
 
+    archives: dict[str, asyncio.Task[bytes]] = {}  # one download per zip file, shared by its members
+
+    async def original(session: aiohttp.ClientSession, photo: Photo) -> bytes:
+        url = source_url(photo, base_url)
+        if ARCHIVE_SEPARATOR not in photo.path:
+            return await _download(session, url)
+        if url not in archives:
+            archives[url] = asyncio.ensure_future(_download(session, url))
+        member = photo.path.split(ARCHIVE_SEPARATOR, 1)[1]
+        try:
+            return await asyncio.to_thread(zip_member, await asyncio.shield(archives[url]), member)
+        except (zipfile.BadZipFile, KeyError) as exc:
+            raise SourceChanged(f"{photo.repo}:{photo.path}: {exc}") from None
+
     async def one(session: aiohttp.ClientSession, photo: Photo) -> None:
         target = photo_file(out, photo)
         if await asyncio.to_thread(target.exists):
@@ -137,7 +161,7 @@ async def fetch(
             return
         async with semaphore:
             try:
-                data = await _download(session, source_url(photo, base_url))
+                data = await original(session, photo)
                 if hashlib.sha256(data).hexdigest() != photo.sha256:
                     raise SourceChanged(f"SHA-256 of {photo.repo}:{photo.path} differs from the manifest")
                 await asyncio.to_thread(store_photo, data, target)
