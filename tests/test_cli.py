@@ -79,7 +79,10 @@ async def test_stack_workers_and_produce_as_separate_processes(
 
 def test_demo_accounts_for_every_event() -> None:
     done = subprocess.run(
-        [*PROCESSOR, "demo", "--images", "60", "--listings", "6", "--json"], capture_output=True, text=True, timeout=300
+        [*PROCESSOR, "demo", "--images", "60", "--listings", "6", "--json", "--generated"],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)

@@ -174,3 +174,20 @@ def test_a_pattern_names_the_car_in_a_path_else_its_folder_or_file() -> None:
     assert car_of("images/train/9808053-hyundai-minor_scratch.rf.1.jpg", "photo", r"/(\d{5,})-") == "9808053"
     assert car_of("images/train/front.jpg", "photo", r"/(\d{5,})-") == "images/train/front.jpg"
     assert car_of("cars/golf/1.jpg", "folder") == "cars/golf"
+
+
+async def test_the_demo_streams_whole_real_listings_with_their_labels(tmp_path: Path) -> None:
+    from processor.dev.demo import real_listings
+
+    files = {f"cars/{car}/{i}.jpg": photo(100 * car + i) for car in range(4) for i in range(5 if car < 3 else 2)}
+    rows, _ = add_photos([], source(tmp_path, files), tmp_path / "photos", "folder")
+    labels = {p.image_id: ("1" if p.path.endswith("0.jpg") else "0", "side", "consensus") for p in rows}
+    manifest = tmp_path / "manifest.csv"
+    write_manifest(apply_labels(rows, labels), manifest)
+    real = await real_listings(tmp_path / "photos", 8, lambda _msg: None, manifest)
+    assert real is not None
+    catalogue, blobs = real
+    assert len(catalogue) == 2 and all(len(listing.photos) >= 4 for listing in catalogue)  # whole cars, 4+ photos
+    assert {name for listing in catalogue for name, _, _ in listing.photos} == set(blobs)
+    assert all(position == "side" for listing in catalogue for _, position, _ in listing.photos)
+    assert sum(banner for listing in catalogue for _, _, banner in listing.photos) == 2

@@ -42,11 +42,22 @@ def _wait_for_signal() -> None:
 @click.option("--workers", default=1, show_default=True, help="Worker processes.")
 @click.option("--timeout", "timeout_s", default=600.0, show_default=True, help="Give up after seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def demo(images: int, listings: int, workers: int, timeout_s: float, as_json: bool) -> None:
-    """Run the whole pipeline on the embedded stack with generated listing photos."""
+@click.option(
+    "--photos",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder of the real-photo corpus (default: data/real-photos/photos; fetched there when missing).",
+)
+@click.option("--generated", is_flag=True, help="Stream generated drawings instead of real listing photos.")
+def demo(
+    images: int, listings: int, workers: int, timeout_s: float, as_json: bool, photos: Path | None, generated: bool
+) -> None:
+    """Run the whole pipeline on the embedded stack with real listing photos (or generated ones)."""
+    from ..ml.corpus import PHOTOS_DIR
     from .demo import print_summary, run_demo
 
-    summary = run_demo(images, min(listings, images), workers, timeout_s, progress=not as_json)
+    source = None if generated else photos or PHOTOS_DIR
+    summary = run_demo(images, min(listings, images), workers, timeout_s, not as_json, source)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:

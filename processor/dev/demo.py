@@ -18,14 +18,20 @@ from ..settings import Settings
 from ..store import PostgresStore
 from ..topics import ensure_topics, produce_lines, read_topic
 from .harness import WorkerProcess, wait_ready
-from .imageserver import ImageServer, generate_listings
+from .imageserver import ImageServer, Listing, generate_listings
 from .stack import EmbeddedStack, stop_processes
 
 BROKEN_EVERY = 50  # one event in 50 points at a missing image: it must end in the DLQ
 
 
-def run_demo(images: int, listings: int, workers: int, timeout_s: float, progress: bool) -> dict[str, Any]:
-    """Start everything, stream ``images`` events through ``workers`` workers, summarise, stop."""
+def run_demo(
+    images: int, listings: int, workers: int, timeout_s: float, progress: bool, photos: Path | None = None
+) -> dict[str, Any]:
+    """Start everything, stream ``images`` events through ``workers`` workers, summarise, stop.
+
+    With ``photos`` (a folder of the real-photo corpus) the listings are real cars, fetched from their
+    sources first where missing; without it, or when they cannot be had, generated photos.
+    """
     with EmbeddedStack() as stack:
         assert stack.urls is not None
         settings = Settings(
@@ -35,15 +41,64 @@ def run_demo(images: int, listings: int, workers: int, timeout_s: float, progres
             allow_networks="127.0.0.1/32",
             consumer_group=f"demo-{uuid.uuid4().hex[:8]}",
         )
-        return asyncio.run(_run(settings, stack.root, images, listings, workers, timeout_s, progress))
+        return asyncio.run(_run(settings, stack.root, images, listings, workers, timeout_s, progress, photos))
+
+
+async def _catalogue(
+    images: int, listings: int, photos: Path | None, say: Any
+) -> tuple[list[Listing], dict[str, bytes], str]:
+    """The demo's listings and photo bytes, and where their labels come from."""
+    if photos is not None:
+        real = await real_listings(photos, images, say)
+        if real is not None:
+            return (*real, "labellers")
+    say(f"generating {images} listing photos over {listings} listings ...")
+    catalogue, blobs = await asyncio.to_thread(generate_listings, images, listings)
+    return catalogue, blobs, "generator"
+
+
+async def real_listings(
+    photos: Path, images: int, say: Any, manifest: Path | None = None
+) -> tuple[list[Listing], dict[str, bytes]] | None:
+    """Whole listings of real cars from the corpus (fetched where missing), or None when they cannot be had."""
+    from ..ml.corpus import MANIFEST, RAW_GITHUB, demo_selection, fetch, photo_file, read_manifest
+
+    chosen = demo_selection(await asyncio.to_thread(read_manifest, manifest or MANIFEST), images)
+    if not chosen:
+        return None
+    wanted = [p for rows in chosen.values() for p in rows]
+    missing = [p for p in wanted if not photo_file(photos, p).exists()]
+    if missing:
+        say(f"fetching {len(missing)} real listing photos from their repositories into {photos} ...")
+        first = await fetch(missing[:1], photos, RAW_GITHUB)  # offline: give up after one photo, not all
+        report = await fetch(missing[1:], photos, RAW_GITHUB) if not first.failed else first
+        if report.failed:
+            say(f"could not fetch {len(report.failed)} photos (offline?): the demo streams generated photos instead")
+            return None
+    catalogue, blobs = [], {}
+    for n, rows in enumerate(chosen.values()):
+        listing = Listing(f"listing-{n:04d}", [])
+        for p in rows:
+            name = f"{p.image_id}.jpg"
+            blobs[name] = await asyncio.to_thread(photo_file(photos, p).read_bytes)
+            listing.photos.append((name, p.position, p.banner == "1"))
+        catalogue.append(listing)
+    say(f"streaming {len(blobs)} real photos of {len(catalogue)} cars (labels from the labelling team) ...")
+    return catalogue, blobs
 
 
 async def _run(
-    settings: Settings, root: Path, images: int, listings: int, workers: int, timeout_s: float, progress: bool
+    settings: Settings,
+    root: Path,
+    images: int,
+    listings: int,
+    workers: int,
+    timeout_s: float,
+    progress: bool,
+    photos: Path | None,
 ) -> dict[str, Any]:
     say = _printer(progress)
-    say(f"generating {images} listing photos over {listings} listings ...")
-    catalogue, blobs = await asyncio.to_thread(generate_listings, images, listings)
+    catalogue, blobs, truth_from = await _catalogue(images, listings, photos, say)
     workers_run: list[WorkerProcess] = []
     store = PostgresStore(settings.postgres_dsn, settings.postgres_table)
     async with ImageServer(images=blobs) as server:
@@ -63,7 +118,7 @@ async def _run(
             await produce_lines(settings.broker_url, settings.input_topic, [orjson.dumps(e) for e in events])
             done = await wait_for_outcomes(store, len(events), timeout_s, progress)
             elapsed = time.time() - started
-            return await summarise(settings, store, events, catalogue, done, elapsed)
+            return {**await summarise(settings, store, events, catalogue, done, elapsed), "labels_from": truth_from}
         finally:
             stop_processes([w.proc for w in workers_run], settings.shutdown_grace_s + 10)
             await store.close()
@@ -131,15 +186,17 @@ async def summarise(
     latencies = sorted((r["classified_at"] - r["event_time"]).total_seconds() * 1000 for r in rows)
     states = await wait_for_listings(settings, store, Counter(r["listing_id"] for r in rows))
     updates = await read_topic(settings.broker_url, settings.listing_updates_topic, timeout_s=2)
-    truth = {f"{lst.listing_id}-{i:02d}": banner for lst in catalogue for i, (_, _, banner) in enumerate(lst.photos)}
-    agree = sum(1 for r in rows if r["has_banner"] == truth.get(r["image_id"]))
+    truth = {f"{lst.listing_id}-{i:02d}": (p, b) for lst in catalogue for i, (_, p, b) in enumerate(lst.photos)}
+    agree = sum(1 for r in rows if r["has_banner"] == truth.get(r["image_id"], (None, None))[1])
+    agree_position = sum(1 for r in rows if r["position"] == truth.get(r["image_id"], (None, None))[0])
     return {
         "events": len(events),
         "classified": len(rows),
         "dead_letters": len(dead),
         "dead_letter_kinds": dict(Counter(d["error_kind"] for d in dead)),
         "banners": sum(1 for r in rows if r["has_banner"]),
-        "banner_agreement_with_generator": round(agree / len(rows), 4) if rows else None,
+        "banner_agreement_with_labels": round(agree / len(rows), 4) if rows else None,
+        "position_agreement_with_labels": round(agree_position / len(rows), 4) if rows else None,
         "positions": dict(Counter(r["position"] for r in rows)),
         "listings": len(catalogue),
         "listing_states": {
@@ -184,11 +241,12 @@ def print_summary(s: dict[str, Any]) -> None:
     print(f"\nevents in:        {s['events']}")
     print(f"classified:       {s['classified']}  (output topic: {s['output_topic_records']} records)")
     print(f"dead letters:     {s['dead_letters']}  {s['dead_letter_kinds']}  (DLQ topic: {s['dlq_topic_records']})")
+    print(f"photos:           {'real listing photos' if s['labels_from'] == 'labellers' else 'generated drawings'}")
     print(
-        f"banners found:    {s['banners']}  (agreement with the generator's labels: "
-        f"{s['banner_agreement_with_generator']})"
+        f"banners found:    {s['banners']}  (agreement with the {s['labels_from']}' labels: "
+        f"{s['banner_agreement_with_labels']})"
     )
-    print(f"positions:        {s['positions']}")
+    print(f"positions:        {s['positions']}  (agreement: {s['position_agreement_with_labels']})")
     print(f"throughput:       {s['images_per_s']} images/s")
     print(f"latency:          p50 {s['latency_ms']['p50']} ms, p95 {s['latency_ms']['p95']} ms (event to stored)")
     print(f"model:            {s['model']}")

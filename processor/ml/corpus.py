@@ -29,6 +29,7 @@ from PIL import Image, ImageOps
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 MANIFEST = Path(__file__).resolve().parents[2] / "data" / "real-photos" / "manifest.csv"
+PHOTOS_DIR = MANIFEST.parent / "photos"  # where fetch puts them by default (ignored by git)
 RAW_GITHUB = "https://raw.githubusercontent.com"
 STORE_PX = 1024
 STORE_QUALITY = 90
@@ -312,3 +313,19 @@ def add_photos(
         )
         outcome["added"] += 1
     return added, outcome
+
+
+def demo_selection(photos: list[Photo], images: int, min_photos: int = 4) -> dict[str, list[Photo]]:
+    """Whole listings (cars with ``min_photos``+ labelled photos) of about ``images`` photos: test split first."""
+    by_car: dict[str, list[Photo]] = {}
+    for p in photos:
+        if p.labelled:
+            by_car.setdefault(p.car_id, []).append(p)
+    order = {"test": 0, "calibration": 1, "train": 2}
+    chosen: dict[str, list[Photo]] = {}
+    total = 0
+    for car, rows in sorted(by_car.items(), key=lambda kv: (order.get(kv[1][0].split, 3), kv[0])):
+        if len(rows) >= min_photos and total < images:
+            chosen[car] = sorted(rows, key=lambda p: p.path)[: max(min_photos, images - total)]
+            total += len(chosen[car])
+    return chosen
