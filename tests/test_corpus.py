@@ -13,6 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 from click.testing import CliRunner
+import numpy as np
 from PIL import Image
 
 from processor.cli import main
@@ -191,3 +192,21 @@ async def test_the_demo_streams_whole_real_listings_with_their_labels(tmp_path: 
     assert {name for listing in catalogue for name, _, _ in listing.photos} == set(blobs)
     assert all(position == "side" for listing in catalogue for _, position, _ in listing.photos)
     assert sum(banner for listing in catalogue for _, _, banner in listing.photos) == 2
+
+
+def test_stamped_copies_keep_the_position_and_carry_a_banner(tmp_path: Path) -> None:
+    from processor.ml.corpus import write_stamped
+
+    split = tmp_path / "train"
+    (split).mkdir()
+    (split / "a.jpg").write_bytes(photo(1))
+    (split / "b.jpg").write_bytes(photo(2))
+    (split / "labels.csv").write_text(
+        f"file,banner,position,image_id,car_id\n{split / 'a.jpg'},0,rear,a,car-a\n{split / 'b.jpg'},1,side,b,car-b\n"
+    )
+    assert write_stamped(split, tmp_path / "stamped", unseen=True) == 1  # only the banner-free photo
+    rows = list(csv.DictReader((tmp_path / "stamped" / "labels.csv").open()))
+    assert [(r["banner"], r["position"], r["car_id"]) for r in rows] == [("1", "rear", "car-a")]
+    with Image.open(tmp_path / "stamped" / rows[0]["file"]) as stamped, Image.open(split / "a.jpg") as original:
+        diff = np.abs(np.asarray(stamped, dtype=np.int16) - np.asarray(original, dtype=np.int16))
+        assert (diff.max(axis=2) > 60).mean() > 0.01  # a visible overlay, not just re-encoding

@@ -15,6 +15,7 @@ import asyncio
 import csv
 import hashlib
 import io
+import random
 import re
 import zipfile
 from collections import Counter
@@ -329,3 +330,45 @@ def demo_selection(photos: list[Photo], images: int, min_photos: int = 4) -> dic
             chosen[car] = sorted(rows, key=lambda p: p.path)[: max(min_photos, images - total)]
             total += len(chosen[car])
     return chosen
+
+
+def spread(candidates: list[Candidate], most: int, car: Callable[[Candidate], str]) -> list[Candidate]:
+    """At most ``most`` candidates, taken in turn from each car (many cars rather than a few whole ones), each
+    car's in a fixed shuffled order (galleries put the exteriors first)."""
+    by_car: dict[str, list[Candidate]] = {}
+    for c in sorted(candidates, key=lambda c: c.path):
+        by_car.setdefault(car(c), []).append(c)
+    queues = list(by_car.values())
+    for queue in queues:
+        random.Random(0).shuffle(queue)
+    chosen: list[Candidate] = []
+    while len(chosen) < most and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < most:
+                chosen.append(queue.pop(0))
+    return chosen
+
+
+def write_stamped(split_dir: Path, out: Path, unseen: bool, seed: int = 1) -> int:
+    """Copies of a split's banner-free photos with a drawn banner (labels.csv; position kept, banner 1).
+
+    Training takes the generator's styles (``stamp``); a test set takes styles it never draws
+    (``stamp_unseen``), so "stamped banners found" measures more than memory of the styles.
+    """
+    from .synth import banners
+
+    rng = random.Random(seed)
+    with (split_dir / "labels.csv").open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["banner"] == "0"]
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    with (out / "labels.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(("file", "banner", "position", "image_id", "car_id"))
+        for r in rows:
+            with Image.open(r["file"]) as src:
+                img = src.convert("RGB")
+            (banners.stamp_unseen if unseen else banners.stamp)(rng, img)
+            name = f"images/{r['image_id']}.jpg"
+            img.save(out / name, "JPEG", quality=rng.randint(75, 92))
+            writer.writerow((name, "1", r["position"], r["image_id"], r["car_id"]))
+    return len(rows)

@@ -155,9 +155,12 @@ def stats(manifest: Path, as_json: bool) -> None:
     help="How the source groups photos of one car.",
 )
 @click.option("--car-pattern", default=None, help="A regular expression whose first group names the car in a path.")
-def add_command(manifest: Path, photos: Path, provenance: Path, car_per: str, car_pattern: str | None) -> None:
+@click.option("--max", "most", type=int, default=None, help="Take at most this many, spread over the cars.")
+def add_command(
+    manifest: Path, photos: Path, provenance: Path, car_per: str, car_pattern: str | None, most: int | None
+) -> None:
     """Add photos extracted from a source repository (with their provenance) to the manifest."""
-    from .corpus import Candidate, add_photos
+    from .corpus import Candidate, add_photos, car_of, spread
 
     candidates = []
     for line in provenance.read_text().splitlines():
@@ -166,7 +169,21 @@ def add_command(manifest: Path, photos: Path, provenance: Path, car_per: str, ca
             candidates.append(
                 Candidate(row["repo"], row["commit"], row["path"], row["licence"], provenance.parent / row["file"])
             )
+    if most is not None:
+        candidates = spread(candidates, most, lambda c: car_of(c.path, car_per, car_pattern))
     existing = read_manifest(manifest) if manifest.exists() else []
     rows, outcome = add_photos(existing, candidates, photos, car_per, car_pattern)
     write_manifest(rows, manifest)
     click.echo(f"{dict(outcome)}; manifest has {len(rows)} photos")
+
+
+@corpus.command()
+@click.option("--split", "split_dir", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True)
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option("--unseen", is_flag=True, help="Banner styles the generator never draws (for a test set).")
+@click.option("--seed", default=1, show_default=True)
+def stamp(split_dir: Path, out: Path, unseen: bool, seed: int) -> None:
+    """Write copies of a split's banner-free photos with a drawn banner (the stamped-banner sets)."""
+    from .corpus import write_stamped
+
+    click.echo(f"{write_stamped(split_dir, out, unseen, seed)} stamped photos in {out}")
