@@ -11,9 +11,9 @@ import zipfile
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 from aiohttp import web
 from click.testing import CliRunner
-import numpy as np
 from PIL import Image
 
 from processor.cli import main
@@ -205,7 +205,7 @@ def test_stamped_copies_keep_the_position_and_carry_a_banner(tmp_path: Path) -> 
         f"file,banner,position,image_id,car_id\n{split / 'a.jpg'},0,rear,a,car-a\n{split / 'b.jpg'},1,side,b,car-b\n"
     )
     assert write_stamped(split, tmp_path / "stamped", unseen=True) == 1  # only the banner-free photo
-    rows = list(csv.DictReader((tmp_path / "stamped" / "labels.csv").open()))
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "stamped" / "labels.csv").read_text())))
     assert [(r["banner"], r["position"], r["car_id"]) for r in rows] == [("1", "rear", "car-a")]
     with Image.open(tmp_path / "stamped" / rows[0]["file"]) as stamped, Image.open(split / "a.jpg") as original:
         diff = np.abs(np.asarray(stamped, dtype=np.int16) - np.asarray(original, dtype=np.int16))
