@@ -9,7 +9,16 @@ from processor.dev.imageserver import ImageServer
 from processor.labelling import guidelines, sampling
 from processor.labelling.consensus import Verdict
 from processor.labelling.export import export, held_out
-from processor.labelling.tasks import Answer, QueueError, agreement, next_task, record_answer, resolve, review_queue
+from processor.labelling.tasks import (
+    Answer,
+    QueueError,
+    agreement,
+    next_task,
+    record_answer,
+    redecide,
+    resolve,
+    review_queue,
+)
 
 from .labelling_support import (
     LabelDb,
@@ -178,3 +187,26 @@ def test_label_commands_create_accounts_and_fill_the_queue(label_db: LabelDb) ->
     assert reset.exit_code == 0 and "password of boss replaced" in reset.output
     filled = runner.invoke(main, ["label", "fill", "--count", "5", "--random-share", "0.4"], env=env)
     assert filled.exit_code == 0 and "queued 0 uncertain and 0 random images" in filled.output
+
+
+async def test_a_team_smaller_than_n_sends_a_disputed_image_to_review(label_db: LabelDb) -> None:
+    db = label_db  # K = 3, N = 5, and only three labellers
+    await db.classify("img", "http://x/1", banner_score=0.5)
+    await sampling.fill(db.pool, db.settings.postgres_table, 10, 0.0, THRESHOLD)
+    users = [await db.user(f"l{i}") for i in range(3)]
+    for user, position in zip(users, ("front", "front", "side"), strict=True):
+        await answer(db, user, position=position)
+    assert await status(db, "img") == "review"  # two of three agree; nobody is left to make it three
+
+
+async def test_redecide_moves_images_nobody_can_finish_after_the_team_shrank(label_db: LabelDb) -> None:
+    db = label_db
+    await db.classify("img", "http://x/1", banner_score=0.5)
+    await sampling.fill(db.pool, db.settings.postgres_table, 10, 0.0, THRESHOLD)
+    users = [await db.user(f"l{i}") for i in range(4)]
+    for user, position in zip(users, ("front", "side"), strict=False):
+        await answer(db, user, position=position)
+    assert await status(db, "img") == "open"  # two people may still agree with one of them
+    await db.pool.execute("UPDATE label_users SET active = false WHERE id = ANY($1::int[])", users[2:])
+    assert await redecide(db.pool, db.config) == {"final": 0, "review": 1}
+    assert await status(db, "img") == "review"

@@ -304,3 +304,14 @@ def submit(url: str, username: str, password_stdin: bool, sheet_json: Path, answ
         click.echo(f"  {error['image_id']}: {error['error']}", err=True)
     if reply["errors"]:
         raise SystemExit(1)
+
+
+@label.command()
+@label_options
+@settings_options
+def redecide(settings: Settings, config: LabelConfig) -> None:
+    """Decide open images again with the current K, N and team (e.g. after lowering N or a labeller left)."""
+    from .tasks import redecide as run_redecide
+
+    moved = _with_pool(settings, config, lambda pool: run_redecide(pool, config))
+    click.echo(f"{moved['final']} images became final, {moved['review']} went to review")

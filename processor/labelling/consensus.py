@@ -4,7 +4,9 @@ An answer is a label (banner yes/no and a position), "unsure", or "skip". A labe
 when at least ``agree`` (K) labellers gave exactly the same one. An image is shown to at
 most ``max_labellers`` (N) people who answer with a label or "unsure"; skips do not use a
 slot. It goes to the admin's review queue as soon as K identical labels can no longer be
-reached within N, or when N people skipped it.
+reached within N, or when N people skipped it. A team smaller than N counts too: only the
+active people who have not answered yet can still add a label, so three labellers with N = 5
+send a disputed image to review instead of leaving it open for ever.
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ class Outcome:
     support: int = 0  # votes for the leading label
 
 
-def decide(votes: Sequence[Vote], agree: int, max_labellers: int) -> Outcome:
-    """The image's status after ``votes`` (in any order)."""
+def decide(votes: Sequence[Vote], agree: int, max_labellers: int, available: int | None = None) -> Outcome:
+    """The image's status after ``votes`` (in any order); ``available``: people who could still answer."""
     counted = [v for v in votes if v.verdict != "skip"]
     tally = Counter(label for v in counted if (label := v.label) is not None)
     ranked = tally.most_common(2)
@@ -52,6 +54,8 @@ def decide(votes: Sequence[Vote], agree: int, max_labellers: int) -> Outcome:
     if support >= agree and (len(ranked) == 1 or ranked[1][1] < support):
         return Outcome("final", ranked[0][0], support)
     slots_left = max(0, max_labellers - len(counted))
+    if available is not None:
+        slots_left = min(slots_left, available)
     skipped = len(votes) - len(counted)
     if support + slots_left < agree or skipped >= max_labellers:
         return Outcome("review", None, support)

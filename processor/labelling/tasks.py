@@ -134,7 +134,12 @@ async def _decide(conn: asyncpg.Connection, image_id: str, config: LabelConfig) 
     task = await conn.fetchrow("SELECT agree, max_labellers FROM label_tasks WHERE image_id = $1", image_id)
     agree = task["agree"] if task is not None and task["agree"] is not None else config.agree
     most = task["max_labellers"] if task is not None and task["max_labellers"] is not None else config.max_labellers
-    outcome = decide([Vote(r["verdict"], r["banner"], r["position"]) for r in rows], agree, most)
+    available = await conn.fetchval(
+        "SELECT count(*) FROM label_users u WHERE u.active AND NOT EXISTS "
+        "(SELECT 1 FROM label_answers a WHERE a.image_id = $1 AND a.user_id = u.id AND a.verdict IS NOT NULL)",
+        image_id,
+    )
+    outcome = decide([Vote(r["verdict"], r["banner"], r["position"]) for r in rows], agree, most, available)
     if outcome.status != "open":
         banner, position = outcome.label if outcome.label is not None else (None, None)
         await conn.execute(
@@ -145,6 +150,21 @@ async def _decide(conn: asyncpg.Connection, image_id: str, config: LabelConfig) 
             position,
         )
     return outcome
+
+
+async def redecide(pool: asyncpg.Pool, config: LabelConfig) -> dict[str, int]:
+    """Decide every open image again (after K, N or the team changed); return how many moved where."""
+    moved = {"final": 0, "review": 0}
+    for image_id in [r["image_id"] for r in await pool.fetch("SELECT image_id FROM label_tasks WHERE status = 'open'")]:
+        async with pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval("SELECT status FROM label_tasks WHERE image_id = $1 FOR UPDATE", image_id) != "open":
+                continue
+            if not await conn.fetchval("SELECT votes + skips FROM label_tasks WHERE image_id = $1", image_id):
+                continue  # nobody answered yet: nothing to decide
+            outcome = await _decide(conn, image_id, config)
+            if outcome.status != "open":
+                moved[outcome.status] += 1
+    return moved
 
 
 async def review_queue(pool: asyncpg.Pool, limit: int = 20) -> list[asyncpg.Record]:
