@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test chaos lint format bench soak model model-cnn model-photos model-extra-photos model-more-photos model-renders model-real-cars model-evaluate clean
+.PHONY: help install demo test chaos lint format bench soak corpus model model-synthetic model-cnn model-photos model-extra-photos model-more-photos model-renders model-real-cars model-evaluate clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -78,7 +78,33 @@ SYNTH = $(BIN)/processor synth --count 16000 --backgrounds $(MODEL_WORK)/unpacke
 INDOOR_POSITIONS := --positions interior --positions dashboard --positions engine --positions trunk \
 	--positions detail --positions other
 CALIBRATION_SETS := --data $(MODEL_WORK)/calib --data $(MODEL_WORK)/calib-renders --data $(MODEL_WORK)/calib-indoor
-model: $(STAMP) ## retrain the default model in MODEL_WORK (/tmp/listing-model) and evaluate it (Debian/Ubuntu; ~1.5 h on 2 cores)
+# The default model (issue #20): the renders-and-generated model (processor/models/synthetic) fine-tuned on the
+# real-photo corpus (docs/real-photos.md): the train split plus copies of its banner-free photos with drawn
+# banners, every position class weighed alike; early stopping and the banner threshold on the calibration
+# split; figures on the test split (real photos, and the same with banner styles it never saw), side by side
+# with the model it started from. `make corpus` first downloads the photos (SHA-256 checked).
+REAL_PHOTOS ?= data/real-photos/photos
+REAL := $(MODEL_WORK)/real
+PREVIOUS_MODEL ?= processor/models/synthetic
+corpus: $(STAMP) ## download the real photos of data/real-photos/manifest.csv into REAL_PHOTOS (SHA-256 checked)
+	$(BIN)/processor corpus fetch --photos $(REAL_PHOTOS)
+
+model: corpus ## retrain the default model from the real-photo corpus in MODEL_WORK and evaluate it (~15 min on 2 cores)
+	$(BIN)/processor corpus splits --photos $(REAL_PHOTOS) --out $(REAL)
+	$(BIN)/processor corpus stamp --split $(REAL)/train --out $(REAL)/train-stamped --seed 1
+	$(BIN)/processor corpus stamp --split $(REAL)/test --out $(REAL)/test-stamped --unseen --seed 2
+	$(BIN)/processor train --init $(PREVIOUS_MODEL) --data $(REAL)/train --data $(REAL)/train-stamped \
+		--validation $(REAL)/calibration --balance-positions --epochs 20 --seed 20 --out $(MODEL_WORK)/model \
+		--version $(MODEL_VERSION)
+	$(BIN)/processor calibrate --model $(MODEL_WORK)/model --data $(REAL)/calibration --write
+	$(BIN)/processor export-onnx --model $(MODEL_WORK)/model --calibration $(REAL)/calibration
+	$(BIN)/processor evaluate-real --model $(PREVIOUS_MODEL) --model $(MODEL_WORK)/model --data $(REAL)/test \
+		--json $(MODEL_WORK)/model/real-test.json
+	$(BIN)/processor evaluate-real --model $(PREVIOUS_MODEL) --model $(MODEL_WORK)/model --data $(REAL)/test-stamped \
+		--json $(MODEL_WORK)/model/real-test-stamped.json
+	@echo "copy $(MODEL_WORK)/model to processor/models/default to ship it"
+
+model-synthetic: $(STAMP) ## retrain the renders-and-generated model (processor/models/synthetic, v2026.11.30.7; ~1.5 h)
 	$(MAKE) model-photos
 	$(MAKE) model-more-photos
 	$(MAKE) model-renders
@@ -93,7 +119,7 @@ model: $(STAMP) ## retrain the default model in MODEL_WORK (/tmp/listing-model) 
 	$(BIN)/processor export-onnx --model $(MODEL_WORK)/model --calibration $(MODEL_WORK)/calib \
 		--calibration $(MODEL_WORK)/calib-renders --calibration $(MODEL_WORK)/calib-indoor --images 256
 	$(MAKE) model-evaluate MODEL=$(MODEL_WORK)/model
-	@echo "copy $(MODEL_WORK)/model to processor/models/default to ship it"
+	@echo "copy $(MODEL_WORK)/model to processor/models/synthetic to ship it"
 
 # The compact CNN trained from scratch (processor/models/cnn, v2026.11.30.6: the default until issue #13):
 # 800 images/s on Keras, but it never learnt what a real car looks like.
