@@ -194,3 +194,74 @@ async def test_rules_are_versioned_and_every_answer_carries_its_version(
     assert (await labeller.post("/label", answer))[0] == 303
     assert await label_db.pool.fetchval("SELECT guidelines_version FROM label_answers") == 2
     assert (await labeller.post("/label", {**answer, "guidelines_version": "9"}))[0] == 409  # no such version
+
+
+@pytest.fixture
+async def proxied_app(label_db: LabelDb) -> AsyncIterator[str]:
+    """The app as it runs behind one TLS-terminating reverse proxy (PROCESSOR_LABEL_TRUSTED_PROXIES=1)."""
+    from aiohttp import web
+
+    from processor.labelling.server import create_app
+
+    app = create_app(label_db.settings, label_db.config.with_overrides(trusted_proxies=1))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_behind_an_https_proxy_forms_work_and_each_client_has_its_own_limit(
+    label_db: LabelDb, proxied_app: str
+) -> None:
+    await label_db.user("lab")
+    host = proxied_app.removeprefix("http://")
+
+    async def sign_in(client: str, password: str) -> int:
+        proxy = {"X-Forwarded-Proto": "https", "X-Forwarded-For": client, "Origin": f"https://{host}"}
+        browser = Browser(proxied_app)
+        try:
+            token = await browser.csrf("/sign-in")
+            status, _ = await browser.post(
+                "/sign-in", {"username": "lab", "password": password, "csrf": token}, **proxy
+            )
+            return status
+        finally:
+            await browser.http.close()
+
+    assert await sign_in("203.0.113.7", PASSWORD) == 303  # the browser's Origin is https: accepted
+    for _ in range(label_db.config.sign_in_attempts):
+        assert await sign_in("198.51.100.9", "wrong password") == 401
+    assert await sign_in("198.51.100.9", PASSWORD) == 429  # the guesser's address is held back
+    assert await sign_in("203.0.113.7", PASSWORD) == 303  # the owner, elsewhere, is not locked out
+
+
+async def test_without_trusted_proxies_forwarded_headers_change_nothing(
+    label_db: LabelDb, browsers: list[Browser]
+) -> None:
+    await label_db.user("lab")
+    token = await browsers[0].csrf("/sign-in")
+    host = browsers[0].base_url.removeprefix("http://")
+    status, _ = await browsers[0].post(
+        "/sign-in",
+        {"username": "lab", "password": PASSWORD, "csrf": token},
+        **{"X-Forwarded-Proto": "https", "Origin": f"https://{host}"},
+    )
+    assert status == 403  # an https Origin against an http app, and the header is not believed
+
+
+async def test_an_unknown_user_name_costs_a_password_check_too(
+    label_db: LabelDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from processor.labelling import accounts
+
+    checked: list[str] = []
+    real = accounts.verify_password
+    monkeypatch.setattr(accounts, "verify_password", lambda pw, stored: checked.append(stored) or real(pw, stored))
+    await label_db.user("lab")
+    assert await accounts.authenticate(label_db.pool, "lab", "wrong password", "a", 100, 900) is None
+    assert await accounts.authenticate(label_db.pool, "nobody", "wrong password", "a", 100, 900) is None
+    assert len(checked) == 2  # scrypt ran for the unknown name too, so its answer takes as long

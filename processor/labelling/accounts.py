@@ -126,20 +126,23 @@ async def authenticate(
 ) -> User | None:
     """The user, or None for a wrong name or password; raise Throttled past the limit (checked first)."""
     name = username.strip().lower()[:MAX_USERNAME]
-    keys = {f"user:{name}": attempts, f"address:{address}": attempts * ADDRESS_FACTOR}
+    # Per user name *from one address*: a guesser elsewhere cannot lock the owner out (a per-name limit
+    # would let anyone do that); per address, a higher limit across names.
+    keys = {f"user:{name}@{address}": attempts, f"address:{address}": attempts * ADDRESS_FACTOR}
     if await _throttled(pool, keys, window_s):
         raise Throttled
     row = await pool.fetchrow(
         "SELECT id, username, role, password_hash FROM label_users WHERE username = $1 AND active", name
     )
     stored = row["password_hash"] if row is not None else dummy_hash()
-    if row is None or not await asyncio.to_thread(verify_password, password, stored):
+    matches = await asyncio.to_thread(verify_password, password, stored)  # always: an unknown name takes as long
+    if row is None or not matches:
         await pool.executemany("INSERT INTO label_sign_in_failures (key) VALUES ($1)", [(k,) for k in keys])
         await pool.execute(  # what no window counts any more
             "DELETE FROM label_sign_in_failures WHERE failed_at < now() - make_interval(secs => $1)", float(window_s)
         )
         return None
-    await pool.execute("DELETE FROM label_sign_in_failures WHERE key = $1", f"user:{name}")
+    await pool.execute("DELETE FROM label_sign_in_failures WHERE key = $1", f"user:{name}@{address}")
     return User(row["id"], row["username"], row["role"])
 
 

@@ -23,6 +23,12 @@ class LabelConfig(BaseSettings):
     sign_in_attempts: int = Field(5, ge=1, description="Failed sign-ins per user name per window (4x per address).")
     sign_in_window_s: int = Field(900, ge=1, description="Window of the sign-in limit.")
     cookie_secure: bool = Field(False, description="Mark cookies Secure (set it when served over HTTPS).")
+    trusted_proxies: int = Field(
+        0,
+        ge=0,
+        description="Reverse proxies in front of the app whose X-Forwarded-Proto and X-Forwarded-For to believe "
+        "(0: none; 1 behind one TLS-terminating proxy).",
+    )
     image_cache_items: int = Field(256, ge=0, description="Displayed images kept in memory.")
     display_px: int = Field(1280, ge=64, description="Longest side of a displayed image.")
     holdout_percent: int = Field(20, ge=0, le=100, description="Share of final labels kept out of training.")

@@ -14,7 +14,19 @@ from . import views_admin, views_api, views_auth, views_label
 from .config import LabelConfig
 from .images import ImageProxy
 from .schema import create_pool, migrate
-from .web import CONFIG, IMAGES, POOL, POSITIONS, TABLE, TEMPLATES, THRESHOLD, auth, security_headers, templates
+from .web import (
+    CONFIG,
+    IMAGES,
+    POOL,
+    POSITIONS,
+    TABLE,
+    TEMPLATES,
+    THRESHOLD,
+    auth,
+    forwarded,
+    security_headers,
+    templates,
+)
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_FORM_BYTES = 256 * 1024
@@ -40,7 +52,7 @@ def model_labels(model_dir: Path, settings: Settings) -> tuple[tuple[str, ...], 
 
 def create_app(settings: Settings, config: LabelConfig) -> web.Application:
     """The app; its Postgres pool and image fetcher start and stop with it."""
-    app = web.Application(middlewares=[auth], client_max_size=MAX_FORM_BYTES)
+    app = web.Application(middlewares=[forwarded, auth], client_max_size=MAX_FORM_BYTES)
     app[CONFIG] = config
     app[TABLE] = settings.postgres_table
     app[TEMPLATES] = templates()

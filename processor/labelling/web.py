@@ -103,6 +103,25 @@ async def _csrf_ok(request: web.Request, session: Session | None) -> bool:
 
 
 @web.middleware
+async def forwarded(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Behind ``trusted_proxies`` reverse proxies: the scheme and client address they saw, not their own.
+
+    The Origin check then compares with https behind a TLS-terminating proxy, and the sign-in limit counts
+    the client's address instead of the proxy's. Without trusted proxies the headers are ignored (anyone
+    could send them).
+    """
+    hops = request.app[CONFIG].trusted_proxies
+    if hops:
+        proto = request.headers.get("X-Forwarded-Proto", "").split(",")[-1].strip().lower()
+        chain = [a.strip() for a in request.headers.get("X-Forwarded-For", "").split(",") if a.strip()]
+        request = request.clone(
+            scheme=proto if proto in ("http", "https") else request.scheme,
+            remote=chain[-hops] if len(chain) >= hops else request.remote or "",
+        )
+    return await handler(request)
+
+
+@web.middleware
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Load the session; keep out the signed-out, non-admins from /admin, and requests without CSRF token."""
     token = request.cookies.get(SESSION_COOKIE)
