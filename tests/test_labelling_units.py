@@ -113,3 +113,11 @@ def test_display_images_are_fresh_jpegs_no_larger_than_asked() -> None:
     for hostile in (b"<html><script>alert(1)</script></html>", b'<svg onload="alert(1)"/>', b""):
         with pytest.raises(NotAnImage):
             to_display_jpeg(hostile, 1280, 50_000_000)
+
+
+def test_exported_ids_never_become_spreadsheet_formulas() -> None:
+    from processor.labelling.export import spreadsheet_safe
+
+    assert spreadsheet_safe('=HYPERLINK("http://evil","x")') == '\'=HYPERLINK("http://evil","x")'
+    assert [spreadsheet_safe(v) for v in ("+1", "-2", "@x", "\tx")] == ["'+1", "'-2", "'@x", "'\tx"]
+    assert spreadsheet_safe("img-1") == "img-1"

@@ -106,13 +106,21 @@ def _write_file(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: str) -> str:
+    """A cell a spreadsheet shows as text: ids come from third parties, and ``=HYPERLINK(...)`` must not run."""
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
 def _csv_row(row: asyncpg.Record, file: str) -> dict[str, str]:
     return {
         "file": file,
         "banner": "1" if row["banner"] else "0",
         "position": row["position"],
-        "image_id": row["image_id"],
-        "listing_id": row["listing_id"],
+        "image_id": spreadsheet_safe(row["image_id"]),
+        "listing_id": spreadsheet_safe(row["listing_id"]),
         "source": "consensus" if row["status"] == "final" else "admin",
         "reason": row["reason"],
     }
