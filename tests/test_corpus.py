@@ -210,3 +210,9 @@ def test_stamped_copies_keep_the_position_and_carry_a_banner(tmp_path: Path) -> 
     with Image.open(tmp_path / "stamped" / rows[0]["file"]) as stamped, Image.open(split / "a.jpg") as original:
         diff = np.abs(np.asarray(stamped, dtype=np.int16) - np.asarray(original, dtype=np.int16))
         assert (diff.max(axis=2) > 60).mean() > 0.01  # a visible overlay, not just re-encoding
+
+
+def test_a_folder_of_many_cars_goes_to_train(tmp_path: Path) -> None:
+    files = {f"uploads/{i}.jpg": photo(300 + i) for i in range(6)}
+    rows, _ = add_photos([], source(tmp_path, files), tmp_path / "photos", "folder", mixed=True)
+    assert {p.car_id for p in rows} == {"mixed:dealer/site:uploads"} and {p.split for p in rows} == {"train"}

@@ -79,8 +79,17 @@ def write_manifest(photos: Iterable[Photo], path: Path = MANIFEST) -> None:
         writer.writerows(asdict(p) for p in sorted(photos, key=lambda p: (p.car_id, p.image_id)))
 
 
+MIXED = "mixed:"  # a car_id prefix: a source folder of many cars that cannot be told apart
+
+
 def split_of(car_id: str) -> str:
-    """The split a car belongs to: fixed by a hash of its id, whatever else is in the corpus."""
+    """The split a car belongs to: fixed by a hash of its id, whatever else is in the corpus.
+
+    A ``mixed:`` group (one folder of many cars) goes to train: calibration and test photos must each
+    belong to one known car, so that no car is in two splits and a test listing is one car.
+    """
+    if car_id.startswith(MIXED):
+        return "train"
     bucket = int.from_bytes(hashlib.sha256(car_id.encode()).digest()[:8], "big") / 2**64
     return next(name for name, upper in SPLITS if bucket < upper)
 
@@ -280,6 +289,7 @@ def add_photos(
     car_per: str,
     pattern: str | None = None,
     near_bits: int = 4,
+    mixed: bool = False,
 ) -> tuple[list[Photo], Counter[str]]:
     """The manifest with the new candidates stored in ``photos_dir``; duplicates (exact or near) are dropped."""
     hashes = [dhash(photo_file(photos_dir, p)) for p in photos if photo_file(photos_dir, p).exists()]
@@ -304,7 +314,7 @@ def add_photos(
             target.unlink()
             outcome["near_duplicate"] += 1
             continue
-        car_id = f"{c.repo}:{car_of(c.path, car_per, pattern)}"
+        car_id = f"{MIXED if mixed else ''}{c.repo}:{car_of(c.path, car_per, pattern)}"
         known.add(sha)
         hashes.append(h)
         added.append(

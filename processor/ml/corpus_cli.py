@@ -156,8 +156,15 @@ def stats(manifest: Path, as_json: bool) -> None:
 )
 @click.option("--car-pattern", default=None, help="A regular expression whose first group names the car in a path.")
 @click.option("--max", "most", type=int, default=None, help="Take at most this many, spread over the cars.")
+@click.option("--mixed", is_flag=True, help="The source keeps many cars in one folder: its photos go to train.")
 def add_command(
-    manifest: Path, photos: Path, provenance: Path, car_per: str, car_pattern: str | None, most: int | None
+    manifest: Path,
+    photos: Path,
+    provenance: Path,
+    car_per: str,
+    car_pattern: str | None,
+    most: int | None,
+    mixed: bool,
 ) -> None:
     """Add photos extracted from a source repository (with their provenance) to the manifest."""
     from .corpus import Candidate, add_photos, car_of, spread
@@ -172,7 +179,7 @@ def add_command(
     if most is not None:
         candidates = spread(candidates, most, lambda c: car_of(c.path, car_per, car_pattern))
     existing = read_manifest(manifest) if manifest.exists() else []
-    rows, outcome = add_photos(existing, candidates, photos, car_per, car_pattern)
+    rows, outcome = add_photos(existing, candidates, photos, car_per, car_pattern, mixed=mixed)
     write_manifest(rows, manifest)
     click.echo(f"{dict(outcome)}; manifest has {len(rows)} photos")
 
