@@ -38,9 +38,15 @@ POSITION: what the photo mostly shows.
 - other: no car as the subject: documents, keys, people, buildings, screenshots.
 
 Settled cases: a seat close-up is interior; a gear lever or a screen close-up is dashboard; a
-wheel is detail, never side; a whole car with a dent is its angle, a close-up of the dent is
-detail; a showroom with many cars and no single subject is other; a photo of a car on a
-screen or a brochure is other.
+wheel is detail, never side; a whole car with a dent is its angle, a close-up of the dent (or
+of part of the body: a door, a bumper corner) is detail; a cropped car whose most is visible
+takes its viewing angle; a showroom with many cars and no single subject is other; a photo of
+a car on a screen or a brochure is other; a motorcycle, a bus or a truck cab is other.
+From an open front door: dashboard when the steering wheel and the dash fill most of the
+photo, interior when the seats do. A number plate swapped for a dealer's logo plate in the
+photo is a banner; a blurred number plate is not. A view out through the windscreen with no
+part of the car as the subject, and "photo not available" placeholders: unsure (the admin
+discards them).
 
 Press "unsure" when you cannot tell after a good look (it goes to the admin); press "skip"
 when the photo does not load.
