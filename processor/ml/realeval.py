@@ -22,7 +22,7 @@ from .evaluate import predict_items
 from .report import confusion, per_class
 
 EXTERIOR = ("front", "front_three_quarter", "side", "rear_three_quarter", "rear")
-HERO_MIN_PHOTOS = 3  # a car with fewer photos in the split is not a listing worth judging
+HERO_MIN_PHOTOS = 5  # listings of five or more photos, as the outside check judges them
 
 
 def read_split(folder: Path) -> tuple[list[Labelled], list[str]]:
@@ -47,12 +47,15 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
 def heroes(
     items: list[Labelled], cars: list[str], predictions: list[Prediction], classifier: Classifier
 ) -> dict[str, Any]:
-    """How many listings (cars with HERO_MIN_PHOTOS+ photos) get an exterior, banner-free hero."""
+    """How many listings (cars with HERO_MIN_PHOTOS+ photos) get an exterior hero, and a banner-free one.
+
+    A listing without a hero counts as a miss when it has a banner-free photo (the model called them all
+    bannered); when every photo truly carries an overlay, no hero is the right answer and it is not judged."""
     rules = ListingRules(hero_rule=HeroRule.PREFERRED_POSITION)
     by_car: dict[str, list[int]] = {}
     for index, car in enumerate(cars):
         by_car.setdefault(car, []).append(index)
-    judged = exterior = no_hero = 0
+    judged = exterior = clean = no_hero = all_bannered = 0
     wrong: Counter[str] = Counter()
     for car, indexes in sorted(by_car.items()):
         if len(indexes) < HERO_MIN_PHOTOS:
@@ -68,20 +71,25 @@ def heroes(
             for n, i in enumerate(indexes)
         ]
         state = compute_state(car, results, rules)
+        if state.hero_image_id is None and all(items[i].banner for i in indexes):
+            all_bannered += 1
+            continue
         judged += 1
         if state.hero_image_id is None:
             no_hero += 1
             continue
         truth = items[int(state.hero_image_id)]
-        if truth.position in EXTERIOR and not truth.banner:
-            exterior += 1
-        else:
-            wrong[f"{truth.position}{' (banner)' if truth.banner else ''}"] += 1
+        exterior += truth.position in EXTERIOR
+        clean += truth.position in EXTERIOR and not truth.banner
+        if truth.position not in EXTERIOR:
+            wrong[truth.position] += 1
     return {
         "listings": judged,
-        "exterior_banner_free_hero": exterior,
+        "exterior_hero": exterior,
         "share": round(exterior / judged, 4) if judged else None,
+        "exterior_banner_free_hero": clean,
         "no_hero": no_hero,
+        "not_judged_all_photos_bannered": all_bannered,
         "wrong_heroes": dict(wrong),
     }
 
