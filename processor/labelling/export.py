@@ -23,7 +23,7 @@ from ..errors import ProcessorError
 from ..settings import Settings
 from .images import ImageProxy, image_format
 
-CSV_FIELDS = ("file", "banner", "position", "image_id", "listing_id", "source", "reason")
+CSV_FIELDS = ("file", "banner", "position", "image_id", "listing_id", "source", "reason", "labellers")
 SUFFIX = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
 CONCURRENCY = 8
 
@@ -51,7 +51,8 @@ class ExportSummary:
 
 async def final_labels(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     rows: list[asyncpg.Record] = await pool.fetch(
-        "SELECT image_id, listing_id, url, banner, position, reason, status FROM label_tasks "
+        "SELECT image_id, listing_id, url, banner, position, reason, status, (SELECT count(*) FROM label_answers a "
+        "WHERE a.image_id = t.image_id AND a.verdict = 'label') AS labellers FROM label_tasks t "
         "WHERE status IN ('final', 'resolved') ORDER BY image_id"
     )
     return rows
@@ -123,6 +124,7 @@ def _csv_row(row: asyncpg.Record, file: str) -> dict[str, str]:
         "listing_id": spreadsheet_safe(row["listing_id"]),
         "source": "consensus" if row["status"] == "final" else "admin",
         "reason": row["reason"],
+        "labellers": str(row["labellers"]),
     }
 
 

@@ -46,7 +46,7 @@ class Photo:
     split: str
     position: str  # empty until labelled
     banner: str  # "1", "0", or empty until labelled
-    labellers: str  # how many labellers agreed (or "admin" when the admin decided)
+    labellers: str  # labellers who answered with a label, and who decided: "2 consensus", "1 admin"
     repo: str
     commit: str
     path: str
@@ -224,7 +224,8 @@ def read_export(export_dir: Path) -> dict[str, tuple[str, str, str]]:
         if path.exists():
             with path.open(newline="") as fh:
                 for row in csv.DictReader(fh):
-                    labels[row["image_id"]] = (row["banner"], row["position"], row["source"])
+                    decided = f"{row.get('labellers', '?')} {row['source']}"
+                    labels[row["image_id"]] = (row["banner"], row["position"], decided)
     return labels
 
 
