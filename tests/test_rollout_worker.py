@@ -17,7 +17,7 @@ from .helpers import SHIPPED_MODEL_NAME, fetch_rows, processor_command, wait_for
 from .test_end_to_end import produce
 from .test_poison import wait_for_zero_lag
 
-NEW_VERSION = "2026.11.30.99"
+NEW_VERSION = "2099.01.01.1"  # newer than any shipped version
 
 
 def new_version_of_the_shipped_model(tmp_path: Path) -> Path:
