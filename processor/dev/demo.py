@@ -241,7 +241,10 @@ def print_summary(s: dict[str, Any]) -> None:
     print(f"\nevents in:        {s['events']}")
     print(f"classified:       {s['classified']}  (output topic: {s['output_topic_records']} records)")
     print(f"dead letters:     {s['dead_letters']}  {s['dead_letter_kinds']}  (DLQ topic: {s['dlq_topic_records']})")
-    print(f"photos:           {'real listing photos' if s['labels_from'] == 'labellers' else 'generated drawings'}")
+    if s["labels_from"] == "labellers":
+        print("photos:           real listing photos (labels: the labelling team's)")
+    else:
+        print("photos:           generated drawings (the model learnt real photos: it calls most drawings other)")
     print(
         f"banners found:    {s['banners']}  (agreement with the {s['labels_from']}' labels: "
         f"{s['banner_agreement_with_labels']})"
