@@ -67,17 +67,35 @@ def _resolve_and_read(model_dir: Path) -> tuple[Path, dict[str, Any]]:
     return model_dir.resolve(), read_metadata(model_dir)
 
 
+class RegistryConflict(ValueError):
+    """Another directory is registered under the same model name and version."""
+
+
 async def promote(
-    pool: asyncpg.Pool, model_dir: Path, evaluation: dict[str, Any] | None = None, promoted_by: str = "unknown"
+    pool: asyncpg.Pool,
+    model_dir: Path,
+    evaluation: dict[str, Any] | None = None,
+    promoted_by: str = "unknown",
+    replace: bool = False,
 ) -> ModelVersion:
     """Make ``model_dir`` the one active model (registering it, or re-activating it for a rollback).
 
-    Checks nothing but its metadata: the CLI checks that the model loads and fits the running one.
+    Checks nothing but its metadata: the CLI checks that the model loads and fits the running one. A
+    different directory under a registered name and version is refused unless ``replace``: results name
+    the model by version, so two sets of weights under one version could not be told apart.
     """
     model_dir, meta = await asyncio.to_thread(_resolve_and_read, model_dir)
     payload = None if evaluation is None else json.dumps(evaluation)
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(f"LOCK TABLE {TABLE} IN SHARE ROW EXCLUSIVE MODE")  # one promotion at a time
+        registered = await conn.fetchval(
+            f"SELECT model_dir FROM {TABLE} WHERE name = $1 AND version = $2", str(meta["name"]), str(meta["version"])
+        )
+        if registered is not None and registered != str(model_dir) and not replace:
+            raise RegistryConflict(
+                f"{meta['name']} {meta['version']} is registered from {registered}; give {model_dir} a new "
+                "version in its metadata.json (or --replace)"
+            )
         await conn.execute(f"UPDATE {TABLE} SET active = false WHERE active")
         row = await conn.fetchrow(
             f"""INSERT INTO {TABLE} (name, version, model_dir, evaluation, promoted_at, promoted_by, active)

@@ -65,11 +65,22 @@ def check_labels(model_dir: Path, running_dir: Path) -> None:
 
 
 def read_evaluation(model_dir: Path, evaluation: Path | None) -> dict[str, Any] | None:
-    """The report given, else the directory's own evaluation.json, else None."""
+    """The report given, else the directory's own evaluation.json, else None.
+
+    A report that names another model version (a copied directory keeps its parent's evaluation.json) is
+    refused: the registry would show the parent's figures as this model's.
+    """
     path = evaluation or model_dir / EVALUATION_FILE
     if not path.exists():
         return None
     report: dict[str, Any] = json.loads(path.read_text())
+    version = str(registry.read_metadata(model_dir)["version"])
+    evaluated = str((report.get("model") or {}).get("version", version))
+    if evaluated != version:
+        raise click.ClickException(
+            f"{path} evaluates version {evaluated}, not this model's {version}: "
+            "evaluate this model (processor evaluate --json) and pass --evaluation"
+        )
     return report
 
 
@@ -87,8 +98,13 @@ def model() -> None:
     help="Evaluation report (processor evaluate --json); default: the directory's evaluation.json.",
 )
 @click.option("--by", "promoted_by", default=None, help="Who promotes it (default: the user name).")
+@click.option(
+    "--replace", is_flag=True, help="Register DIRECTORY even if another directory holds the same name and version."
+)
 @settings_options
-def promote(settings: Settings, directory: Path, evaluation: Path | None, promoted_by: str | None) -> None:
+def promote(
+    settings: Settings, directory: Path, evaluation: Path | None, promoted_by: str | None, replace: bool
+) -> None:
     """Make DIRECTORY (a model directory) the active model (rollback: promote the old directory again)."""
 
     async def run(pool: asyncpg.Pool) -> registry.ModelVersion:
@@ -96,9 +112,12 @@ def promote(settings: Settings, directory: Path, evaluation: Path | None, promot
         check_labels(directory, current.model_dir if current is not None else settings.model_dir)
         check_loads(directory)
         report = read_evaluation(directory, evaluation)
-        return await registry.promote(pool, directory, report, promoted_by or getpass.getuser())
+        return await registry.promote(pool, directory, report, promoted_by or getpass.getuser(), replace)
 
-    promoted = asyncio.run(_with_pool(settings, run))
+    try:
+        promoted = asyncio.run(_with_pool(settings, run))
+    except registry.RegistryConflict as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"active: {promoted.name} {promoted.version} ({promoted.model_dir})")
 
 
@@ -106,7 +125,10 @@ def promote(settings: Settings, directory: Path, evaluation: Path | None, promot
 @settings_options
 def list_models(settings: Settings) -> None:
     """List registered models, the most recently promoted first; * marks the active one."""
-    for v in asyncio.run(_with_pool(settings, registry.history)):
+    versions = asyncio.run(_with_pool(settings, registry.history))
+    if not versions:
+        click.echo(f"no model promoted yet: workers run PROCESSOR_MODEL_DIR ({settings.model_dir})")
+    for v in versions:
         accuracy = ((v.evaluation or {}).get("banner") or {}).get("accuracy")
         click.echo(
             f"{'*' if v.active else ' '} {v.name} {v.version}  promoted {v.promoted_at:%Y-%m-%d %H:%M} by "

@@ -24,7 +24,7 @@ from .labelling_support import LabelDb, label_db_fixture  # noqa: F401
 def model_copy(tmp_path: Path, version: str, **changes: object) -> Path:
     """A copy of the shipped model directory with another version (and metadata changes)."""
     target = tmp_path / version
-    shutil.copytree(DEFAULT_MODEL_DIR, target)
+    shutil.copytree(DEFAULT_MODEL_DIR, target, ignore=shutil.ignore_patterns("evaluation.json"))
     meta = json.loads((target / "metadata.json").read_text())
     meta.update(version=version, **changes)
     (target / "metadata.json").write_text(json.dumps(meta))
@@ -64,6 +64,8 @@ def test_promote_refuses_what_would_not_run(label_db: LabelDb, tmp_path: Path) -
     relabelled = model_copy(tmp_path, "2026.12.3.2", labels={"banner": ["no", "yes"], "position": ["front"]})
     broken = model_copy(tmp_path, "2026.12.3.3")
     (broken / "model.keras").write_bytes(b"not a model")
+    code, out = run_cli(label_db, "model", "list")
+    assert code == 0 and out.startswith("no model promoted yet")
     code, out = run_cli(label_db, "model", "promote", str(relabelled))
     assert code != 0 and "labels" in out
     code, out = run_cli(label_db, "model", "promote", str(broken))
@@ -76,6 +78,22 @@ def test_promote_refuses_what_would_not_run(label_db: LabelDb, tmp_path: Path) -
     assert code == 0 and "2026.12.3.1" in out
     code, out = run_cli(label_db, "model", "list")
     assert code == 0 and out.startswith(f"* {SHIPPED_MODEL_NAME} 2026.12.3.1") and "by ci" in out
+
+
+def test_promote_refuses_a_second_directory_under_a_version_and_a_borrowed_evaluation(
+    label_db: LabelDb, tmp_path: Path
+) -> None:
+    first = model_copy(tmp_path / "a", "2026.12.5.1")
+    again = model_copy(tmp_path / "b", "2026.12.5.1")  # other weights could hide under the same version
+    assert run_cli(label_db, "model", "promote", str(first))[0] == 0
+    code, out = run_cli(label_db, "model", "promote", str(again))
+    assert code != 0 and "is registered from" in out
+    code, out = run_cli(label_db, "model", "promote", str(again), "--replace")
+    assert code == 0 and str(again.resolve()) in out
+    child = model_copy(tmp_path, "2026.12.5.2")
+    shutil.copy(DEFAULT_MODEL_DIR / "evaluation.json", child)  # the parent's figures, copied along
+    code, out = run_cli(label_db, "model", "promote", str(child))
+    assert code != 0 and "not this model's 2026.12.5.2" in out
 
 
 def test_selections_become_sql_conditions() -> None:

@@ -23,7 +23,7 @@ NEW_VERSION = "2099.01.01.1"  # newer than any shipped version
 def new_version_of_the_shipped_model(tmp_path: Path) -> Path:
     """The shipped model under a new version (the weights do not matter for the rollout)."""
     model = tmp_path / "model-new"
-    shutil.copytree(DEFAULT_MODEL_DIR, model)
+    shutil.copytree(DEFAULT_MODEL_DIR, model, ignore=shutil.ignore_patterns("evaluation.json"))  # not its own
     meta = json.loads((model / "metadata.json").read_text())
     (model / "metadata.json").write_text(json.dumps({**meta, "version": NEW_VERSION}))
     return model
