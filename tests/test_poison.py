@@ -178,7 +178,8 @@ def test_event_time_is_normalised_to_utc_and_bounded(event_time: str, expected: 
         with pytest.raises(InvalidEvent, match="event_time"):
             parse_event(raw, limits)
         return
-    parsed = parse_event(raw.replace(b"2026-11-30", datetime.now(UTC).date().isoformat().encode()), limits)
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).date()  # in the window whatever the time of day
+    parsed = parse_event(raw.replace(b"2026-11-30", yesterday.isoformat().encode()), limits)
     assert parsed.event_time is not None and parsed.event_time.utcoffset() == timedelta(0)
     assert parsed.event_time.isoformat().endswith(expected[10:])
 
