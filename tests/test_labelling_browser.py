@@ -38,16 +38,16 @@ ARGS = [
     "--no-first-run",
 ]
 SCREENSHOTS = os.environ.get("LABELLING_SCREENSHOTS")
-# The shipped model's positions in order take the keys 1 2 3 4 ...: front is 4, rear 8, side 0.
+# Positions take the keys 1 2 3 ... walking round the car: front is 1, side 3, rear 5.
 KEYS = {  # (labeller, image) -> keys pressed
-    ("lab0", "agree"): "n4",
-    ("lab1", "agree"): "n4",
-    ("lab2", "agree"): "n4",
-    ("lab0", "disagree"): "y4",
-    ("lab1", "disagree"): "n0",  # two different labels of three: cannot reach three, so to review
+    ("lab0", "agree"): "n1",
+    ("lab1", "agree"): "n1",
+    ("lab2", "agree"): "n1",
+    ("lab0", "disagree"): "y1",
+    ("lab1", "disagree"): "n3",  # two different labels of three: cannot reach three, so to review
     ("lab0", "skipped"): "s",  # a skip uses no slot: the image stays open for a third labeller
-    ("lab1", "skipped"): "n8",
-    ("lab2", "skipped"): "n8",
+    ("lab1", "skipped"): "n5",
+    ("lab2", "skipped"): "n5",
     ("lab0", "unsure"): "u",  # with K = N = 3, one "unsure" sends it to review
 }
 SEEN = {"lab0": ["agree", "disagree", "skipped", "unsure"], "lab1": ["agree", "disagree", "skipped"]}

@@ -121,3 +121,12 @@ def test_exported_ids_never_become_spreadsheet_formulas() -> None:
     assert spreadsheet_safe('=HYPERLINK("http://evil","x")') == '\'=HYPERLINK("http://evil","x")'
     assert [spreadsheet_safe(v) for v in ("+1", "-2", "@x", "\tx")] == ["'+1", "'-2", "'@x", "'\tx"]
     assert spreadsheet_safe("img-1") == "img-1"
+
+
+def test_position_keys_walk_round_the_car() -> None:
+    shipped = ("dashboard", "detail", "engine", "front", "front_three_quarter", "interior", "other", "rear",
+               "rear_three_quarter", "side", "trunk", "wheel")  # fmt: skip
+    assert position_keys(shipped)[:5] == [
+        ("front", "1"), ("front_three_quarter", "2"), ("side", "3"), ("rear_three_quarter", "4"), ("rear", "5")
+    ]  # fmt: skip
+    assert position_keys(shipped)[-1][0] == "wheel"  # a label outside the walk comes last

@@ -18,9 +18,18 @@ MAX_ID_CHARS = 1000
 POSITION_KEYS = "1234567890qwertiopadfghjklzxcvm"
 
 
+# Positions in the order a labeller walks round a car and then into it; a model's other labels follow.
+WALK_AROUND = (
+    "front", "front_three_quarter", "side", "rear_three_quarter", "rear",
+    "interior", "dashboard", "engine", "trunk", "detail", "other",
+)  # fmt: skip
+
+
 def position_keys(positions: tuple[str, ...]) -> list[tuple[str, str]]:
-    """(position, key) pairs; positions beyond the keys get none."""
-    return [(p, POSITION_KEYS[i] if i < len(POSITION_KEYS) else "") for i, p in enumerate(positions)]
+    """(position, key) pairs in walk-around order (1 front, 2 front three-quarter, ...); positions beyond the
+    keys get none."""
+    ordered = sorted(positions, key=lambda p: WALK_AROUND.index(p) if p in WALK_AROUND else len(WALK_AROUND))
+    return [(p, POSITION_KEYS[i] if i < len(POSITION_KEYS) else "") for i, p in enumerate(ordered)]
 
 
 @routes.get("/label")
