@@ -11,6 +11,7 @@ from processor.labelling.consensus import Verdict
 from processor.labelling.export import export, held_out
 from processor.labelling.tasks import (
     Answer,
+    Progress,
     QueueError,
     agreement,
     next_task,
@@ -210,3 +211,16 @@ async def test_redecide_moves_images_nobody_can_finish_after_the_team_shrank(lab
     await db.pool.execute("UPDATE label_users SET active = false WHERE id = ANY($1::int[])", users[2:])
     assert await redecide(db.pool, db.config) == {"final": 0, "review": 1}
     assert await status(db, "img") == "review"
+
+
+async def test_a_labeller_sees_how_far_they_are(label_db: LabelDb) -> None:
+    from processor.labelling.tasks import progress
+
+    db = label_db
+    for i in range(3):
+        await db.classify(f"img-{i}", f"http://x/{i}", banner_score=0.5)
+    await sampling.fill(db.pool, db.settings.postgres_table, 10, 0.0, THRESHOLD)
+    user = await db.user("l0")
+    assert await progress(db.pool, user, db.config) == Progress(0, 0, 3)
+    await answer(db, user)
+    assert await progress(db.pool, user, db.config) == Progress(1, 1, 2)

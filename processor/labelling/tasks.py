@@ -98,6 +98,32 @@ async def claim_batch(pool: asyncpg.Pool, user_id: int, config: LabelConfig, cou
     return [_task(r) for r in rows]
 
 
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Where a labeller stands: answers given (all time, today) and images still open to them."""
+
+    answered: int
+    answered_today: int
+    open_to_me: int
+
+
+async def progress(pool: asyncpg.Pool, user_id: int, config: LabelConfig) -> Progress:
+    row = await pool.fetchrow(
+        """SELECT
+            (SELECT count(*) FROM label_answers WHERE user_id = $1 AND verdict IS NOT NULL) AS answered,
+            (SELECT count(*) FROM label_answers WHERE user_id = $1 AND verdict IS NOT NULL
+                AND answered_at >= date_trunc('day', now())) AS today,
+            (SELECT count(*) FROM label_tasks t WHERE t.status = 'open'
+                AND t.votes < coalesce(t.max_labellers, $2)
+                AND NOT EXISTS (SELECT 1 FROM label_answers a WHERE a.image_id = t.image_id AND a.user_id = $1
+                                AND a.verdict IS NOT NULL)) AS open_to_me""",
+        user_id,
+        config.max_labellers,
+    )
+    assert row is not None
+    return Progress(row["answered"], row["today"], row["open_to_me"])
+
+
 async def task_url(pool: asyncpg.Pool, image_id: str) -> str | None:
     """The source URL of a queued image (the app fetches it; the page never sees it as a link)."""
     url: str | None = await pool.fetchval("SELECT url FROM label_tasks WHERE image_id = $1", image_id)

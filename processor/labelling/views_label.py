@@ -9,7 +9,7 @@ from aiohttp import web
 from ..errors import ProcessorError
 from . import guidelines
 from .consensus import VERDICTS, Verdict
-from .tasks import Answer, QueueError, next_task, record_answer, task_url
+from .tasks import Answer, QueueError, next_task, progress, record_answer, task_url
 from .web import CONFIG, IMAGES, POOL, POSITIONS, error_page, render, session_of
 
 routes = web.RouteTableDef()
@@ -45,6 +45,7 @@ async def label_page(request: web.Request) -> web.StreamResponse:
         task=task,
         positions=position_keys(request.app[POSITIONS]),
         guidelines_version=rules.version,
+        progress=await progress(pool, session.user.id, request.app[CONFIG]),
     )
 
 
