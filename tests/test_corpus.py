@@ -123,9 +123,9 @@ async def test_fetch_downloads_from_the_commit_checks_sha256_and_skips_what_is_t
     ]
     try:
         report = await fetch(rows, tmp_path / "photos", base, concurrency=2)
-        assert report.fetched == 2 and set(report.failed or {}) == {"bad", "gone", "not-in-zip"}
+        assert report.fetched == 2 and set(report.failed) == {"bad", "gone", "not-in-zip"}
         assert hits.count(f"{root}/data/set.zip") == 1  # one download for both members
-        assert "SHA-256" in (report.failed or {})["bad"]
+        assert "SHA-256" in report.failed["bad"]
         with Image.open(tmp_path / "photos" / "ok.jpg") as img:
             assert img.size == (640, 480)
         before = len(hits)

@@ -20,7 +20,7 @@ import re
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -135,7 +135,7 @@ class FetchReport:
 
     fetched: int = 0
     present: int = 0
-    failed: dict[str, str] | None = None
+    failed: dict[str, str] = field(default_factory=dict)  # image_id -> why
 
 
 async def fetch(
@@ -146,8 +146,7 @@ async def fetch(
     progress: Callable[[], object] | None = None,
 ) -> FetchReport:
     """Download every photo not in ``out`` yet, check its SHA-256, and store it; failures are reported."""
-    report = FetchReport(failed={})
-    assert report.failed is not None
+    report = FetchReport()
     semaphore = asyncio.Semaphore(concurrency)
     timeout = aiohttp.ClientTimeout(total=60, sock_connect=10)
 
@@ -178,7 +177,7 @@ async def fetch(
                 await asyncio.to_thread(store_photo, data, target)
                 report.fetched += 1
             except (aiohttp.ClientError, TimeoutError, SourceChanged, OSError) as exc:
-                report.failed[photo.image_id] = f"{type(exc).__name__}: {exc}"  # type: ignore[index]
+                report.failed[photo.image_id] = f"{type(exc).__name__}: {exc}"
             finally:
                 if progress is not None:
                     progress()

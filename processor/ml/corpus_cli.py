@@ -56,7 +56,7 @@ def fetch_command(manifest: Path, photos: Path, base_url: str, concurrency: int)
     rows = read_manifest(manifest)
     with tqdm(total=len(rows), unit="photo", desc="fetched") as bar:
         report = asyncio.run(fetch(rows, photos, base_url, concurrency, lambda: bar.update()))
-    failed = report.failed or {}
+    failed = report.failed
     click.echo(f"fetched {report.fetched}, already there {report.present}, failed {len(failed)}")
     for image_id, why in sorted(failed.items())[:20]:
         click.echo(f"  {image_id}: {why}", err=True)
