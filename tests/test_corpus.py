@@ -216,3 +216,40 @@ def test_a_folder_of_many_cars_goes_to_train(tmp_path: Path) -> None:
     files = {f"uploads/{i}.jpg": photo(300 + i) for i in range(6)}
     rows, _ = add_photos([], source(tmp_path, files), tmp_path / "photos", "folder", mixed=True)
     assert {p.car_id for p in rows} == {"mixed:dealer/site:uploads"} and {p.split for p in rows} == {"train"}
+
+
+def test_subtle_site_overlays_are_small_or_faint_but_visible() -> None:
+    from processor.ml.synth import banners
+
+    for seed in range(24):
+        original = Image.new("RGB", (640, 480), (90, 110, 130))
+        img = original.copy()
+        style = banners.stamp_subtle(random.Random(seed), img)
+        diff = np.abs(np.asarray(img, dtype=np.int16) - np.asarray(original, dtype=np.int16)).max(axis=2)
+        changed = (diff > 25).mean()
+        assert 0.0005 < changed < 0.2, (style, changed)  # there, and far smaller than a drawn banner
+
+
+def test_heroes_are_judged_only_where_a_banner_free_exterior_photo_exists() -> None:
+    from types import SimpleNamespace
+
+    from processor.ml.dataset import Labelled
+    from processor.ml.realeval import heroes
+    from processor.model import Prediction
+
+    def said(position: str, banner: float = 0.0) -> Prediction:
+        return Prediction(banner, {position: 0.9, "other": 0.1})
+
+    shots = [  # (truth position, truth banner, the model's position, the model's banner score)
+        *[("engine", 0, "engine", 0.0)] * 5,  # a repair page: no exterior hero is possible
+        *[("interior", 0, "interior", 0.0)] * 4 + [("front", 0, "front", 0.0)],  # right
+        *[("engine", 0, "front_three_quarter", 0.0)] + [("side", 0, "rear", 0.0)] * 4,  # wrong: engine on top
+    ]
+    items = [Labelled(Path(f"{k}.jpg"), b, p) for k, (p, b, _, _) in enumerate(shots)]
+    cars = ["repair"] * 5 + ["right"] * 5 + ["wrong"] * 5
+    predictions = [said(p, s) for _, _, p, s in shots]
+    info = SimpleNamespace(position_floor=0.0, version="1")
+    report = heroes(items, cars, predictions, SimpleNamespace(banner_threshold=0.5, info=info))  # type: ignore[arg-type]
+    assert (report["listings"], report["exterior_hero"]) == (2, 1)
+    assert report["not_judged_no_banner_free_exterior"] == 1
+    assert report["wrong_heroes"] == {"engine": 1}

@@ -359,11 +359,12 @@ def spread(candidates: list[Candidate], most: int, car: Callable[[Candidate], st
     return chosen
 
 
-def write_stamped(split_dir: Path, out: Path, unseen: bool, seed: int = 1) -> int:
+def write_stamped(split_dir: Path, out: Path, unseen: bool, seed: int = 1, subtle_share: float = 0.0) -> int:
     """Copies of a split's banner-free photos with a drawn banner (labels.csv; position kept, banner 1).
 
     Training takes the generator's styles (``stamp``); a test set takes styles it never draws
-    (``stamp_unseen``), so "stamped banners found" measures more than memory of the styles.
+    (``stamp_unseen``), so "stamped banners found" measures more than memory of the styles. A
+    ``subtle_share`` of the copies gets a site's small or faint overlay instead (``stamp_subtle``).
     """
     from .synth import banners
 
@@ -377,7 +378,10 @@ def write_stamped(split_dir: Path, out: Path, unseen: bool, seed: int = 1) -> in
         for r in rows:
             with Image.open(r["file"]) as src:
                 img = src.convert("RGB")
-            (banners.stamp_unseen if unseen else banners.stamp)(rng, img)
+            if rng.random() < subtle_share:
+                banners.stamp_subtle(rng, img)
+            else:
+                (banners.stamp_unseen if unseen else banners.stamp)(rng, img)
             name = f"images/{r['image_id']}.jpg"
             img.save(out / name, "JPEG", quality=rng.randint(75, 92))
             writer.writerow((name, "1", r["position"], r["image_id"], r["car_id"]))

@@ -189,8 +189,11 @@ def add_command(
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True)
 @click.option("--unseen", is_flag=True, help="Banner styles the generator never draws (for a test set).")
 @click.option("--seed", default=1, show_default=True)
-def stamp(split_dir: Path, out: Path, unseen: bool, seed: int) -> None:
+@click.option(
+    "--subtle-share", default=0.0, show_default=True, help="Share given a small or faint site overlay instead."
+)
+def stamp(split_dir: Path, out: Path, unseen: bool, seed: int, subtle_share: float) -> None:
     """Write copies of a split's banner-free photos with a drawn banner (the stamped-banner sets)."""
     from .corpus import write_stamped
 
-    click.echo(f"{write_stamped(split_dir, out, unseen, seed)} stamped photos in {out}")
+    click.echo(f"{write_stamped(split_dir, out, unseen, seed, subtle_share)} stamped photos in {out}")

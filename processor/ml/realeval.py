@@ -49,13 +49,14 @@ def heroes(
 ) -> dict[str, Any]:
     """How many listings (cars with HERO_MIN_PHOTOS+ photos) get an exterior hero, and a banner-free one.
 
-    A listing without a hero counts as a miss when it has a banner-free photo (the model called them all
-    bannered); when every photo truly carries an overlay, no hero is the right answer and it is not judged."""
+    A listing is judged when it truly has a banner-free exterior photo, so that an exterior hero is possible:
+    a repair page of engine photos, or a listing whose every exterior view carries an overlay, is counted
+    apart. A judged listing without a hero (the model called every photo bannered) is a miss."""
     rules = ListingRules(hero_rule=HeroRule.PREFERRED_POSITION)
     by_car: dict[str, list[int]] = {}
     for index, car in enumerate(cars):
         by_car.setdefault(car, []).append(index)
-    judged = exterior = clean = no_hero = all_bannered = 0
+    judged = exterior = clean = no_hero = impossible = 0
     wrong: Counter[str] = Counter()
     for car, indexes in sorted(by_car.items()):
         if len(indexes) < HERO_MIN_PHOTOS:
@@ -70,10 +71,10 @@ def heroes(
             )
             for n, i in enumerate(indexes)
         ]
-        state = compute_state(car, results, rules)
-        if state.hero_image_id is None and all(items[i].banner for i in indexes):
-            all_bannered += 1
+        if not any(items[i].position in EXTERIOR and not items[i].banner for i in indexes):
+            impossible += 1
             continue
+        state = compute_state(car, results, rules)
         judged += 1
         if state.hero_image_id is None:
             no_hero += 1
@@ -89,7 +90,7 @@ def heroes(
         "share": round(exterior / judged, 4) if judged else None,
         "exterior_banner_free_hero": clean,
         "no_hero": no_hero,
-        "not_judged_all_photos_bannered": all_bannered,
+        "not_judged_no_banner_free_exterior": impossible,
         "wrong_heroes": dict(wrong),
     }
 

@@ -404,3 +404,61 @@ def stamp_unseen(rng: random.Random, img: Image.Image) -> str:
         )
     _composite(img, overlay)
     return style
+
+
+SITES = ("autohaus-nord.de", "bestcars.com", "premium-motors.it", "carpoint.pl", "bonauto.vn", "citycars.co.uk")
+
+
+def stamp_subtle(rng: random.Random, img: Image.Image) -> str:
+    """The overlays sites and dealers add as published: a faint tiled or centred site name, a small
+    corner address or logo. Smaller and fainter than ``stamp``'s banners; returns the style."""
+    w, h = img.size
+    overlay = Image.new("RGBA", img.size, (0, 0, 0, 0))
+    light = rng.random() < 0.6
+    rgb = (255, 255, 255) if light else colour(rng)
+    style = rng.choice(("tiled", "centred", "corner_text", "corner_logo"))
+    if style in ("tiled", "centred"):
+        layer = Image.new("RGBA", img.size, (0, 0, 0, 0))
+        draw = ImageDraw.Draw(layer)
+        text = rng.choice((rng.choice(SITES), rng.choice(DEALERS)))
+        alpha = rng.randint(70, 150)
+        size = int(h * (rng.uniform(0.05, 0.09) if style == "tiled" else rng.uniform(0.08, 0.16)))
+        face = font(size, rng)
+        spots = (
+            [(x * w / 3 + rng.uniform(0, w * 0.1), y * h / 3) for x in range(3) for y in range(3)]
+            if style == "tiled"
+            else [(w * rng.uniform(0.15, 0.35), h * rng.uniform(0.4, 0.55))]
+        )
+        for spot in spots:
+            draw.text(spot, text, fill=(*rgb, alpha), font=face)
+        overlay.alpha_composite(layer.rotate(rng.choice((0, rng.uniform(-40, 40)))))
+    else:
+        draw = ImageDraw.Draw(overlay)
+        left, top = rng.random() < 0.5, rng.random() < 0.3
+        alpha = rng.randint(170, 255)
+        if style == "corner_text":
+            size = int(h * rng.uniform(0.035, 0.07))
+            face = font(size, rng)
+            text = rng.choice((f"www.{rng.choice(SITES)}", rng.choice(DEALERS), offer_text(rng)))
+            length = draw.textlength(text, font=face)
+            x = w * 0.02 if left else w * 0.98 - length
+            y = h * 0.02 if top else h * 0.97 - size
+            draw.text((x + 1, y + 1), text, fill=(0, 0, 0, alpha // 2), font=face)
+            draw.text((x, y), text, fill=(*rgb, alpha), font=face)
+        else:
+            r = min(w, h) * rng.uniform(0.05, 0.1)
+            cx = r * 1.3 if left else w - r * 1.3
+            cy = r * 1.3 if top else h - r * 1.3
+            fill = (*colour(rng), alpha)
+            _shape(
+                draw,
+                rng.choice(("ellipse", "pill", "hexagon")),
+                (cx - r, cy - r * 0.7, cx + r, cy + r * 0.7),
+                fill,
+                None,
+            )
+            draw.text(
+                (cx, cy), rng.choice(DEALERS)[:2].upper(), fill=_ink(fill), font=font(int(r * 0.7), rng), anchor="mm"
+            )
+    _composite(img, overlay)
+    return style
