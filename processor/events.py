@@ -149,15 +149,17 @@ class Classification:
     etag: str | None = None  # the URL's validators, for the cache (not part of the output)
     last_modified: str | None = None
     classified_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    model_generation: int = 0  # the registry's promotion order of the model (0: not from the registry)
 
     @property
     def model_key(self) -> str:
         """The model that made it, as cache keys name it."""
         return f"{self.model_name}:{self.model_version}"
 
-    def order_key(self) -> tuple[datetime, bool, tuple[int, ...]]:
-        """Which of two outcomes for one image is newer (the store's rule)."""
-        return (self.event_time, False, version_key(self.model_version))
+    def order_key(self) -> tuple[datetime, bool, int, tuple[int, ...]]:
+        """Which of two outcomes for one image is newer (the store's rule): for one event, the model
+        promoted last wins (a rollback), then the higher version."""
+        return (self.event_time, False, self.model_generation, version_key(self.model_version))
 
     @property
     def output_id(self) -> str:
@@ -243,8 +245,8 @@ class Deletion:
     envelope: Envelope
     event_time: datetime
 
-    def order_key(self) -> tuple[datetime, bool, tuple[int, ...]]:
-        return (self.event_time, True, ())
+    def order_key(self) -> tuple[datetime, bool, int, tuple[int, ...]]:
+        return (self.event_time, True, 0, ())
 
     def to_output(self) -> dict[str, Any]:
         """The ``image-removals`` record."""

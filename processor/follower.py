@@ -26,7 +26,7 @@ class ModelFollower:
         self._store = store
         self._settings = settings
         self._migrated = False
-        self._refused: tuple[str, str] | None = None  # a promoted model that failed to load: not retried
+        self._refused: tuple[str, str, int] | None = None  # a promoted model that failed to load: not retried
 
     async def check(self) -> None:
         try:
@@ -37,8 +37,14 @@ class ModelFollower:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # next check tries again
             log.warning("model registry not read: %s: %s", type(exc).__name__, exc)
             return
-        info = self._pipeline.classifier.info
-        if wanted is None or (wanted.name, wanted.version) in ((info.name, info.version), self._refused):
+        running = self._pipeline.classifier
+        info = running.info
+        if wanted is None or (wanted.name, wanted.version, wanted.generation) == self._refused:
+            return
+        if (wanted.name, wanted.version) == (info.name, info.version):
+            if running.generation != wanted.generation:  # promoted again, or the model the worker started with
+                running.generation = wanted.generation
+                log.info("classifying with %s %s as promotion %d", info.name, info.version, wanted.generation)
             return
         log.info("model %s %s promoted: loading %s", wanted.name, wanted.version, wanted.model_dir)
         try:
@@ -46,7 +52,7 @@ class ModelFollower:
                 Classifier, wanted.model_dir, self._settings.banner_threshold, self._settings.inference_runtime
             )
         except Exception as exc:  # a broken directory must not stop the worker: keep the running model
-            self._refused = (wanted.name, wanted.version)
+            self._refused = (wanted.name, wanted.version, wanted.generation)  # a new promotion retries it
             log.error(
                 "promoted model %s %s does not load; keeping %s %s: %s",
                 wanted.name,
@@ -56,6 +62,7 @@ class ModelFollower:
                 exc,
             )
             return
+        model.generation = wanted.generation
         self._pipeline.use_model(model)
         metrics.MODEL_INFO.clear()
         metrics.MODEL_INFO.labels(model.info.name, model.info.version).set(1)

@@ -120,6 +120,7 @@ class Classifier:
 
     def __init__(self, model_dir: Path, banner_threshold: float | None = None, runtime: str = "auto") -> None:
         self.info = ModelInfo.read(model_dir)
+        self.generation = 0  # the registry's promotion order this model runs under (0: not from the registry)
         self.banner_threshold = self.info.banner_threshold if banner_threshold is None else banner_threshold
         self.runtime = choose_runtime(model_dir, runtime)
         if self.runtime == "onnx":

@@ -235,6 +235,7 @@ class Pipeline:
             timings_ms=timings,
             etag=v.etag,
             last_modified=v.last_modified,
+            model_generation=clf.generation,
         )
 
     @staticmethod

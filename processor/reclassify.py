@@ -1,7 +1,9 @@
 """Re-queue stored images onto the input topic, at a bounded rate, so the active model classifies them again.
 
 Events carry the row's own ``event_time``: the upsert then replaces a row only when the new
-model's version is higher, and a genuinely newer event for the image still wins.
+model was promoted later (or, between models of one promotion, its version is higher), and a
+genuinely newer event for the image still wins. After a rollback, ``model_versions`` selects the
+rows the withdrawn model wrote.
 """
 
 from __future__ import annotations
@@ -27,9 +29,17 @@ class Selection:
     until: datetime | None = None  # classified_at < until
     model_version_below: str | None = None
     everything: bool = False
+    model_versions: tuple[str, ...] = ()  # rows written by exactly these versions (a withdrawn model's)
 
     def is_empty(self) -> bool:
-        return not (self.listings or self.since or self.until or self.model_version_below or self.everything)
+        return not (
+            self.listings
+            or self.since
+            or self.until
+            or self.model_version_below
+            or self.model_versions
+            or self.everything
+        )
 
 
 def _ident(name: str) -> str:
@@ -64,6 +74,8 @@ def where_clause(selection: Selection, deleted_column: bool) -> tuple[str, list[
     if selection.model_version_below is not None:
         # compared as numbers (2026.11.30.10 > 2026.11.30.9), by the function the store's migrations create
         add("processor_version_key(model_version) < processor_version_key({})", selection.model_version_below)
+    if selection.model_versions:
+        add("model_version = ANY({}::text[])", list(selection.model_versions))
     if deleted_column:
         conditions.append("deleted IS NOT TRUE")
     return " AND ".join(conditions), args

@@ -3,6 +3,11 @@
 One row per (name, version) in ``model_versions``; exactly one row is ``active`` (a partial
 unique index enforces it). ``promote`` makes a directory the active model, ``active`` tells
 the workers which one that is; rolling back is promoting the old directory again.
+
+Every promotion takes the next ``generation`` (1, 2, 3...), re-promoting an old directory too. The
+workers stamp each result with the generation of the model that made it, and the image store lets
+the later promotion win for one event: after a rollback, ``processor reclassify`` replaces the bad
+model's rows even though its version string is higher.
 Asyncpg only: the workers import this module.
 """
 
@@ -36,6 +41,15 @@ MIGRATIONS = [  # append, never edit
     );
     CREATE UNIQUE INDEX IF NOT EXISTS {TABLE}_one_active ON {TABLE} (active) WHERE active;
     """,
+    # 2: promotion order; rows promoted before it are numbered by promoted_at.
+    f"""
+    ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS generation bigint;
+    UPDATE {TABLE} t SET generation = o.n FROM (
+        SELECT name, version, row_number() OVER (ORDER BY promoted_at, name, version) AS n FROM {TABLE}
+    ) o WHERE t.name = o.name AND t.version = o.version;
+    ALTER TABLE {TABLE} ALTER COLUMN generation SET NOT NULL;
+    CREATE UNIQUE INDEX IF NOT EXISTS {TABLE}_generation ON {TABLE} (generation);
+    """,
 ]
 
 
@@ -50,6 +64,7 @@ class ModelVersion:
     promoted_at: datetime
     promoted_by: str
     active: bool
+    generation: int  # promotion order: the results of a later promotion win over an earlier one's
 
 
 async def migrate(pool: asyncpg.Pool) -> int:
@@ -98,11 +113,13 @@ async def promote(
             )
         await conn.execute(f"UPDATE {TABLE} SET active = false WHERE active")
         row = await conn.fetchrow(
-            f"""INSERT INTO {TABLE} (name, version, model_dir, evaluation, promoted_at, promoted_by, active)
-            VALUES ($1, $2, $3, $4::jsonb, now(), $5, true)
+            f"""INSERT INTO {TABLE} (name, version, model_dir, evaluation, promoted_at, promoted_by, active,
+                generation)
+            VALUES ($1, $2, $3, $4::jsonb, now(), $5, true, (SELECT coalesce(max(generation), 0) + 1 FROM {TABLE}))
             ON CONFLICT (name, version) DO UPDATE SET model_dir = excluded.model_dir,
                 evaluation = coalesce(excluded.evaluation, {TABLE}.evaluation),
-                promoted_at = excluded.promoted_at, promoted_by = excluded.promoted_by, active = true
+                promoted_at = excluded.promoted_at, promoted_by = excluded.promoted_by, active = true,
+                generation = excluded.generation
             RETURNING *""",
             str(meta["name"]),
             str(meta["version"]),
@@ -121,7 +138,7 @@ async def active(pool: asyncpg.Pool) -> ModelVersion | None:
 
 async def history(pool: asyncpg.Pool) -> list[ModelVersion]:
     """Every registered model, the most recently promoted first."""
-    rows = await pool.fetch(f"SELECT * FROM {TABLE} ORDER BY promoted_at DESC, name, version")
+    rows = await pool.fetch(f"SELECT * FROM {TABLE} ORDER BY generation DESC")
     return [_version(r) for r in rows]
 
 
@@ -135,7 +152,8 @@ def _version(row: asyncpg.Record) -> ModelVersion:
         promoted_at=row["promoted_at"],
         promoted_by=row["promoted_by"],
         active=row["active"],
+        generation=row["generation"],
     )
 
 
-__all__ = ["ModelVersion", "active", "history", "migrate", "promote", "read_metadata"]
+__all__ = ["ModelVersion", "RegistryConflict", "active", "history", "migrate", "promote", "read_metadata"]

@@ -18,6 +18,7 @@ import click
 
 from . import registry
 from .cli import settings_options
+from .events import version_key
 from .reclassify import Selection
 from .reclassify import reclassify as run_reclassify
 from .settings import Settings
@@ -107,31 +108,59 @@ def promote(
 ) -> None:
     """Make DIRECTORY (a model directory) the active model (rollback: promote the old directory again)."""
 
-    async def run(pool: asyncpg.Pool) -> registry.ModelVersion:
+    async def run(pool: asyncpg.Pool) -> tuple[registry.ModelVersion, list[registry.ModelVersion]]:
         current = await registry.active(pool)
         check_labels(directory, current.model_dir if current is not None else settings.model_dir)
         check_loads(directory)
         report = read_evaluation(directory, evaluation)
-        return await registry.promote(pool, directory, report, promoted_by or getpass.getuser(), replace)
+        before = {(v.name, v.version): v.generation for v in await registry.history(pool)}
+        promoted = await registry.promote(pool, directory, report, promoted_by or getpass.getuser(), replace)
+        return promoted, withdrawn_by(promoted, current, before, await registry.history(pool))
 
     try:
-        promoted = asyncio.run(_with_pool(settings, run))
+        promoted, withdrawn = asyncio.run(_with_pool(settings, run))
     except registry.RegistryConflict as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"active: {promoted.name} {promoted.version} ({promoted.model_dir})")
+    click.echo(f"active: {promoted.name} {promoted.version} ({promoted.model_dir}), promotion {promoted.generation}")
+    if withdrawn:
+        flags = " ".join(f"--model-version {v.version}" for v in withdrawn)
+        click.echo(
+            f"rolled back over {', '.join(v.version for v in withdrawn)}: their results stand until the images are "
+            f"classified again (processor reclassify {flags}); this model's results now win over theirs",
+            err=True,
+        )
+
+
+def withdrawn_by(
+    promoted: registry.ModelVersion,
+    previous: registry.ModelVersion | None,
+    generations_before: dict[tuple[str, str], int],
+    history: list[registry.ModelVersion],
+) -> list[registry.ModelVersion]:
+    """The models a promotion rolls back over, whose rows stand until the images are classified again:
+    those promoted since this directory last was, or (a model the workers ran without promoting it) the
+    previous active model when its version is higher."""
+    earlier = generations_before.get((promoted.name, promoted.version))
+    if earlier is not None:
+        return [v for v in history if earlier < v.generation < promoted.generation]
+    if previous is not None and version_key(previous.version) > version_key(promoted.version):
+        return [previous]
+    return []
 
 
 @model.command(name="list")
 @settings_options
 def list_models(settings: Settings) -> None:
-    """List registered models, the most recently promoted first; * marks the active one."""
+    """List registered models, the most recently promoted first; * marks the active one, #N the promotion
+    order (for one image, the results of a later promotion replace an earlier one's)."""
     versions = asyncio.run(_with_pool(settings, registry.history))
     if not versions:
         click.echo(f"no model promoted yet: workers run PROCESSOR_MODEL_DIR ({settings.model_dir})")
     for v in versions:
         accuracy = ((v.evaluation or {}).get("banner") or {}).get("accuracy")
         click.echo(
-            f"{'*' if v.active else ' '} {v.name} {v.version}  promoted {v.promoted_at:%Y-%m-%d %H:%M} by "
+            f"{'*' if v.active else ' '} {v.name} {v.version}  #{v.generation}  promoted "
+            f"{v.promoted_at:%Y-%m-%d %H:%M} by "
             f"{v.promoted_by}  banner accuracy {accuracy if accuracy is not None else '-'}  {v.model_dir}"
         )
 
@@ -145,6 +174,12 @@ def _utc(value: datetime | None) -> datetime | None:
 @click.option("--since", type=click.DateTime(), default=None, help="classified_at at or after (UTC).")
 @click.option("--until", type=click.DateTime(), default=None, help="classified_at before (UTC).")
 @click.option("--model-version-below", default=None, help="Rows classified by a model version below this.")
+@click.option(
+    "--model-version",
+    "model_versions",
+    multiple=True,
+    help="Rows classified by exactly this version (repeatable): a rolled-back model's.",
+)
 @click.option("--all", "everything", is_flag=True, help="Every row (the filters above still apply).")
 @click.option(
     "--rate",
@@ -161,15 +196,18 @@ def reclassify(
     since: datetime | None,
     until: datetime | None,
     model_version_below: str | None,
+    model_versions: tuple[str, ...],
     everything: bool,
     rate_per_s: float,
 ) -> None:
     """Put stored images back onto the input topic so the workers classify them again."""
     from tqdm import tqdm
 
-    selection = Selection(listings, _utc(since), _utc(until), model_version_below, everything)
+    selection = Selection(listings, _utc(since), _utc(until), model_version_below, everything, model_versions)
     if selection.is_empty():
-        raise click.UsageError("choose images: --listing, --since/--until, --model-version-below or --all")
+        raise click.UsageError(
+            "choose images: --listing, --since/--until, --model-version-below, --model-version or --all"
+        )
     bar = tqdm(unit="event", desc="re-queued")
 
     def progress(sent: int, total: int) -> None:

@@ -1,11 +1,12 @@
 """Postgres: versioned schema migrations and set-based idempotent writes.
 
 One row per image: the latest of its results and deletions (tombstones). A row is replaced by
-an outcome that is not older: ordered by (event_time, deleted, model version as numbers), so a
-newer event wins, a deletion wins a tie, a newer model wins over an older one for the same
-event, and a replay re-applies the same content. ``write`` returns the image ids it applied,
-so the caller publishes exactly what Postgres holds. Dead letters are keyed by their source
-offset, so replays do not duplicate them.
+an outcome that is not older: ordered by (event_time, deleted, model generation, model version
+as numbers), so a newer event wins, a deletion wins a tie, for the same event the model promoted
+last wins (the registry's generation: after a rollback the old model's results replace the bad
+one's), then the higher version, and a replay re-applies the same content. ``write`` returns the
+image ids it applied, so the caller publishes exactly what Postgres holds. Dead letters are keyed
+by their source offset, so replays do not duplicate them.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ log = logging.getLogger(__name__)
 DLQ_TABLE = "image_dead_letters"
 DLQ_ROW_RAW_LIMIT = 64 * 1024  # bytes of the original event kept in a dead-letter row
 # The stored row is not newer than the incoming one (see the module docstring).
-NOT_OLDER = """(t.event_time, t.deleted, processor_version_key(t.model_version))
-    <= (excluded.event_time, excluded.deleted, processor_version_key(excluded.model_version))"""
+NOT_OLDER = """(t.event_time, t.deleted, t.model_generation, processor_version_key(t.model_version))
+    <= (excluded.event_time, excluded.deleted, excluded.model_generation,
+        processor_version_key(excluded.model_version))"""
 
 
 def migrations(table: str) -> list[str]:
@@ -88,6 +90,8 @@ def migrations(table: str) -> list[str]:
         """,
         # 3: dead letters remember when they were redriven (processor dlq redrive sends each once).
         f"ALTER TABLE {DLQ_TABLE} ADD COLUMN IF NOT EXISTS redriven_at timestamptz",
+        # 4: the registry's promotion order of the model that wrote the row (0: a model not from the registry).
+        f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS model_generation bigint NOT NULL DEFAULT 0",
     ]
 
 
@@ -107,10 +111,12 @@ class PostgresStore:
         self._upsert = f"""
             INSERT INTO {t} AS t (image_id, listing_id, url, position_index, has_banner, banner_score,
                 position, position_scores, model_name, model_version, content_hash, width, height,
-                event_time, classified_at, output_id, source_topic, source_partition, source_offset)
+                event_time, classified_at, output_id, source_topic, source_partition, source_offset,
+                model_generation)
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bool[], $6::real[],
                 $7::text[], $8::jsonb[], $9::text[], $10::text[], $11::text[], $12::int[], $13::int[],
-                $14::timestamptz[], $15::timestamptz[], $16::uuid[], $17::text[], $18::int[], $19::bigint[])
+                $14::timestamptz[], $15::timestamptz[], $16::uuid[], $17::text[], $18::int[], $19::bigint[],
+                $20::bigint[])
             ON CONFLICT (image_id) DO UPDATE SET
                 listing_id = excluded.listing_id, url = excluded.url,
                 position_index = excluded.position_index, has_banner = excluded.has_banner,
@@ -120,7 +126,8 @@ class PostgresStore:
                 width = excluded.width, height = excluded.height, event_time = excluded.event_time,
                 classified_at = excluded.classified_at, output_id = excluded.output_id,
                 source_topic = excluded.source_topic, source_partition = excluded.source_partition,
-                source_offset = excluded.source_offset, deleted = false
+                source_offset = excluded.source_offset, model_generation = excluded.model_generation,
+                deleted = false
             WHERE {NOT_OLDER}
             RETURNING image_id
         """
@@ -134,6 +141,7 @@ class PostgresStore:
                 listing_id = excluded.listing_id, url = NULL, has_banner = NULL, banner_score = NULL,
                 position = NULL, position_scores = NULL, model_name = NULL, model_version = NULL,
                 content_hash = NULL, width = NULL, height = NULL, output_id = NULL, deleted = true,
+                model_generation = excluded.model_generation,
                 event_time = excluded.event_time, classified_at = excluded.classified_at,
                 source_topic = excluded.source_topic, source_partition = excluded.source_partition,
                 source_offset = excluded.source_offset
@@ -179,7 +187,7 @@ class PostgresStore:
         applied: list[asyncpg.Record] = []
         async with self.pool.acquire() as conn, conn.transaction():
             if rows:
-                applied += await conn.fetch(self._upsert, *_columns([_row(r) for r in rows], 19))
+                applied += await conn.fetch(self._upsert, *_columns([_row(r) for r in rows], 20))
             if tombstones:
                 applied += await conn.fetch(self._tombstone, *_columns([_tombstone_row(d) for d in tombstones], 6))
             if dead:
@@ -240,6 +248,7 @@ def _row(r: Classification) -> tuple[Any, ...]:
         src.topic or None,
         src.partition if src.offset >= 0 else None,
         src.offset if src.offset >= 0 else None,
+        r.model_generation,
     )
 
 

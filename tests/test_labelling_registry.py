@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from processor import registry
 from processor.cli import main
 from processor.dev.harness import settings_env
+from processor.migrations import apply as apply_migrations
 from processor.reclassify import Selection, reclassify, where_clause
 from processor.settings import DEFAULT_MODEL_DIR
 from processor.topics import ensure_topics, read_topic
@@ -34,7 +35,7 @@ def model_copy(tmp_path: Path, version: str, **changes: object) -> Path:
 async def test_one_model_is_active_and_rollback_is_a_promotion(label_db: LabelDb, tmp_path: Path) -> None:
     pool = label_db.pool
     await registry.migrate(pool)
-    assert await registry.migrate(pool) == 1  # idempotent
+    assert await registry.migrate(pool) == 2  # idempotent
     assert await registry.active(pool) is None
     old, new = model_copy(tmp_path, "2026.12.1.1"), model_copy(tmp_path, "2026.12.2.1")
     await registry.promote(pool, old, None, "ana")
@@ -47,7 +48,27 @@ async def test_one_model_is_active_and_rollback_is_a_promotion(label_db: LabelDb
     history = await registry.history(pool)
     assert [v.version for v in history] == ["2026.12.1.1", "2026.12.2.1"]
     assert [v.active for v in history] == [True, False]
+    assert [v.generation for v in history] == [3, 2]  # promotion order: the rollback is the latest
     assert await pool.fetchval("SELECT count(*) FROM model_versions WHERE active") == 1
+
+
+async def test_models_promoted_before_the_generation_column_are_numbered_by_promotion_time(
+    label_db: LabelDb, tmp_path: Path
+) -> None:
+    pool = label_db.pool
+    await apply_migrations(pool, registry.TABLE, registry.MIGRATIONS[:1])  # a registry of the previous release
+    for version, day in (("2026.12.2.1", 2), ("2026.12.1.1", 3)):  # the second is a rollback to an older version
+        await pool.execute(
+            "INSERT INTO model_versions (name, version, model_dir, promoted_at, promoted_by, active) "
+            "VALUES ('m', $1, '/x', $2, 'ana', $3)",
+            version,
+            datetime(2026, 12, day, tzinfo=UTC),
+            day == 3,
+        )
+    await registry.migrate(pool)
+    assert [(v.version, v.generation) for v in await registry.history(pool)] == [("2026.12.1.1", 2), ("2026.12.2.1", 1)]
+    promoted = await registry.promote(pool, model_copy(tmp_path, "2026.12.4.1"), None, "bo")
+    assert promoted.generation == 3
 
 
 def run_cli(label_db: LabelDb, *args: str) -> tuple[int, str]:
@@ -77,7 +98,21 @@ def test_promote_refuses_what_would_not_run(label_db: LabelDb, tmp_path: Path) -
     code, out = run_cli(label_db, "model", "promote", str(good), "--by", "ci")
     assert code == 0 and "2026.12.3.1" in out
     code, out = run_cli(label_db, "model", "list")
-    assert code == 0 and out.startswith(f"* {SHIPPED_MODEL_NAME} 2026.12.3.1") and "by ci" in out
+    assert code == 0 and out.startswith(f"* {SHIPPED_MODEL_NAME} 2026.12.3.1  #1") and "by ci" in out
+
+
+def test_a_rollback_names_the_withdrawn_versions_and_how_to_reclassify_their_rows(
+    label_db: LabelDb, tmp_path: Path
+) -> None:
+    old, bad = model_copy(tmp_path, "2026.12.6.1"), model_copy(tmp_path, "2026.12.6.2")
+    assert run_cli(label_db, "model", "promote", str(old))[0] == 0
+    code, out = run_cli(label_db, "model", "promote", str(bad))
+    assert code == 0 and "promotion 2" in out and "rolled back" not in out
+    code, out = run_cli(label_db, "model", "promote", str(old))
+    assert code == 0 and "2026.12.6.1" in out and "promotion 3" in out
+    assert "rolled back over 2026.12.6.2" in out and "processor reclassify --model-version 2026.12.6.2" in out
+    code, out = run_cli(label_db, "model", "list")
+    assert out.splitlines()[0].startswith(f"* {SHIPPED_MODEL_NAME} 2026.12.6.1  #3")
 
 
 def test_promote_refuses_a_second_directory_under_a_version_and_a_borrowed_evaluation(
@@ -102,6 +137,9 @@ def test_selections_become_sql_conditions() -> None:
     assert "listing_id = ANY($1::text[])" in where and "classified_at >= $2" in where
     assert "processor_version_key(model_version) < processor_version_key($3)" in where
     assert "deleted IS NOT TRUE" in where and args == [["L1"], since, "2026.11.30.5"]
+    where, args = where_clause(Selection(model_versions=("2026.12.6.2",)), False)
+    assert "model_version = ANY($1::text[])" in where and args == [["2026.12.6.2"]]
+    assert not Selection(model_versions=("2026.12.6.2",)).is_empty()
     assert Selection().is_empty() and not Selection(everything=True).is_empty()
 
 

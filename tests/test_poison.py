@@ -161,6 +161,36 @@ async def test_model_versions_compare_as_numbers_in_postgres_and_in_memory(stack
         await postgres.close()
 
 
+async def test_after_a_rollback_the_later_promotion_wins_whatever_the_version(stack_urls: StackUrls) -> None:
+    when = datetime(2026, 11, 30, tzinfo=UTC)
+    old, bad, rolled_back = (
+        classification("r", "2026.11.30.9", when),
+        classification("r", "2026.12.1.1", when),
+        classification("r", "2026.11.30.9", when),
+    )
+    old.model_generation, bad.model_generation, rolled_back.model_generation = 1, 2, 3
+    table = f"generations_{datetime.now().microsecond}"
+    postgres = PostgresStore(stack_urls.postgres_dsn, table)
+    await postgres.start()
+    try:
+        await postgres.migrate()
+        for store in (postgres, MemoryStore()):
+            assert await store.write([old]) == {"r"}
+            assert await store.write([bad]) == {"r"}
+            assert await store.write([old]) == set(), "an earlier promotion replaced a later one"
+            assert await store.write([rolled_back]) == {"r"}, "the rollback's result lost to a higher version"
+            assert await store.write([bad]) == set(), "the withdrawn model's late result came back"
+            assert await store.write([rolled_back]) == {"r"}  # a replay re-applies
+            assert await store.write([bad, rolled_back]) == {"r"}  # one batch: the same order
+        row = (await postgres.fetch_all())[0]
+        assert (row["model_version"], row["model_generation"]) == ("2026.11.30.9", 3)
+        newer = classification("r", "2026.12.1.1", when + timedelta(seconds=1))  # a newer event still wins
+        assert await postgres.write([newer]) == {"r"}
+    finally:
+        await postgres.pool.execute(f'DROP TABLE "{table}"')
+        await postgres.close()
+
+
 @pytest.mark.parametrize(
     ("event_time", "expected"),
     [
@@ -218,7 +248,7 @@ class RejectingPublisher:
         self.records: list[Record] = []
 
     async def publish(self, records: Sequence[Record]) -> None:
-        if any(topic == "out" and b'"too-big"' in value for topic, _, value in records):
+        if any(r.topic == "out" and b'"too-big"' in (r.value or b"") for r in records):
             raise type("MessageSizeTooLargeError", (Exception,), {})("record too large")
         self.records.extend(records)
 
@@ -237,7 +267,7 @@ async def test_a_record_the_broker_refuses_becomes_a_dead_letter_and_the_batch_g
         await sink.stop()
     assert [type(o).__name__ for o in outcomes] == ["Classification", "DeadLetter", "Classification", "Classification"]
     assert isinstance(outcomes[1], DeadLetter) and outcomes[1].kind == "storage_rejected"
-    published = [(t, orjson.loads(v).get("image_id")) for t, _, v in publisher.records]
+    published = [(r.topic, orjson.loads(r.value or b"{}").get("image_id")) for r in publisher.records]
     assert ("dlq", "too-big") in published and {i for t, i in published if t == "out"} == {"a", "b", "c"}
     assert [d.kind for d in store.dead] == ["storage_rejected"]
 
