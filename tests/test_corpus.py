@@ -167,6 +167,9 @@ def test_labels_from_an_export_fill_the_manifest_and_the_split_folders(tmp_path:
     stats = runner.invoke(main, ["corpus", "stats", "--manifest", str(manifest), "--json"])
     assert json.loads(stats.output)["photos"] == len(rows) - 1
     assert apply_labels(labelled, {})[0].position == ""
+    discarded = next(p.image_id for p in labelled if not p.labelled)
+    merged = apply_labels(labelled, {discarded: ("0", "trunk", "1 consensus")}, keep_unlisted=True)  # a later batch
+    assert sorted(p.position for p in merged) == ["side"] * (len(rows) - 1) + ["trunk"]
 
 
 def test_a_pattern_names_the_car_in_a_path_else_its_folder_or_file() -> None:

@@ -202,14 +202,19 @@ async def _download(session: aiohttp.ClientSession, url: str) -> bytes:
     raise AssertionError("unreachable")
 
 
-def apply_labels(photos: list[Photo], labels: dict[str, tuple[str, str, str]]) -> list[Photo]:
+def apply_labels(
+    photos: list[Photo], labels: dict[str, tuple[str, str, str]], keep_unlisted: bool = False
+) -> list[Photo]:
     """Photos with their labels from an export (image_id -> banner, position, labellers) and their split.
 
-    Photos without a final label keep an empty one (the admin discarded them, or they are not labelled yet).
+    Photos the export does not list get an empty label (the admin discarded them, or they are not labelled
+    yet), or keep theirs with ``keep_unlisted`` (the export of a later batch).
     """
     return [
         replace(p, banner=labels[p.image_id][0], position=labels[p.image_id][1], labellers=labels[p.image_id][2])
         if p.image_id in labels
+        else p
+        if keep_unlisted
         else replace(p, banner="", position="", labellers="")
         for p in (replace(q, split=split_of(q.car_id)) for q in photos)
     ]

@@ -68,7 +68,8 @@ def fetch_command(manifest: Path, photos: Path, base_url: str, concurrency: int)
 @manifest_option
 @photos_option
 @click.option("--second-share", default=0.25, show_default=True, help="Share of photos for a second labeller.")
-def queue_command(manifest: Path, photos: Path, second_share: float) -> None:
+@click.option("--unlabelled-only", is_flag=True, help="Queue only photos without labels (a later batch).")
+def queue_command(manifest: Path, photos: Path, second_share: float, unlabelled_only: bool) -> None:
     """Add the fetched photos to the labelling app's queue (one labeller each, two on a share)."""
     from ..labelling.cli import _with_pool
     from ..labelling.config import LabelConfig
@@ -79,7 +80,7 @@ def queue_command(manifest: Path, photos: Path, second_share: float) -> None:
     rows = [
         ImportRow(p.image_id, p.car_id, photo_file(root, p).as_uri())
         for p in read_manifest(manifest)
-        if photo_file(root, p).exists()
+        if photo_file(root, p).exists() and not (unlabelled_only and p.labelled)
     ]
 
     async def work(pool: asyncpg.Pool) -> Imported:
@@ -93,9 +94,14 @@ def queue_command(manifest: Path, photos: Path, second_share: float) -> None:
 @corpus.command(name="apply-labels")
 @manifest_option
 @click.option("--export", "export_dir", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True)
-def apply_labels_command(manifest: Path, export_dir: Path) -> None:
+@click.option(
+    "--keep-unlisted",
+    is_flag=True,
+    help="Photos the export does not list keep their labels (an export of a later batch only).",
+)
+def apply_labels_command(manifest: Path, export_dir: Path, keep_unlisted: bool) -> None:
     """Write the labels of a ``processor label export`` into the manifest, and each car's split."""
-    photos = apply_labels(read_manifest(manifest), read_export(export_dir))
+    photos = apply_labels(read_manifest(manifest), read_export(export_dir), keep_unlisted)
     write_manifest(photos, manifest)
     labelled = [p for p in photos if p.labelled]
     click.echo(f"{len(labelled)} of {len(photos)} photos labelled")
