@@ -218,3 +218,45 @@ async def start_app(db: LabelDb) -> StartedApp:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     return StartedApp(runner, f"http://127.0.0.1:{runner.addresses[0][1]}")
+
+
+async def test_backspace_takes_back_a_wrong_key_and_the_image_comes_back(
+    label_db: LabelDb, image_server: ImageServer, jpegs: dict[str, bytes], browser: Any
+) -> None:
+    db = label_db
+    names = sorted(jpegs)
+    for i in range(2):
+        await db.classify(f"img-{i}", image_server.url(names[i]), banner_score=0.5, listing_id="L")
+    await db.user("lab")
+    await sampling.fill(db.pool, db.settings.postgres_table, 10, 0.0, 0.54)
+    app = await start_app(db)
+    try:
+        page = await open_page(browser, app.base_url)
+        await sign_in(page, "lab")
+        assert await page.locator("#undo").count() == 0  # nothing answered yet
+        first = await page.locator("figcaption code").nth(1).inner_text()
+        async with page.expect_navigation():
+            for key in "n3":  # meant front (1), pressed side (3)
+                await page.keyboard.press(key)
+        assert await page.locator("figcaption code").nth(1).inner_text() != first
+        async with page.expect_navigation():
+            await page.keyboard.press("Backspace")
+        assert await page.locator("figcaption code").nth(1).inner_text() == first  # back, to answer again
+        assert await page.locator("#undo").count() == 0
+        async with page.expect_navigation():
+            for key in "n1":
+                await page.keyboard.press(key)
+        async with page.expect_navigation():
+            await page.keyboard.press("s")
+        assert "Nothing to label" in await page.content()
+        async with page.expect_navigation():
+            await page.click("#undo button")  # the button does what Backspace does
+        assert await page.locator("#answer").count() == 1
+    finally:
+        await app.runner.cleanup()
+    rows = await db.pool.fetch("SELECT image_id, verdict, position FROM label_answers ORDER BY image_id")
+    assert [(r["image_id"], r["verdict"], r["position"]) for r in rows] == [
+        (first, "label", "front"),
+        (({"img-0", "img-1"} - {first}).pop(), None, None),  # the skip, taken back
+    ]
+    assert await db.pool.fetchval("SELECT sum(votes + skips) FROM label_tasks") == 1

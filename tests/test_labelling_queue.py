@@ -224,3 +224,48 @@ async def test_a_labeller_sees_how_far_they_are(label_db: LabelDb) -> None:
     assert await progress(db.pool, user, db.config) == Progress(0, 0, 3)
     await answer(db, user)
     assert await progress(db.pool, user, db.config) == Progress(1, 1, 2)
+
+
+async def test_undo_takes_back_ones_last_answers_until_the_image_is_decided(label_db: LabelDb) -> None:
+    from processor.labelling.tasks import can_undo, undo_last
+
+    db = label_db  # K = 3, N = 5
+    for i in range(2):
+        await db.classify(f"img-{i}", f"http://x/{i}", banner_score=0.5)
+    await sampling.fill(db.pool, db.settings.postgres_table, 10, 0.0, THRESHOLD)
+    users = [await db.user(f"l{i}") for i in range(4)]
+    assert not await can_undo(db.pool, users[0]) and await undo_last(db.pool, users[0]) is None
+    first = await answer(db, users[0], position="side")  # a wrong key
+    second = await answer(db, users[0], verdict="skip")
+    assert await undo_last(db.pool, users[0]) == second  # the latest first
+    assert await undo_last(db.pool, users[0]) == first  # then the one before
+    votes = await db.pool.fetchrow("SELECT votes, skips FROM label_tasks WHERE image_id = $1", first)
+    assert (votes["votes"], votes["skips"]) == (0, 0)
+    task = await next_task(db.pool, users[0], db.config)
+    assert task is not None and task.image_id == first  # the image undone last comes back at once
+    await answer(db, users[0], position="front")
+    assert await answer(db, users[0], verdict="skip") == second
+    for user in users[1:3]:
+        assert {await answer(db, user, position="front") for _ in range(2)} == {first, second}
+    assert await status(db, first) == "final"  # three fronts: the undone "side" did not count
+    rows = await db.pool.fetch("SELECT position FROM label_answers WHERE image_id = $1 AND verdict = 'label'", first)
+    assert sorted(r["position"] for r in rows) == ["front"] * 3
+    assert await undo_last(db.pool, users[0]) == second  # the final image's answer is out of reach; the skip is not
+    assert await undo_last(db.pool, users[0]) is None and not await can_undo(db.pool, users[0])
+
+
+async def test_undo_brings_an_image_back_from_review(label_db: LabelDb) -> None:
+    from processor.labelling.tasks import undo_last
+
+    db = label_db
+    db.config = db.config.with_overrides(agree=2, max_labellers=2)
+    await db.classify("img", "http://x/1", banner_score=0.5)
+    await sampling.fill(db.pool, db.settings.postgres_table, 10, 0.0, THRESHOLD)
+    a, b = await db.user("a"), await db.user("b")
+    await answer(db, a, position="front")
+    await answer(db, b, position="side")  # a slip: two different labels of two, so to review
+    assert await status(db, "img") == "review"
+    assert await undo_last(db.pool, b) == "img"
+    assert await status(db, "img") == "open"
+    await answer(db, b, position="front")
+    assert await status(db, "img") == "final"

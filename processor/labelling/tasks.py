@@ -2,7 +2,9 @@
 
 An image shown to someone gets a row in ``label_answers`` at once (verdict NULL), so a
 person is never shown the same image twice (the primary key), and a shown image holds one
-of the N slots for ``assignment_ttl_s`` while it waits for the answer.
+of the N slots for ``assignment_ttl_s`` while it waits for the answer. Undoing an answer
+turns it back into such a row (and the image back to open if it waited in review): it no
+longer counts, and the image comes back to that person first.
 """
 
 from __future__ import annotations
@@ -59,11 +61,12 @@ def _task(row: asyncpg.Record) -> Task:
 
 
 async def next_task(pool: asyncpg.Pool, user_id: int, config: LabelConfig) -> Task | None:
-    """The image this person should label now: the one shown and not yet answered, else a new one."""
+    """The image this person should label now: the one shown and not yet answered (the latest: an undone
+    answer's image comes back at once), else a new one."""
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             f"SELECT {TASK_COLUMNS} FROM label_answers a JOIN label_tasks t USING (image_id) "
-            "WHERE a.user_id = $1 AND a.verdict IS NULL AND t.status = 'open' ORDER BY a.shown_at LIMIT 1",
+            "WHERE a.user_id = $1 AND a.verdict IS NULL AND t.status = 'open' ORDER BY a.shown_at DESC LIMIT 1",
             user_id,
         )
         if row is None:
@@ -151,6 +154,48 @@ async def record_answer(pool: asyncpg.Pool, user_id: int, answer: Answer, config
         if status != "open":  # decided while this person looked: the answer still counts for agreement
             return Outcome("open")
         return await _decide(conn, answer.image_id, config)
+
+
+UNDOABLE = "('open', 'review')"  # statuses before a decision: consensus or the admin's makes an answer final
+
+
+async def undo_last(pool: asyncpg.Pool, user_id: int) -> str | None:
+    """Take back this person's latest answer on an image not decided yet; return the image's id, or None
+    when there is nothing to take back. The answer stops counting, the image (back to open if it waited in
+    review) is shown to them again next, and a repeated undo takes back the answer before."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT a.image_id, a.verdict FROM label_answers a JOIN label_tasks t USING (image_id) "
+            f"WHERE a.user_id = $1 AND a.verdict IS NOT NULL AND t.status IN {UNDOABLE} "
+            "ORDER BY a.answered_at DESC LIMIT 1 FOR UPDATE OF t, a",
+            user_id,
+        )
+        if row is None:
+            return None
+        column = "skips" if row["verdict"] == "skip" else "votes"
+        await conn.execute(
+            f"UPDATE label_tasks SET {column} = greatest({column} - 1, 0), status = 'open', banner = NULL, "
+            "position = NULL, decided_at = NULL WHERE image_id = $1",
+            row["image_id"],
+        )
+        await conn.execute(
+            "UPDATE label_answers SET verdict = NULL, banner = NULL, position = NULL, guidelines_version = NULL, "
+            "answered_at = NULL, shown_at = now() WHERE image_id = $1 AND user_id = $2",
+            row["image_id"],
+            user_id,
+        )
+    image_id: str = row["image_id"]
+    return image_id
+
+
+async def can_undo(pool: asyncpg.Pool, user_id: int) -> bool:
+    """Whether this person has an answer they can still take back."""
+    found = await pool.fetchval(
+        "SELECT 1 FROM label_answers a JOIN label_tasks t USING (image_id) "
+        f"WHERE a.user_id = $1 AND a.verdict IS NOT NULL AND t.status IN {UNDOABLE} LIMIT 1",
+        user_id,
+    )
+    return found is not None
 
 
 async def _decide(conn: asyncpg.Connection, image_id: str, config: LabelConfig) -> Outcome:

@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from . import guidelines
-from .tasks import QueueError, claim_batch, record_answer
+from .tasks import QueueError, claim_batch, record_answer, undo_last
 from .views_label import parse_answer
 from .web import CONFIG, POOL, POSITIONS, THRESHOLD, session_of
 
@@ -51,6 +51,13 @@ async def tasks(request: web.Request) -> web.StreamResponse:
         ],
     }
     return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+@routes.post("/api/undo")
+async def undo(request: web.Request) -> web.StreamResponse:
+    """Take back one's latest answer on an image not decided yet: ``{"undone": image_id or null}``."""
+    image_id = await undo_last(request.app[POOL], session_of(request).user.id)
+    return web.json_response({"undone": image_id}, headers={"Cache-Control": "no-store"})
 
 
 @routes.post("/api/answers")

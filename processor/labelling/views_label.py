@@ -9,7 +9,7 @@ from aiohttp import web
 from ..errors import ProcessorError
 from . import guidelines
 from .consensus import VERDICTS, Verdict
-from .tasks import Answer, QueueError, next_task, progress, record_answer, task_url
+from .tasks import Answer, QueueError, can_undo, next_task, progress, record_answer, task_url, undo_last
 from .web import CONFIG, IMAGES, POOL, POSITIONS, error_page, render, session_of
 
 routes = web.RouteTableDef()
@@ -37,8 +37,9 @@ async def label_page(request: web.Request) -> web.StreamResponse:
     pool, session = request.app[POOL], session_of(request)
     rules = await guidelines.current(pool)
     task = await next_task(pool, session.user.id, request.app[CONFIG])
+    undo = await can_undo(pool, session.user.id)
     if task is None:
-        return render(request, "done.html", guidelines_version=rules.version)
+        return render(request, "done.html", guidelines_version=rules.version, can_undo=undo)
     return render(
         request,
         "label.html",
@@ -46,6 +47,7 @@ async def label_page(request: web.Request) -> web.StreamResponse:
         positions=position_keys(request.app[POSITIONS]),
         guidelines_version=rules.version,
         progress=await progress(pool, session.user.id, request.app[CONFIG]),
+        can_undo=undo,
     )
 
 
@@ -76,6 +78,14 @@ async def label_answer(request: web.Request) -> web.StreamResponse:
         await record_answer(pool, session.user.id, answer, request.app[CONFIG])
     except QueueError as exc:
         return error_page(request, 409, f"Not saved: {exc}.")
+    raise web.HTTPSeeOther("/label")
+
+
+@routes.post("/label/undo")
+async def label_undo(request: web.Request) -> web.StreamResponse:
+    """Take back one's latest answer on an image not decided yet; its image is shown again next."""
+    if await undo_last(request.app[POOL], session_of(request).user.id) is None:
+        return error_page(request, 409, "Nothing to undo: your answers so far are part of decided labels.")
     raise web.HTTPSeeOther("/label")
 
 
