@@ -260,3 +260,50 @@ async def test_backspace_takes_back_a_wrong_key_and_the_image_comes_back(
         (({"img-0", "img-1"} - {first}).pop(), None, None),  # the skip, taken back
     ]
     assert await db.pool.fetchval("SELECT sum(votes + skips) FROM label_tasks") == 1
+
+
+async def test_a_suggestion_taken_with_one_key_the_zoom_the_listing_and_the_next_image_fetched_ahead(
+    label_db: LabelDb, image_server: ImageServer, jpegs: dict[str, bytes], browser: Any
+) -> None:
+    db = label_db
+    db.config = db.config.with_overrides(agree=1, max_labellers=1, suggestion_hidden_share=0.0)
+    names = sorted(jpegs)
+    for i in range(3):
+        await db.classify(f"img-{i}", image_server.url(names[i]), banner_score=0.5, position="side", listing_id="L")
+    await db.user("lab")
+    await sampling.fill(db.pool, db.settings.postgres_table, 2, 0.0, 0.54)  # img-2 stays out of the queue
+    app = await start_app(db)
+    try:
+        page = await open_page(browser, app.base_url)
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
+        await sign_in(page, "lab")
+        first = await page.locator("figcaption code").nth(1).inner_text()
+        other = ({"img-0", "img-1"} - {first}).pop()
+        await wait_for_image(page, ".photo img")
+        assert "The model suggests no banner, side" in await page.inner_text("#suggestion")
+        await page.wait_for_function(
+            "n => performance.getEntriesByType('resource').some(e => e.name.endsWith(n))", arg=f"/image?id={other}"
+        )  # fetched ahead
+        await page.keyboard.press("f")
+        assert "zoomed" in (await page.get_attribute("#photo", "class") or "")
+        assert (await page.get_attribute(".photo img", "src") or "").endswith("&full=1")
+        await wait_for_image(page, ".photo img")
+        await screenshot(page, "labelling-zoom")
+        await page.keyboard.press("f")  # and back
+        assert "zoomed" not in (await page.get_attribute("#photo", "class") or "")
+        assert await page.locator("#listing img[src]").count() == 0  # on demand only
+        await page.keyboard.press("l")
+        assert await page.locator("#listing[open] li").count() == 3  # the queued two and the listing's third
+        for i in range(3):
+            await wait_for_image(page, f"#listing li:nth-child({i + 1}) img")
+        await screenshot(page, "labelling-listing")
+        async with page.expect_navigation():
+            await page.keyboard.press("a")  # the suggestion, accepted with one key
+        assert await page.locator("figcaption code").nth(1).inner_text() == other
+        assert f"{app.base_url}/image?id={other}" in requested
+    finally:
+        await app.runner.cleanup()
+    row = await db.pool.fetchrow("SELECT * FROM label_answers WHERE image_id = $1", first)
+    assert (row["verdict"], row["banner"], row["position"], row["suggestion_shown"]) == ("label", False, "side", True)
+    assert await db.pool.fetchval("SELECT status FROM label_tasks WHERE image_id = $1", first) == "final"

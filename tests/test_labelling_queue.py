@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 from pathlib import Path
 
@@ -269,3 +270,34 @@ async def test_undo_brings_an_image_back_from_review(label_db: LabelDb) -> None:
     assert await status(db, "img") == "open"
     await answer(db, b, position="front")
     assert await status(db, "img") == "final"
+
+
+async def test_the_suggestion_is_hidden_on_the_random_sample_and_a_share_of_draws(label_db: LabelDb) -> None:
+    from processor.labelling.agreement import suggestion_split
+
+    db = label_db
+    for i in range(3):
+        await db.classify(f"img-{i}", f"http://x/{i}", banner_score=0.5, position="side")
+    await sampling.fill(db.pool, db.settings.postgres_table, 10, 0.0, THRESHOLD)
+    await db.pool.execute("UPDATE label_tasks SET reason = 'random' WHERE image_id = 'img-2'")
+    always, never = await db.user("always"), await db.user("never")
+    for i in range(3):  # enough of a team that the images stay open
+        await db.user(f"idle-{i}")
+    version = (await guidelines.current(db.pool)).version
+    for user, share, position in ((always, 0.0, "side"), (never, 1.0, "front")):
+        config = db.config.with_overrides(suggestion_hidden_share=share)
+        for _ in range(3):
+            task = await next_task(db.pool, user, config, THRESHOLD)
+            assert task is not None
+            shown = share == 0.0 and task.image_id != "img-2"  # the random sample never shows it
+            assert task.suggestion == ((False, "side") if shown else None)
+            assert await next_task(db.pool, user, config, THRESHOLD) == task  # a reload: the same draw
+            await record_answer(db.pool, user, Answer(task.image_id, "label", False, position, version), config)
+    drawn = await db.pool.fetch("SELECT user_id, image_id, suggestion_shown FROM label_answers ORDER BY 1, 2")
+    assert [r["suggestion_shown"] for r in drawn] == [True, True, False, False, False, False]
+    split = {s.draw: (s.answers, s.with_model) for s in await suggestion_split(db.pool)}
+    assert split == {"shown": (2, 2), "hidden": (2, 0), "random": (2, 1)}
+    from .test_labelling_registry import run_cli
+
+    code, out = await asyncio.to_thread(run_cli, db, "label", "agreement")  # the command runs its own loop
+    assert code == 0 and "shown" in out and "100.0% (2 of 2)" in out and "hidden on a draw" in out, out

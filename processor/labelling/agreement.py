@@ -3,6 +3,10 @@
 For each image with at least two labels, the first two (in answer order) form a pair; kappa is
 taken over all pairs, the two answers standing for "first" and "second" labeller. It corrects the
 raw agreement for the agreement expected by chance from how often each answer is given.
+
+The model's suggestion is split out too: answers given with it shown, with it hidden on a draw
+(same images, so the difference is its pull on the labellers), and on the random sample (never
+shown), each as agreement with the model and with the final label.
 """
 
 from __future__ import annotations
@@ -25,6 +29,29 @@ class Question:
     kappa: float
 
 
+@dataclass(frozen=True, slots=True)
+class Suggested:
+    """Labels given where the model had a suggestion, on one kind of draw."""
+
+    draw: str  # shown | hidden | random (hidden: the random sample)
+    answers: int
+    with_model: int  # the same banner and position as the model
+    decided: int  # on images with a final label
+    with_final: int  # the same as the final label
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "answers": self.answers,
+            "agree_with_model": _share(self.with_model, self.answers),
+            "decided": self.decided,
+            "agree_with_final": _share(self.with_final, self.decided),
+        }
+
+
+def _share(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
 @dataclass
 class Report:
     """Agreement over every doubly labelled image."""
@@ -32,9 +59,11 @@ class Report:
     images: int = 0
     questions: list[Question] = field(default_factory=list)
     disagreements: dict[tuple[str, str], int] = field(default_factory=dict)  # position pairs, sorted
+    suggestion: list[Suggested] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "suggestion": {s.draw: s.as_dict() for s in self.suggestion},
             "images": self.images,
             "questions": {q.name: {"pairs": q.pairs, "observed": q.observed, "kappa": q.kappa} for q in self.questions},
             "position_disagreements": [
@@ -72,4 +101,27 @@ async def pairwise(pool: asyncpg.Pool) -> Report:
         observed, kappa = cohen_kappa([(x[index], y[index]) for x, y in pairs])
         report.questions.append(Question(name, len(pairs), observed, kappa))
     report.disagreements = dict(Counter(tuple(sorted((x[1], y[1]))) for x, y in pairs if x[1] != y[1]))  # type: ignore[misc]
+    report.suggestion = await suggestion_split(pool)
     return report
+
+
+async def suggestion_split(pool: asyncpg.Pool) -> list[Suggested]:
+    """Labels given with the model's suggestion shown, hidden on a draw, and on the random sample."""
+    rows = await pool.fetch("""
+        SELECT CASE WHEN a.suggestion_shown THEN 'shown' WHEN t.reason = 'random' THEN 'random' ELSE 'hidden' END
+                AS draw,
+            count(*) AS answers,
+            count(*) FILTER (WHERE a.banner = a.suggested_banner AND a.position = a.suggested_position) AS with_model,
+            count(*) FILTER (WHERE t.status IN ('final', 'resolved')) AS decided,
+            count(*) FILTER (WHERE t.status IN ('final', 'resolved') AND a.banner = t.banner
+                             AND a.position = t.position) AS with_final
+        FROM label_answers a JOIN label_tasks t USING (image_id)
+        WHERE a.verdict = 'label' AND a.suggestion_shown IS NOT NULL
+        GROUP BY 1""")
+    found = {r["draw"]: r for r in rows}
+    return [
+        Suggested(draw, *(found[draw][k] for k in ("answers", "with_model", "decided", "with_final")))
+        if draw in found
+        else Suggested(draw, 0, 0, 0, 0)
+        for draw in ("shown", "hidden", "random")
+    ]

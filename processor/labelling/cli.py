@@ -245,6 +245,19 @@ def agreement(settings: Settings, config: LabelConfig, as_json: bool) -> None:
         click.echo(f"  {question.name:<9} agreement {question.observed:.3f}  Cohen's kappa {question.kappa:.3f}")
     for (a, b), n in sorted(report.disagreements.items(), key=lambda kv: -kv[1])[:15]:
         click.echo(f"  position {a} vs {b}: {n}")
+    click.echo("the model's suggestion (labels that agree with the model / with the final label):")
+    for s in report.suggestion:
+        click.echo(
+            f"  {SUGGESTION_DRAWS[s.draw]:<34} {s.answers:>6} labels  with the model {_pct(s.with_model, s.answers)}"
+            f"  with the final label {_pct(s.with_final, s.decided)}"
+        )
+
+
+SUGGESTION_DRAWS = {"shown": "shown", "hidden": "hidden on a draw", "random": "random sample (never shown)"}
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{part / whole:6.1%} ({part} of {whole})" if whole else "     - (0 of 0)"
 
 
 def _client_options(command: Command) -> Command:

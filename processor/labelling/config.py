@@ -31,6 +31,13 @@ class LabelConfig(BaseSettings):
     )
     image_cache_items: int = Field(256, ge=0, description="Displayed images kept in memory.")
     display_px: int = Field(1280, ge=64, description="Longest side of a displayed image.")
+    suggestion_hidden_share: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="Share of draws on which the model's suggestion is hidden, to compare agreement with and "
+        "without it (never shown on the random sample).",
+    )
     holdout_percent: int = Field(20, ge=0, le=100, description="Share of final labels kept out of training.")
 
     @model_validator(mode="after")

@@ -21,6 +21,7 @@ from ..settings import Settings
 
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO"})
 JPEG_QUALITY = 88
+FULL_PX = 4096  # longest side of the zoomed view (the photo's own size when smaller)
 
 
 def to_display_jpeg(data: bytes, longest_px: int, max_pixels: int) -> bytes:
@@ -104,16 +105,19 @@ class ImageProxy:
         except OSError as exc:
             raise FetchFailed(f"cannot read the imported file: {exc.strerror}") from None
 
-    async def display(self, url: str) -> bytes:
-        """A display JPEG of the image at ``url`` (raise a ProcessorError subclass)."""
-        cached = self._cache.get(url)
+    async def display(self, url: str, full: bool = False) -> bytes:
+        """A display JPEG of the image at ``url``, or at full resolution up to FULL_PX for the zoom (raise a
+        ProcessorError subclass)."""
+        key = f"full:{url}" if full else url
+        cached = self._cache.get(key)
         if cached is not None:
-            self._cache.move_to_end(url)
+            self._cache.move_to_end(key)
             return cached
         data = await self.fetch_original(url)
-        jpeg = await asyncio.to_thread(to_display_jpeg, data, self._longest_px, self._settings.max_image_pixels)
+        longest = FULL_PX if full else self._longest_px
+        jpeg = await asyncio.to_thread(to_display_jpeg, data, longest, self._settings.max_image_pixels)
         if self._cache_items:
-            self._cache[url] = jpeg
+            self._cache[key] = jpeg
             while len(self._cache) > self._cache_items:
                 self._cache.popitem(last=False)
         return jpeg

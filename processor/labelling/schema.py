@@ -81,6 +81,12 @@ MIGRATIONS = [  # append, never edit
         added_at timestamptz NOT NULL DEFAULT now()
     );
     """,
+    # The model's suggestion as drawn when the image was shown: suggestion_shown NULL when the model had none,
+    # false when hidden on this draw (random-sample images, and a share of the rest, to measure its pull).
+    """
+    ALTER TABLE label_answers ADD COLUMN IF NOT EXISTS suggestion_shown boolean,
+        ADD COLUMN IF NOT EXISTS suggested_banner boolean, ADD COLUMN IF NOT EXISTS suggested_position text;
+    """,
 ]
 
 

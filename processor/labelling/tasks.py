@@ -30,6 +30,7 @@ class Task:
     url: str
     model_banner_score: float | None
     model_position: str | None
+    suggestion: tuple[bool, str] | None = None  # (banner, position) the model suggests, when shown on this draw
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,49 +57,72 @@ CLAIM = f"""
 """
 
 
-def _task(row: asyncpg.Record) -> Task:
-    return Task(row["image_id"], row["listing_id"], row["url"], row["model_banner_score"], row["model_position"])
+# A new draw: the model's suggestion is hidden on the random sample (its labels measure the model unaided) and
+# on a share of the rest (agreement with and without it shows how far it pulls the answers).
+SHOW = """
+    INSERT INTO label_answers (image_id, user_id, suggestion_shown, suggested_banner, suggested_position)
+    SELECT t.image_id, $2, CASE WHEN t.model_position IS NULL OR t.model_banner_score IS NULL THEN NULL
+            WHEN t.reason = 'random' THEN false ELSE random() >= $3 END,
+        t.model_banner_score >= $4, t.model_position
+    FROM label_tasks t WHERE t.image_id = $1
+    RETURNING suggestion_shown, suggested_banner, suggested_position
+"""
+PENDING = f"""
+    SELECT {TASK_COLUMNS}, a.suggestion_shown, a.suggested_banner, a.suggested_position
+    FROM label_answers a JOIN label_tasks t USING (image_id)
+    WHERE a.user_id = $1 AND a.verdict IS NULL AND t.status = 'open'
+"""
 
 
-async def next_task(pool: asyncpg.Pool, user_id: int, config: LabelConfig) -> Task | None:
+def _task(row: asyncpg.Record, shown: asyncpg.Record | None = None) -> Task:
+    drawn = row if shown is None else shown
+    suggestion = (drawn["suggested_banner"], drawn["suggested_position"]) if drawn["suggestion_shown"] else None
+    return Task(
+        row["image_id"], row["listing_id"], row["url"], row["model_banner_score"], row["model_position"], suggestion
+    )
+
+
+async def _show(
+    conn: asyncpg.Connection, row: asyncpg.Record, user_id: int, config: LabelConfig, threshold: float
+) -> Task:
+    shown = await conn.fetchrow(SHOW, row["image_id"], user_id, config.suggestion_hidden_share, threshold)
+    return _task(row, shown)
+
+
+async def next_task(pool: asyncpg.Pool, user_id: int, config: LabelConfig, threshold: float = 0.5) -> Task | None:
     """The image this person should label now: the one shown and not yet answered (the latest: an undone
     answer's image comes back at once), else a new one."""
     async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            f"SELECT {TASK_COLUMNS} FROM label_answers a JOIN label_tasks t USING (image_id) "
-            "WHERE a.user_id = $1 AND a.verdict IS NULL AND t.status = 'open' ORDER BY a.shown_at DESC LIMIT 1",
-            user_id,
-        )
-        if row is None:
-            row = await conn.fetchrow(CLAIM, user_id, float(config.assignment_ttl_s), config.max_labellers)
-            if row is None:
-                return None
-            await conn.execute(
-                "INSERT INTO label_answers (image_id, user_id) VALUES ($1, $2)", row["image_id"], user_id
-            )
-    return _task(row)
+        row = await conn.fetchrow(PENDING + " ORDER BY a.shown_at DESC LIMIT 1", user_id)
+        if row is not None:
+            return _task(row)
+        row = await conn.fetchrow(CLAIM, user_id, float(config.assignment_ttl_s), config.max_labellers)
+        return None if row is None else await _show(conn, row, user_id, config, threshold)
 
 
-async def claim_batch(pool: asyncpg.Pool, user_id: int, config: LabelConfig, count: int) -> list[Task]:
+async def claim_batch(
+    pool: asyncpg.Pool, user_id: int, config: LabelConfig, count: int, threshold: float = 0.5
+) -> list[Task]:
     """Up to ``count`` images for this person: those shown and not yet answered first, then new ones."""
     async with pool.acquire() as conn, conn.transaction():
-        rows = list(
-            await conn.fetch(
-                f"SELECT {TASK_COLUMNS} FROM label_answers a JOIN label_tasks t USING (image_id) "
-                "WHERE a.user_id = $1 AND a.verdict IS NULL AND t.status = 'open' ORDER BY a.shown_at LIMIT $2",
-                user_id,
-                count,
-            )
-        )
-        while len(rows) < count:
+        tasks = [_task(r) for r in await conn.fetch(PENDING + " ORDER BY a.shown_at LIMIT $2", user_id, count)]
+        while len(tasks) < count:
             row = await conn.fetchrow(CLAIM, user_id, float(config.assignment_ttl_s), config.max_labellers)
             if row is None:
                 break
-            await conn.execute(
-                "INSERT INTO label_answers (image_id, user_id) VALUES ($1, $2)", row["image_id"], user_id
-            )
-            rows.append(row)
-    return [_task(r) for r in rows]
+            tasks.append(await _show(conn, row, user_id, config, threshold))
+    return tasks
+
+
+async def shown_suggestion(pool: asyncpg.Pool, user_id: int, image_id: str) -> tuple[bool, str] | None:
+    """The suggestion this person was shown with an image waiting for their answer, if any (to accept it)."""
+    row = await pool.fetchrow(
+        "SELECT suggested_banner, suggested_position FROM label_answers WHERE image_id = $1 AND user_id = $2 "
+        "AND verdict IS NULL AND suggestion_shown",
+        image_id,
+        user_id,
+    )
+    return None if row is None else (row["suggested_banner"], row["suggested_position"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +151,61 @@ async def progress(pool: asyncpg.Pool, user_id: int, config: LabelConfig) -> Pro
     return Progress(row["answered"], row["today"], row["open_to_me"])
 
 
-async def task_url(pool: asyncpg.Pool, image_id: str) -> str | None:
-    """The source URL of a queued image (the app fetches it; the page never sees it as a link)."""
+async def task_url(pool: asyncpg.Pool, image_id: str, table: str | None = None) -> str | None:
+    """The source URL of a queued image (the app fetches it; the page never sees it as a link), or with
+    ``table`` (the classification table) of another photo of a listing in the queue."""
     url: str | None = await pool.fetchval("SELECT url FROM label_tasks WHERE image_id = $1", image_id)
+    if url is None and table is not None:
+        try:
+            url = await pool.fetchval(
+                f"SELECT c.url FROM {_ident(table)} c WHERE c.image_id = $1 AND c.deleted IS NOT TRUE "
+                "AND EXISTS (SELECT 1 FROM label_tasks t WHERE t.listing_id = c.listing_id)",
+                image_id,
+            )
+        except asyncpg.UndefinedTableError:  # an app fed by imports alone
+            return None
     return url
+
+
+@dataclass(frozen=True, slots=True)
+class ListingPhoto:
+    """A photo of the listing an image belongs to, in the listing's order."""
+
+    image_id: str
+    position_index: int | None
+
+
+async def listing_photos(pool: asyncpg.Pool, listing_id: str, table: str, limit: int = 40) -> list[ListingPhoto]:
+    """The listing's photos (classified or queued), in its order: the context of the image being labelled."""
+    queued = "SELECT image_id, NULL::int AS position_index FROM label_tasks WHERE listing_id = $1"
+    classified = (
+        f"SELECT image_id, position_index FROM {_ident(table)} "
+        "WHERE listing_id = $1 AND url IS NOT NULL AND deleted IS NOT TRUE"
+    )
+    query = "SELECT image_id, min(position_index) AS position_index FROM ({}) x GROUP BY image_id "
+    query += "ORDER BY min(position_index) NULLS LAST, image_id LIMIT $2"
+    try:
+        rows = await pool.fetch(query.format(f"{classified} UNION ALL {queued}"), listing_id, limit)
+    except asyncpg.UndefinedTableError:
+        rows = await pool.fetch(query.format(queued), listing_id, limit)
+    return [ListingPhoto(r["image_id"], r["position_index"]) for r in rows]
+
+
+async def peek_next(pool: asyncpg.Pool, user_id: int, current: str, config: LabelConfig) -> str | None:
+    """The image this person will most likely get after ``current`` (to fetch it ahead); claims nothing."""
+    image_id: str | None = await pool.fetchval(
+        f"""SELECT image_id FROM ({CLAIM.replace("LIMIT 1 FOR UPDATE SKIP LOCKED", "LIMIT 2")}) x
+        WHERE image_id <> $4 LIMIT 1""",
+        user_id,
+        float(config.assignment_ttl_s),
+        config.max_labellers,
+        current,
+    )
+    return image_id
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 async def record_answer(pool: asyncpg.Pool, user_id: int, answer: Answer, config: LabelConfig) -> Outcome:

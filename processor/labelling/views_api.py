@@ -31,8 +31,7 @@ async def tasks(request: web.Request) -> web.StreamResponse:
     pool, session = request.app[POOL], session_of(request)
     count = _int(request.query.get("n", ""), 20, 1, MAX_BATCH)
     rules = await guidelines.current(pool)
-    claimed = await claim_batch(pool, session.user.id, request.app[CONFIG], count)
-    threshold = request.app[THRESHOLD]
+    claimed = await claim_batch(pool, session.user.id, request.app[CONFIG], count, request.app[THRESHOLD])
     positions: tuple[str, ...] = request.app[POSITIONS]
     body: dict[str, Any] = {
         "guidelines_version": rules.version,
@@ -43,9 +42,10 @@ async def tasks(request: web.Request) -> web.StreamResponse:
                 "image_id": t.image_id,
                 "listing_id": t.listing_id,
                 "image": "/image?" + urlencode({"id": t.image_id}),
+                # hidden on the random sample and a share of draws, as on the one-image page
                 "suggestion": None
-                if t.model_position is None or t.model_banner_score is None
-                else {"banner": t.model_banner_score >= threshold, "position": t.model_position},
+                if t.suggestion is None
+                else {"banner": t.suggestion[0], "position": t.suggestion[1]},
             }
             for t in claimed
         ],
