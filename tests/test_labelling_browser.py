@@ -162,12 +162,16 @@ async def test_three_labellers_reach_consensus_and_the_admin_reviews_the_rest(
         await screenshot(admin, "review")
         disputed = admin.locator("section.review", has_text="image disagree")
         assert "1 \u00d7 banner, front" in await disputed.inner_text()
-        await disputed.locator("input[name=banner][value=no]").check()
-        await disputed.locator("select[name=position]").select_option("side")
+        by_labeller = await disputed.locator("table.by-labeller").inner_text()  # who answered what
+        assert "lab0\tbanner, front" in by_labeller and "lab1\tno banner, side" in by_labeller, by_labeller
+        assert await disputed.locator("input[name=position]:checked").count() == 0  # no default position
+        assert "image unsure" in await admin.inner_text("#current")  # the oldest first takes the keys
         async with admin.expect_navigation():
-            await disputed.locator("button:has-text('Decide')").click()
+            await admin.keyboard.press("Delete")  # discard
+        assert "image disagree" in await admin.inner_text("#current")
         async with admin.expect_navigation():
-            await admin.locator("section.review", has_text="image unsure").locator("button:has-text('Discard')").click()
+            for key in "n3":  # no banner, side: both chosen, so decided
+                await admin.keyboard.press(key)
         assert "Nothing to review." in await admin.content()
         await admin.goto("/admin")
         assert (await admin.inner_text("#count-resolved"), await admin.inner_text("#count-discarded")) == ("1", "1")

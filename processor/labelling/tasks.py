@@ -314,9 +314,13 @@ async def redecide(pool: asyncpg.Pool, config: LabelConfig) -> dict[str, int]:
 
 
 async def review_queue(pool: asyncpg.Pool, limit: int = 20) -> list[asyncpg.Record]:
-    """Images the labellers could not agree on, oldest first, with their answers tallied."""
+    """Images the labellers could not agree on, oldest first, with their answers tallied and by labeller."""
     rows: list[asyncpg.Record] = await pool.fetch(
         f"""SELECT {TASK_COLUMNS}, t.votes, t.skips,
+            coalesce((SELECT jsonb_agg(jsonb_build_object('user', u.username, 'verdict', a.verdict,
+                'banner', a.banner, 'position', a.position) ORDER BY a.answered_at, u.username)
+              FROM label_answers a JOIN label_users u ON u.id = a.user_id
+              WHERE a.image_id = t.image_id AND a.verdict IS NOT NULL), '[]'::jsonb)::text AS answers,
             coalesce((SELECT jsonb_agg(jsonb_build_object('verdict', x.verdict, 'banner', x.banner,
                 'position', x.position, 'n', x.n) ORDER BY x.n DESC)
               FROM (SELECT verdict, banner, position, count(*) AS n FROM label_answers a

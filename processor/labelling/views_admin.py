@@ -10,6 +10,7 @@ from aiohttp import web
 from . import guidelines, sampling
 from .accounts import ROLES, AccountError, create_user, set_active
 from .tasks import QueueError, agreement, resolve, review_queue, status_counts
+from .views_label import position_keys
 from .web import CONFIG, POOL, POSITIONS, TABLE, THRESHOLD, error_page, render, session_of
 
 routes = web.RouteTableDef()
@@ -90,8 +91,8 @@ async def fill_queue(request: web.Request) -> web.StreamResponse:
 @routes.get("/admin/review")
 async def review_page(request: web.Request) -> web.StreamResponse:
     rows = await review_queue(request.app[POOL])
-    items = [{**dict(r), "tally": json.loads(r["tally"])} for r in rows]
-    return render(request, "review.html", items=items, positions=request.app[POSITIONS])
+    items = [{**dict(r), "tally": json.loads(r["tally"]), "answers": json.loads(r["answers"])} for r in rows]
+    return render(request, "review.html", items=items, positions=position_keys(request.app[POSITIONS]))
 
 
 @routes.post("/admin/review")
