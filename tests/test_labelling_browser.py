@@ -176,6 +176,20 @@ async def test_three_labellers_reach_consensus_and_the_admin_reviews_the_rest(
         await admin.goto("/admin")
         assert (await admin.inner_text("#count-resolved"), await admin.inner_text("#count-discarded")) == ("1", "1")
         assert "50% (1 of 2)" in await admin.inner_text("table.people")  # lab0: agreed on one of two
+        lab0 = admin.locator("table.people tr", has_text="lab0")
+        assert (await lab0.locator("td.time").inner_text()).endswith(" s")  # median time per image
+        lab2 = admin.locator("table.people tr", has_text="lab2")
+        await lab2.locator("form.reset input[name=password]").fill("a-new-password-for-lab2")
+        async with admin.expect_navigation():
+            await lab2.locator("form.reset button").click()
+        assert "Password changed" in await admin.content()
+        again = await open_page(browser, app.base_url)
+        await again.goto("/sign-in")
+        await again.fill("input[name=username]", "lab2")
+        await again.fill("input[name=password]", "a-new-password-for-lab2")
+        async with again.expect_navigation():
+            await again.click("button:has-text('Sign in')")
+        assert again.url.endswith("/label")
     finally:
         await app.runner.cleanup()
     summary = await export(db.pool, db.settings, tmp_path, 20)

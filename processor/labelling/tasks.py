@@ -357,7 +357,8 @@ async def status_counts(pool: asyncpg.Pool) -> dict[str, int]:
 
 
 async def agreement(pool: asyncpg.Pool) -> list[asyncpg.Record]:
-    """Per labeller: answers by kind, and how often their label matched the final one (consensus or admin)."""
+    """Per labeller: answers by kind, how often their label matched the final one (consensus or admin), and
+    the median seconds from an image's showing to their answer."""
     rows: list[asyncpg.Record] = await pool.fetch("""
         SELECT u.id, u.username, u.role, u.active,
             count(a.verdict) AS answers,
@@ -365,7 +366,9 @@ async def agreement(pool: asyncpg.Pool) -> list[asyncpg.Record]:
             count(*) FILTER (WHERE a.verdict = 'skip') AS skipped,
             count(*) FILTER (WHERE a.verdict = 'label' AND t.status IN ('final', 'resolved')) AS decided,
             count(*) FILTER (WHERE a.verdict = 'label' AND t.status IN ('final', 'resolved')
-                             AND a.banner = t.banner AND a.position = t.position) AS agreed
+                             AND a.banner = t.banner AND a.position = t.position) AS agreed,
+            percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM a.answered_at - a.shown_at))
+                FILTER (WHERE a.verdict IS NOT NULL) AS median_s
         FROM label_users u
         LEFT JOIN label_answers a ON a.user_id = u.id
         LEFT JOIN label_tasks t ON t.image_id = a.image_id

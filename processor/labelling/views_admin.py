@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from . import guidelines, sampling
-from .accounts import ROLES, AccountError, create_user, set_active
+from .accounts import ROLES, AccountError, create_user, set_active, set_password
 from .tasks import QueueError, agreement, resolve, review_queue, status_counts
 from .views_label import position_keys
 from .web import CONFIG, POOL, POSITIONS, TABLE, THRESHOLD, error_page, render, session_of
@@ -21,11 +21,19 @@ NOTICES = {  # ?done= keys: fixed texts, so nothing from the request is echoed
     "fill": "Images added to the queue.",
     "rules": "New version of the rules published.",
     "review": "Decision saved.",
+    "password": "Password changed; that user's sessions ended.",
 }
 
 
 def _agreement_rows(rows: list[Any]) -> list[dict[str, Any]]:
-    return [{**dict(r), "rate": f"{r['agreed'] / r['decided']:.0%}" if r["decided"] else "-"} for r in rows]
+    return [
+        {
+            **dict(r),
+            "rate": f"{r['agreed'] / r['decided']:.0%}" if r["decided"] else "-",
+            "time": f"{r['median_s']:.1f} s" if r["median_s"] is not None else "-",
+        }
+        for r in rows
+    ]
 
 
 async def _overview(request: web.Request, status: int = 200, error: str | None = None) -> web.Response:
@@ -71,6 +79,17 @@ async def toggle_user(request: web.Request) -> web.StreamResponse:
         return await _overview(request, 400, "You cannot change that account here.")
     await set_active(request.app[POOL], int(user_id), form.get("active") == "yes")
     raise web.HTTPSeeOther("/admin?done=active")
+
+
+@routes.post("/admin/users/password")
+async def reset_password(request: web.Request) -> web.StreamResponse:
+    """A new password for an account (someone who forgot theirs); their sessions end."""
+    form = await request.post()
+    try:
+        await set_password(request.app[POOL], str(form.get("username", "")), str(form.get("password", "")))
+    except AccountError as exc:
+        return await _overview(request, 400, f"Password not changed: {exc}.")
+    raise web.HTTPSeeOther("/admin?done=password")
 
 
 @routes.post("/admin/fill")
