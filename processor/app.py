@@ -35,6 +35,7 @@ from .pipeline import Pipeline
 from .settings import Settings
 from .sink import Record
 from .store import PostgresStore
+from .topics import topic_configs
 
 log = logging.getLogger(__name__)
 DRAIN_MARGIN_S = 10.0  # closing connections after the grace period, at most
@@ -49,7 +50,7 @@ class FaustPublisher:
 
     async def publish(self, records: Sequence[Record]) -> None:
         producer = self._app.producer
-        futures = [await producer.send(topic, key, value, None, None, None) for topic, key, value in records]
+        futures = [await producer.send(r.topic, r.key, r.value, None, None, list(r.headers)) for r in records]
         await asyncio.gather(*futures)
 
 
@@ -81,7 +82,12 @@ def create_app(
     pipeline = Pipeline(settings, classifier, store, cache, FaustPublisher(app))
     source = _raw_topic(app, settings, settings.input_topic)
     inputs = (settings.input_topic, settings.backfill_topic)
-    sinks = [app.topic(t, partitions=settings.topic_partitions) for t in settings.topics if t not in inputs]
+    configs = topic_configs(settings)
+    sinks = [
+        app.topic(t, partitions=settings.topic_partitions, config=configs[t])
+        for t in settings.topics
+        if t not in inputs
+    ]
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _assigned(_app: faust.App, assigned: set[Any], **_kw: Any) -> None:
@@ -166,7 +172,8 @@ def _listing_agent(
                 metrics.LISTING_SKIPPED.inc()
                 await acker.submit(event.message.tp, event, _nothing)
                 continue
-            await acker.submit(event.message.tp, event, functools.partial(actor.update, listing_id))
+            correlation = _envelope(event).correlation_id()
+            await acker.submit(event.message.tp, event, functools.partial(actor.update, listing_id, correlation))
 
     return acker
 
@@ -380,7 +387,14 @@ def _envelope(event: EventT[bytes]) -> Envelope:
         partition=message.partition,
         offset=message.offset,
         timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
+        headers=_headers(message.headers),
     )
+
+
+def _headers(headers: Any) -> tuple[tuple[str, bytes], ...]:
+    """A message's headers as (name, bytes) pairs, whichever shape Faust hands them in."""
+    pairs = headers.items() if isinstance(headers, dict) else headers or ()
+    return tuple((str(k), bytes(v or b"")) for k, v in pairs)
 
 
 def _cap_malloc_arenas(arenas: int = 2) -> None:

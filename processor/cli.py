@@ -90,7 +90,7 @@ def worker(settings: Settings) -> None:
 
 
 async def _create_topics(settings: Settings) -> list[str]:
-    from .topics import ensure_topics
+    from .topics import ensure_topics, topic_configs
 
     return await ensure_topics(
         settings.broker_url,
@@ -98,6 +98,7 @@ async def _create_topics(settings: Settings) -> list[str]:
         settings.topic_partitions,
         settings.topic_replication_factor,
         settings.topic_retention_ms,
+        configs=topic_configs(settings),
     )
 
 
@@ -134,10 +135,19 @@ def topics() -> None:
 @settings_options
 def topics_create(settings: Settings) -> None:
     """Create every topic the workers read and write, with the configured partitions, replication and
-    retention (existing topics are left as they are). Run it once per environment, before the workers."""
+    retention, listing-updates compacted (existing topics are left as they are: a setting that differs is
+    reported with the command that changes it). Run it once per environment, before the workers."""
+    from .topics import config_drift, topic_configs
+
     created = asyncio.run(_create_topics(settings))
+    drift = asyncio.run(config_drift(settings.broker_url, topic_configs(settings)))
     for name in settings.topics:
         click.echo(f"{name}: {'created' if name in created else 'exists'}")
+        for key, (actual, wanted) in drift.get(name, {}).items():
+            click.echo(
+                f"  {key} is {actual or 'the broker default'}, wanted {wanted}: kafka-configs.sh --bootstrap-server"
+                f" BROKER --alter --entity-type topics --entity-name {name} --add-config {key}={wanted}"
+            )
 
 
 @main.command()

@@ -18,10 +18,14 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from . import contracts
 from .errors import InvalidEvent
 
 # Output ids are uuid5 in this namespace, so a replay yields the same id.
 OUTPUT_NAMESPACE = uuid.UUID("6f1d3c0e-52b5-4a53-9d0e-5d1b8d9c1a77")
+# What a classification record carries about its processing rather than its result: left out of
+# result_id, so a replay (other timings, a cache hit, a later offset) has the id of the first.
+PROCESSING_FIELDS = frozenset({"event_id", "result_id", "cache", "timings_ms", "classified_at", "source"})
 DLQ_RAW_LIMIT = 16 * 1024  # bytes of the original event a dead letter carries at most
 DETAIL_LIMIT = 2000
 
@@ -56,9 +60,14 @@ class Envelope:
     partition: int = -1
     offset: int = -1
     timestamp_ms: int | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
     def source(self) -> dict[str, Any]:
         return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
+
+    def correlation_id(self) -> str:
+        """The correlation id its output records carry (contracts.correlation_id)."""
+        return contracts.correlation_id(self.headers, self.topic, self.partition, self.offset)
 
     def describe(self) -> str:
         """Where the message came from, for logs (never its content)."""
@@ -163,14 +172,32 @@ class Classification:
 
     @property
     def output_id(self) -> str:
-        """Same image, content and model give the same id: duplicates are recognisable."""
+        """The record's ``result_id`` (stored as ``output_id``)."""
+        return str(self.to_output()["result_id"])
+
+    @property
+    def classification_id(self) -> str:
+        """Same image, content and model give the same id, whatever its position or event time."""
         name = f"{self.event.image_id}|{self.content_hash}|{self.model_name}|{self.model_version}"
         return str(uuid.uuid5(OUTPUT_NAMESPACE, name))
 
     def to_output(self) -> dict[str, Any]:
-        """The ``image-classifications`` event (schemas/image-classification.schema.json)."""
+        """The ``image-classifications`` event (schemas/image-classification.schema.json): ``result_id``
+        changes when anything but the processing fields changes; ``event_id`` is its older name."""
+        record = self._result()
+        result_id = contracts.record_id(
+            "classification", {k: v for k, v in record.items() if k not in PROCESSING_FIELDS}
+        )
         return {
-            "event_id": self.output_id,
+            "schema_version": contracts.IMAGE_CLASSIFICATION.version,
+            "result_id": result_id,
+            "event_id": result_id,
+            **record,
+        }
+
+    def _result(self) -> dict[str, Any]:
+        return {
+            "classification_id": self.classification_id,
             "image_id": self.event.image_id,
             "listing_id": self.event.listing_id,
             "url": self.event.url,
@@ -180,7 +207,7 @@ class Classification:
             "banner_threshold": self.banner_threshold,
             "position": self.position,
             "position_scores": {k: round(v, 6) for k, v in self.position_scores.items()},
-            "model": {"name": self.model_name, "version": self.model_version},
+            "model": {"name": self.model_name, "version": self.model_version, "generation": self.model_generation},
             "content_hash": self.content_hash,
             "image": {"width": self.width, "height": self.height},
             "cache": self.cache,
@@ -204,13 +231,13 @@ class DeadLetter:
     failed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def original(self) -> dict[str, Any]:
-        """The original event: ``{"event": parsed JSON}`` when it is small and re-serialises, else
-        ``{"event": None, "event_raw": {base64 of at most DLQ_RAW_LIMIT bytes, size, truncated}}``."""
+        """The original event: ``{"event": parsed JSON}`` when it is small, re-serialises and is not
+        ``null``, else ``{"event": None, "event_raw": {base64 of at most DLQ_RAW_LIMIT bytes, size, truncated}}``."""
         raw = self.envelope.value
         if len(raw) <= DLQ_RAW_LIMIT:
             try:
                 parsed = orjson.loads(raw)
-                if len(orjson.dumps(parsed)) <= DLQ_RAW_LIMIT:
+                if parsed is not None and len(orjson.dumps(parsed)) <= DLQ_RAW_LIMIT:
                     return {"event": parsed}
             except (orjson.JSONDecodeError, orjson.JSONEncodeError, RecursionError):
                 pass
@@ -225,8 +252,11 @@ class DeadLetter:
         }
 
     def to_output(self) -> dict[str, Any]:
-        """The ``images-dlq`` record."""
+        """The ``images-dlq`` record (schemas/dead-letter.schema.json); ``dead_letter_id`` names the input
+        offset, as the dead-letter table's key does, so a replay has the id of the first."""
         return {
+            "schema_version": contracts.DEAD_LETTER.version,
+            "dead_letter_id": contracts.record_id("dead-letter", self.envelope.source()),
             **self.original(),
             "image_id": self.image_id,
             "listing_id": self.listing_id,
@@ -249,12 +279,17 @@ class Deletion:
         return (self.event_time, True, 0, ())
 
     def to_output(self) -> dict[str, Any]:
-        """The ``image-removals`` record."""
-        return {
+        """The ``image-removals`` record (schemas/image-removal.schema.json)."""
+        removal = {
             "image_id": self.event.image_id,
             "listing_id": self.event.listing_id,
             "deleted": True,
             "event_time": _rfc3339(self.event_time),
+        }
+        return {
+            "schema_version": contracts.IMAGE_REMOVAL.version,
+            "result_id": contracts.record_id("removal", removal),
+            **removal,
             "source": self.envelope.source(),
         }
 

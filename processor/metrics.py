@@ -27,6 +27,12 @@ STUCK_PARTITIONS = Gauge(
     "processor_stuck_partitions", "Partitions whose oldest unacked event is older than stuck_after_s."
 )
 WORK_FAILURES = Counter("processor_work_failures_total", "Attempts to process an event that raised (then retried).")
+UNPUBLISHED = Counter(
+    "processor_unpublished_outcomes_total",
+    "Results and removals stored nowhere and published on no topic: superseded (a newer outcome of the same"
+    " image in the same flush) or stale (older than the stored row). The newer outcome is the one published.",
+    ["kind", "reason"],
+)
 LISTING_SKIPPED = Counter("processor_listing_skipped_total", "Result records without a listing id (ignored).")
 MODEL_INFO = Gauge("processor_model_info", "The model in use (value 1).", ["name", "version"])
 LAST_PROGRESS = Gauge("processor_last_progress_timestamp_seconds", "Unix time of the last acknowledged event.")

@@ -21,22 +21,29 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 import orjson
 
-from . import metrics
+from . import contracts, metrics
 from .batching import MicroBatcher
 from .cache import CachedResult
 from .errors import rejects_item
-from .events import Classification, DeadLetter, Outcome
+from .events import Classification, DeadLetter, Deletion, Outcome
 from .store import latest_per_image
 
 log = logging.getLogger(__name__)
 STORE_BACKOFF_MAX_S = 10.0
 T = TypeVar("T")
 
-Record = tuple[str, bytes | None, bytes]  # topic, key, value
+
+class Record(NamedTuple):
+    """One record to publish; a ``None`` value is a tombstone (compacted topics)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: contracts.Headers = ()
 
 
 class Publisher(Protocol):
@@ -126,6 +133,7 @@ class Sink:
     async def _publish_many(self, stored: list[Outcome], winners: set[int], applied: set[str]) -> list[Outcome]:
         """Publish the batch's records at once; when the broker rejects one, publish them one by one."""
         due = [o for o in stored if isinstance(o, DeadLetter) or (id(o) in winners and o.event.image_id in applied)]
+        _count_unpublished(stored, winners, applied)
         try:
             await self._until_stored(lambda: self.publisher.publish([self.record(o) for o in due]), "broker publish")
             return stored
@@ -154,10 +162,11 @@ class Sink:
                 first, first_applied = await self._write(outcomes[:half])
                 second, second_applied = await self._write(outcomes[half:])
                 return first + second, first_applied | second_applied
-            return [await self._rejected(outcomes[0], exc.cause, "postgres")], set()
+            # published with the rest of the flush (publishing it here too would publish it twice)
+            return [await self._rejected(outcomes[0], exc.cause, "postgres", publish=False)], set()
 
-    async def _rejected(self, outcome: Outcome, cause: BaseException, where: str) -> Outcome:
-        """The dead letter of an item storage refused; stored and published like any dead letter."""
+    async def _rejected(self, outcome: Outcome, cause: BaseException, where: str, publish: bool = True) -> Outcome:
+        """The dead letter of an item storage refused; stored, and published unless the caller will."""
         metrics.STORAGE_REJECTED.labels(where=where).inc()
         if isinstance(outcome, DeadLetter) and outcome.kind == "storage_rejected":
             log.error(
@@ -173,7 +182,7 @@ class Sink:
             *_ids(outcome),
         )
         stored, _ = await self._write([dead])
-        return await self._publish(stored[0])
+        return await self._publish(stored[0]) if publish else stored[0]
 
     async def _until_stored(self, step: Callable[[], Awaitable[T]], what: str) -> T:
         """Retry an outage until it ends; raise ItemRejected for an item's own failure (after a few tries)."""
@@ -187,12 +196,19 @@ class Sink:
         raise AssertionError("unreachable")
 
     def record(self, outcome: Outcome) -> Record:
-        """The output record of a classification, the removal record of a deletion, or a DLQ record."""
+        """The output record of a classification, the removal record of a deletion, or a DLQ record
+        (key: the listing id, none for a dead letter without one), with the contract's headers."""
+        correlation = outcome.envelope.correlation_id()
         if isinstance(outcome, DeadLetter):
             key = outcome.listing_id.encode() if outcome.listing_id else None
-            return (self.topics.dlq, key, orjson.dumps(outcome.to_output()))
-        topic = self.topics.output if isinstance(outcome, Classification) else self.topics.removals
-        return (topic, outcome.event.listing_id.encode(), orjson.dumps(outcome.to_output()))
+            value = orjson.dumps(outcome.to_output())
+            return Record(self.topics.dlq, key, value, contracts.DEAD_LETTER.headers(correlation))
+        if isinstance(outcome, Classification):
+            topic, schema = self.topics.output, contracts.IMAGE_CLASSIFICATION
+        else:
+            topic, schema = self.topics.removals, contracts.IMAGE_REMOVAL
+        key = outcome.event.listing_id.encode()
+        return Record(topic, key, orjson.dumps(outcome.to_output()), schema.headers(correlation))
 
 
 class ItemRejected(Exception):
@@ -226,6 +242,20 @@ def cached(r: Classification) -> CachedResult:
     return CachedResult(
         r.content_hash, r.banner_score, r.position_scores, r.width, r.height, r.etag, r.last_modified, time.time()
     )
+
+
+def _count_unpublished(stored: list[Outcome], winners: set[int], applied: set[str]) -> None:
+    """Count the results and removals that end on no topic: overtaken in this flush by a newer outcome
+    of the same image (superseded), or older than the row Postgres already held (stale)."""
+    for o in stored:
+        if isinstance(o, DeadLetter):
+            continue
+        kind = "removal" if isinstance(o, Deletion) else "classification"
+        if id(o) not in winners:
+            metrics.UNPUBLISHED.labels(kind=kind, reason="superseded").inc()
+        elif o.event.image_id not in applied:
+            metrics.UNPUBLISHED.labels(kind=kind, reason="stale").inc()
+            log.debug("%s of %s is older than the stored row: not published", kind, o.envelope.describe())
 
 
 def _ids(outcome: Outcome) -> tuple[str | None, str | None]:

@@ -1,16 +1,44 @@
-"""Plain aiokafka helpers for the CLI, the demo and tests: create topics, produce, read back."""
+"""Plain aiokafka helpers for the CLI, the demo and tests: create topics, produce, read back.
+
+``topic_configs`` is the one place topic configurations come from: `processor topics create` (the
+compose one-shot and the Kubernetes Job run it), a worker creating its own topics, and Faust's
+declarations all use it. ``listing-updates`` is the only table-like topic: compacted, so the last
+state of every listing stays readable however old, and a tombstone (null value) deletes a listing.
+Every other topic is a stream with ``retention.ms``. (``image-classifications`` cannot be compacted:
+its key is the listing, so compaction would keep one image per listing.)
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
+
+if TYPE_CHECKING:
+    from .settings import Settings
+    from .sink import Record
+
+TopicConfigs = Mapping[str, Mapping[str, str]]  # topic -> Kafka topic configuration
+
+
+def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """The configuration of every topic the workers read and write (module docstring)."""
+    stream = {"cleanup.policy": "delete", "retention.ms": str(settings.topic_retention_ms)}
+    configs = {topic: dict(stream) for topic in settings.topics}
+    table = {"cleanup.policy": "compact"}
+    if settings.topic_retention_ms >= 0:
+        # How long a tombstone stays readable: a subscriber away for longer must bootstrap again.
+        table["delete.retention.ms"] = str(settings.topic_retention_ms)
+    configs[settings.listing_updates_topic] = table
+    return configs
 
 
 def bootstrap(broker_url: str) -> str:
@@ -28,15 +56,19 @@ async def ensure_topics(
     partitions: int,
     replication_factor: int = 1,
     retention_ms: int | None = None,
+    configs: TopicConfigs | None = None,
 ) -> list[str]:
-    """Create missing topics (existing ones are left as they are); return the names created."""
+    """Create missing topics (existing ones are left as they are: see ``config_drift``); return the
+    names created. A topic in ``configs`` gets that configuration, any other ``retention_ms``."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(broker_url))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        configs = {"retention.ms": str(retention_ms)} if retention_ms is not None else {}
+        default = {"retention.ms": str(retention_ms)} if retention_ms is not None else {}
         missing = [
-            NewTopic(t, partitions, replication_factor, topic_configs=configs) for t in topics if t not in existing
+            NewTopic(t, partitions, replication_factor, topic_configs=dict((configs or {}).get(t, default)))
+            for t in topics
+            if t not in existing
         ]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
@@ -44,6 +76,34 @@ async def ensure_topics(
         return [t.name for t in missing]
     finally:
         await admin.close()
+
+
+async def describe_topics(broker_url: str, topics: Iterable[str]) -> dict[str, dict[str, str]]:
+    """The configuration the broker reports for each topic (those set on it, at least)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(broker_url))
+    await admin.start()
+    try:
+        resources = [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics]
+        found: dict[str, dict[str, str]] = {}
+        for response in await admin.describe_configs(resources):
+            for _error, _message, _type, name, entries in response.resources:
+                found[name] = {entry[0]: entry[1] for entry in entries}
+        return found
+    finally:
+        await admin.close()
+
+
+async def config_drift(broker_url: str, configs: TopicConfigs) -> dict[str, dict[str, tuple[str | None, str]]]:
+    """Per topic, the settings whose value on the broker differs from ``configs``: (actual, wanted).
+    Existing topics are never altered here (AlterConfigs would reset what an operator set by hand)."""
+    actual = await describe_topics(broker_url, configs)
+    drift = {}
+    for topic, wanted in configs.items():
+        have = actual.get(topic, {})
+        differing = {k: (have.get(k), v) for k, v in wanted.items() if have.get(k) != v}
+        if differing:
+            drift[topic] = differing
+    return drift
 
 
 def event_key(line: bytes) -> bytes | None:
@@ -79,8 +139,8 @@ class KafkaPublisher:
     async def stop(self) -> None:
         await self._producer.stop()
 
-    async def publish(self, records: Sequence[tuple[str, bytes | None, bytes]]) -> None:
-        futures = [await self._producer.send(topic, value, key=key) for topic, key, value in records]
+    async def publish(self, records: Sequence[Record]) -> None:
+        futures = [await self._producer.send(r.topic, r.value, key=r.key, headers=list(r.headers)) for r in records]
         await asyncio.gather(*futures)
 
 
@@ -110,11 +170,38 @@ async def _offsets(broker_url: str, topic: str, idle_s: float) -> AsyncIterator[
 async def read_topic(
     broker_url: str, topic: str, expected: int | None = None, timeout_s: float = 10.0
 ) -> list[dict[str, object]]:
-    """Read a topic from the beginning (no group) until ``expected`` records or ``timeout_s`` idle."""
-    return [orjson.loads(value) async for value in iterate_topic(broker_url, topic, expected, timeout_s)]
+    """Read a topic from the beginning (no group) until ``expected`` records or ``timeout_s`` idle;
+    tombstones (null values) are left out."""
+    return [orjson.loads(value) async for value in iterate_topic(broker_url, topic, expected, timeout_s) if value]
 
 
-async def iterate_topic(broker_url: str, topic: str, expected: int | None, timeout_s: float) -> AsyncIterator[bytes]:
+async def read_records(
+    broker_url: str, topic: str, expected: int | None = None, timeout_s: float = 10.0
+) -> list[ConsumerRecord]:
+    """Every record of a topic from the beginning, with its key, headers and (None for a tombstone) value."""
+    return [
+        ConsumerRecord(r.partition, r.offset, r.key, r.value, tuple(r.headers or ()))
+        async for r in _records(broker_url, topic, expected, timeout_s)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerRecord:
+    """A record as a subscriber reads it."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+    def header(self, name: str) -> str | None:
+        return next((v.decode() for k, v in self.headers if k == name), None)
+
+
+async def iterate_topic(
+    broker_url: str, topic: str, expected: int | None, timeout_s: float
+) -> AsyncIterator[bytes | None]:
     """Values of a topic from the beginning, until ``expected`` records or ``timeout_s`` without one."""
     async for record in _records(broker_url, topic, expected, timeout_s):
         yield record.value

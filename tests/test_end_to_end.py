@@ -17,6 +17,7 @@ from processor.settings import Settings
 from processor.topics import ensure_topics, produce_lines, read_topic
 
 from .conftest import event
+from .contract import check_topics, dead_letter_kinds
 from .helpers import SHIPPED_MODEL_NAME, fetch_dead_letters, fetch_rows, wait_for_rows
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "processor/schemas/image-classification.schema.json").read_text())
@@ -64,7 +65,8 @@ async def test_every_event_ends_in_postgres_topic_or_dlq(
     for record in outputs:
         jsonschema.validate(record, SCHEMA)
         row = by_id[record["image_id"]]
-        assert record["model"] == {"name": row["model_name"], "version": row["model_version"]}
+        model = {"name": row["model_name"], "version": row["model_version"], "generation": row["model_generation"]}
+        assert record["model"] == model
         assert record["has_banner"] == row["has_banner"] and record["position"] == row["position"]
         assert str(row["output_id"]) == record["event_id"]
 
@@ -73,6 +75,9 @@ async def test_every_event_ends_in_postgres_topic_or_dlq(
     assert kinds == {("img-404", "fetch_failed"), ("img-bad", "invalid_event")}
     bad = next(d for d in dlq if d["error"]["kind"] == "invalid_event")
     assert bad["event"] == {"image_id": "img-bad", "listing_id": 7} and "url" in bad["error"]["detail"]
+    topics = await check_topics(settings)  # every record of every topic, as a subscriber reads it
+    assert dead_letter_kinds(topics[settings.dlq_topic]) == {"fetch_failed": 1, "invalid_event": 1}
+    assert len(topics[settings.listing_updates_topic]) >= 4
     assert worker.stop() == 0
 
 
@@ -150,3 +155,4 @@ async def test_restarted_worker_does_not_reprocess_committed_events(
     outputs = await read_topic(settings.broker_url, settings.output_topic, expected=len(names))
     assert sorted(o["image_id"] for o in outputs) == sorted(after), "duplicate output events after restart"
     assert await fetch_dead_letters(settings) == []
+    await check_topics(settings)

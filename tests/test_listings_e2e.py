@@ -13,10 +13,12 @@ from typing import Any
 import orjson
 
 from processor.dev.imageserver import ImageServer
+from processor.events import version_key
 from processor.listings import ImageResult, ListingState, compute_state
 from processor.settings import Settings
-from processor.topics import read_topic
+from processor.topics import ConsumerRecord
 
+from .contract import check_topics
 from .helpers import fetch_rows, wait_for_rows
 from .test_end_to_end import produce
 from .test_poison import wait_for_zero_lag
@@ -85,12 +87,53 @@ async def test_listing_states_equal_the_rules_on_the_final_images_whatever_the_o
         for i in range(LISTINGS)
     }
     stored = await wait_for_states(settings, expected)
-    last: dict[str, ListingState] = {}
-    for record in await read_topic(settings.broker_url, settings.listing_updates_topic, timeout_s=3):
-        last[str(record["listing_id"])] = ListingState.from_output(record)
+    topics = await check_topics(settings)  # every record of every topic validates, headers and keys too
+    last = snapshot(topics[settings.listing_updates_topic])
     for listing, state in expected.items():
         assert stored[listing] == state, f"{listing}: stored state differs from the rules on the final images"
-        assert last[listing] == state, f"{listing}: the last listing-updates record is not the current state"
+        if state.image_count:
+            assert last[listing] == state, f"{listing}: the last listing-updates record is not the current state"
+        else:  # a tombstone, or never published
+            assert last.get(listing) is None, f"{listing}: an empty listing is still on listing-updates"
+    images = merge(topics[settings.output_topic], topics[settings.removals_topic])
+    assert {i for i, r in images.items() if r is not None} == surviving
+    for row in alive:  # the subscriber's fold agrees with Postgres on every image
+        record = images[row["image_id"]]
+        assert record is not None and record["url"] == row["url"]
+        assert record["position_index"] == row["position_index"] and record["result_id"] == str(row["output_id"])
+
+
+def snapshot(records: list[ConsumerRecord]) -> dict[str, ListingState | None]:
+    """What a subscriber bootstrapping from listing-updates holds: per key, the record with the highest
+    revision (from the revision header: tombstones have no value), None for a tombstone."""
+    best: dict[str, tuple[int, ListingState | None]] = {}
+    for record in records:
+        assert record.key is not None
+        key, revision = record.key.decode(), int(record.header("revision") or 0)
+        state = None if record.value is None else ListingState.from_output(orjson.loads(record.value))
+        if key not in best or revision >= best[key][0]:
+            best[key] = (revision, state)
+    return {key: state for key, (_, state) in best.items()}
+
+
+def merge(classifications: list[ConsumerRecord], removals: list[ConsumerRecord]) -> dict[str, dict[str, Any] | None]:
+    """The consumer guide's merge of image-classifications and image-removals, deduplicated by result_id:
+    per image the greatest (event_time, removal, model.generation, model.version as numbers) wins (None:
+    removed), the order Postgres applies."""
+    seen: set[str] = set()
+    current: dict[str, tuple[tuple[datetime, bool, int, tuple[int, ...]], dict[str, Any] | None]] = {}
+    for record in [*classifications, *removals]:
+        value = orjson.loads(record.value or b"{}")
+        if value["result_id"] in seen:
+            continue
+        seen.add(value["result_id"])
+        removal, model = value.get("deleted", False), value.get("model", {"generation": 0, "version": ""})
+        when = datetime.fromisoformat(value["event_time"])
+        order = (when, removal, model["generation"], version_key(model["version"]))
+        image = value["image_id"]
+        if image not in current or order > current[image][0]:
+            current[image] = (order, None if removal else value)
+    return {image: value for image, (_, value) in current.items()}
 
 
 async def wait_for_states(

@@ -174,7 +174,10 @@ async def test_last_published_state_is_that_of_the_surviving_rows(
     event(f"surviving images: {sum(len(survivors(events, listing)) for listing in listings)}")
     for listing in listings:
         expected = compute_state(listing, survivors(events, listing), db.store.rules)
-        assert topic[listing] == expected
+        if expected.image_count:
+            assert topic[listing] == expected
+        else:  # a tombstone, or nothing when subscribers never saw the listing with images
+            assert listing not in topic or topic[listing] == expected
         assert await db.store.get(listing) == expected
     assert await db.store.recompute(listings) == []
 
@@ -278,3 +281,23 @@ async def _until_waiting_for_advisory_lock(pool: asyncpg.Pool, timeout_s: float 
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"no recomputation waited for a listing lock within {timeout_s} s")
+
+
+async def test_an_empty_state_is_published_only_to_end_a_listing_subscribers_saw(db: Db) -> None:
+    """A removal before the listing's first result publishes nothing (no transient empty listing);
+    a listing that loses its last image publishes its empty state (the actor's tombstone), once."""
+    listing = new_listing()
+    await write(db.pool, db.images, Event(listing, f"{listing}/1", 5, None))  # removed before it was classified
+    assert await db.store.recompute([listing]) == []
+    stored = await db.store.get(listing)
+    assert stored is not None and stored.image_count == 0 and stored.revision == 1
+    await write(db.pool, db.images, result(listing, "2", 0))
+    [first] = await db.store.recompute([listing])
+    assert (first.image_count, first.revision) == (1, 2)
+    await db.store.mark_published([first])
+    await write(db.pool, db.images, Event(listing, f"{listing}/2", 9, None))
+    [gone] = await db.store.recompute([listing])
+    assert (gone.image_count, gone.hero_reason, gone.revision) == (0, "no_images", 3)
+    assert await db.store.recompute([listing]) == [gone], "returned until the broker acknowledges it"
+    await db.store.mark_published([gone])
+    assert await db.store.recompute([listing]) == []

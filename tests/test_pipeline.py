@@ -65,7 +65,7 @@ class Backend:
     async def published(self, expected: int) -> list[object]:
         inner = self.publisher.inner
         if isinstance(inner, MemoryPublisher):
-            return [orjson.loads(value) for _, _, value in inner.records]
+            return [orjson.loads(r.value or b"null") for r in inner.records]
         url = self.settings.broker_url
         results = await read_topic(url, self.settings.output_topic, expected=expected - 1, timeout_s=10)
         return results + await read_topic(url, self.settings.dlq_topic, expected=1, timeout_s=10)

@@ -24,6 +24,7 @@ from processor.store import PostgresStore
 from processor.topics import group_lag, read_topic
 
 from .conftest import event
+from .contract import check_topics, dead_letter_kinds
 from .helpers import fetch_dead_letters, fetch_rows, wait_for_rows
 from .test_end_to_end import produce
 
@@ -70,6 +71,8 @@ async def test_poison_pills_end_as_dead_letters_and_every_partition_is_committed
     assert base64.b64decode(huge["event_raw"]["base64"]).startswith(b'{"listing_id":"poison"')
     assert "SECRET-PAYLOAD" not in worker.log(), "a log line carries an event's payload"
     await wait_for_zero_lag(settings)
+    topics = await check_topics(settings)
+    assert dead_letter_kinds(topics[settings.dlq_topic]) == {"invalid_event": len(pills)}
     assert worker.proc.poll() is None
 
 
@@ -107,6 +110,8 @@ async def test_a_row_postgres_refuses_becomes_storage_rejected_and_its_neighbour
     assert outcome.pop("refused") == "storage_rejected"
     assert set(outcome.values()) == {"ok"}
     await wait_for_zero_lag(settings)
+    topics = await check_topics(settings)
+    assert dead_letter_kinds(topics[settings.dlq_topic]) == {"storage_rejected": 1}
 
 
 async def test_the_topics_last_record_per_image_agrees_with_postgres_whatever_the_finish_order(

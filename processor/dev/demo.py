@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..settings import Settings
 from ..store import PostgresStore
-from ..topics import ensure_topics, produce_lines, read_topic
+from ..topics import ensure_topics, produce_lines, read_topic, topic_configs
 from .harness import WorkerProcess, wait_ready
 from .imageserver import ImageServer, Listing, generate_listings
 from .stack import EmbeddedStack, stop_processes
@@ -107,6 +107,7 @@ async def _run(
                 settings.broker_url,
                 settings.topics,
                 settings.topic_partitions,
+                configs=topic_configs(settings),
             )
             say(f"starting {workers} worker(s) ...")
             workers_run = [WorkerProcess(settings, root / f"worker-{i}.log") for i in range(workers)]

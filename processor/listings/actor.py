@@ -4,17 +4,39 @@
 the call, is stored in ``listings`` and its change was confirmed by the broker on ``listing-updates``
 (key: listing_id). Concurrent updates share one recomputation per micro-batch (set-based SQL, one
 transaction), and a listing named several times in a batch is recomputed once.
+
+A listing left without images is published as a Kafka tombstone (null value: the topic is compacted),
+and only when subscribers saw it with images before: a removal processed before the listing's first
+result publishes nothing, rather than an empty listing a partner might show.
 """
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
 import asyncpg
 import orjson
 
+from .. import contracts
 from ..batching import MicroBatcher
-from ..sink import Publisher, until_done
-from .rules import ListingRules
+from ..sink import Publisher, Record, until_done
+from .rules import ListingRules, ListingState
 from .store import ListingStore
+
+
+def listing_record(topic: str, state: ListingState, correlation_id: str | None = None) -> Record:
+    """The ``listing-updates`` record of a state: the state (schemas/listing-update.schema.json), or a
+    tombstone when the listing has no images left; the ``revision`` header is on both."""
+    correlation = correlation_id or str(uuid.uuid5(contracts.RECORD_NAMESPACE, f"listing|{state.listing_id}"))
+    headers = contracts.LISTING_UPDATE.headers(correlation, revision=str(state.revision))
+    value = orjson.dumps(listing_output(state)) if state.image_count else None
+    return Record(topic, state.listing_id.encode(), value, headers)
+
+
+def listing_output(state: ListingState) -> dict[str, Any]:
+    """The value of a listing's record: its state with the schema version."""
+    return {"schema_version": contracts.LISTING_UPDATE.version, **state.to_output()}
 
 
 class ListingActor:
@@ -37,6 +59,7 @@ class ListingActor:
         self.table = table
         self.store: ListingStore | None = None
         self._batcher: MicroBatcher[str, None] = MicroBatcher(self._flush, batch_size, delay_s, name="listings")
+        self._correlation: dict[str, str] = {}  # listing -> the correlation id of the last record naming it
         self.published = 0
 
     async def start(self, pool: asyncpg.Pool) -> None:
@@ -51,8 +74,11 @@ class ListingActor:
     async def stop(self) -> None:
         await self._batcher.stop()
 
-    async def update(self, listing_id: str) -> None:
-        """Bring one listing's stored and published state up to date."""
+    async def update(self, listing_id: str, correlation_id: str | None = None) -> None:
+        """Bring one listing's stored and published state up to date; its record carries the
+        correlation id of the result or removal that asked for it."""
+        if correlation_id is not None:
+            self._correlation[listing_id] = correlation_id
         await self._batcher.submit(listing_id)
 
     async def _flush(self, listing_ids: list[str]) -> list[None]:
@@ -60,8 +86,11 @@ class ListingActor:
         assert store is not None, "ListingActor.start() was not called"
         states = await until_done(lambda: store.recompute(listing_ids), "listings recompute")
         if states:
-            records = [(self.updates_topic, s.listing_id.encode(), orjson.dumps(s.to_output())) for s in states]
+            correlation = self._correlation
+            records = [listing_record(self.updates_topic, s, correlation.get(s.listing_id)) for s in states]
             await until_done(lambda: self.publisher.publish(records), "listing-updates publish")
             await until_done(lambda: store.mark_published(states), "listings mark published")
             self.published += len(states)
+        for listing_id in listing_ids:
+            self._correlation.pop(listing_id, None)
         return [None] * len(listing_ids)

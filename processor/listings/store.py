@@ -9,6 +9,10 @@ committed image rows, whichever worker writes last.
 Each change bumps the row's ``revision``; ``mark_published`` records the revision the
 broker acknowledged. Until then ``recompute`` keeps returning the stored state (same
 revision, same ``updated_at``), so a crash between storing and publishing loses nothing.
+
+A state without images whose listing subscribers last saw without images too (never published,
+or deleted) is stored as published at once: there is nothing to tell them, and an empty listing
+published before its first result arrives would be a transient state a partner might show.
 """
 
 from __future__ import annotations
@@ -76,7 +80,7 @@ class ListingStore:
             FROM {_ident(images_table)} WHERE listing_id = ANY($1::text[]) AND NOT deleted
         """
         self._select_stored = f"""
-            SELECT listing_id, state_hash, revision, published_revision, updated_at
+            SELECT listing_id, state_hash, revision, published_revision, updated_at, image_count
             FROM {t} WHERE listing_id = ANY($1::text[])
         """
         self._upsert = f"""
@@ -130,6 +134,10 @@ class ListingStore:
             changed, pending = _to_publish(states, stored)
             if changed:
                 await conn.execute(self._upsert, *_columns(changed))
+            published = {id(s) for s in pending}
+            quiet = [s for s in changed if id(s) not in published]
+            if quiet:  # nothing to tell subscribers (module docstring)
+                await conn.execute(self._mark_published, [s.listing_id for s in quiet], [s.revision for s in quiet])
         return pending
 
     async def mark_published(self, states: Iterable[ListingState]) -> None:
@@ -150,13 +158,18 @@ def _to_publish(
     states: list[ListingState], stored: dict[str, asyncpg.Record]
 ) -> tuple[list[ListingState], list[ListingState]]:
     """The states to write (content changed: next revision) and all states to publish
-    (those plus stored revisions not yet marked published, as they were stored)."""
+    (those plus stored revisions not yet marked published, as they were stored), less empty
+    states of listings subscribers last saw empty (module docstring)."""
     changed, pending = [], []
     for state in states:
         old = stored.get(state.listing_id)
         if old is None or old["state_hash"] != state.state_hash:
             state = replace(state, revision=(old["revision"] if old else 0) + 1)
             changed.append(state)
+            if state.image_count == 0 and (
+                old is None or (old["image_count"] == 0 and old["revision"] == old["published_revision"])
+            ):
+                continue
         elif old["revision"] > old["published_revision"]:
             state = replace(state, revision=old["revision"], updated_at=old["updated_at"])
         else:
