@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test chaos lint format bench soak corpus model model-synthetic model-cnn model-photos model-extra-photos model-more-photos model-renders model-real-cars model-evaluate clean
+.PHONY: help install demo test chaos lint format docs bench soak corpus model model-synthetic model-cnn model-photos model-extra-photos model-more-photos model-renders model-real-cars model-evaluate clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ lint: $(STAMP) ## ruff and mypy --strict
 	$(BIN)/ruff check processor tests benchmarks
 	$(BIN)/ruff format --check processor tests benchmarks
 	$(BIN)/mypy
+
+docs: $(STAMP) ## build the docs site into site/ with mkdocs build --strict (a broken link or page fails)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 format: $(STAMP) ## apply ruff's formatting and fixes
 	$(BIN)/ruff format processor tests benchmarks
