@@ -8,7 +8,9 @@ LABELLING_SCREENSHOTS=docs/screenshots to refresh the README's screenshots.
 from __future__ import annotations
 
 import csv
+import io
 import os
+import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,9 @@ from typing import Any
 import pytest
 
 from processor.dev.imageserver import ImageServer
-from processor.labelling import sampling
+from processor.labelling import guidelines, sampling
 from processor.labelling.export import export
+from processor.labelling.tasks import Answer, next_task, record_answer, resolve
 
 from .labelling_support import (
     PASSWORD,
@@ -325,3 +328,122 @@ async def test_a_suggestion_taken_with_one_key_the_zoom_the_listing_and_the_next
     row = await db.pool.fetchrow("SELECT * FROM label_answers WHERE image_id = $1", first)
     assert (row["verdict"], row["banner"], row["position"], row["suggestion_shown"]) == ("label", False, "side", True)
     assert await db.pool.fetchval("SELECT status FROM label_tasks WHERE image_id = $1", first) == "final"
+
+
+async def answer_as(db: LabelDb, user_id: int, labels: dict[str, tuple[bool, str]], version: int) -> None:
+    """This labeller answers every image the queue gives them with ``labels`` (image id -> banner, position)."""
+    while (task := await next_task(db.pool, user_id, db.config)) is not None:
+        banner, position = labels[task.image_id]
+        await record_answer(db.pool, user_id, Answer(task.image_id, "label", banner, position, version), db.config)
+
+
+def zip_rows(path: Path) -> tuple[list[str], list[tuple[str, str, str, str]]]:
+    """A downloaded export: its file names, and every labels.csv row of train/ and holdout/."""
+    with zipfile.ZipFile(path) as archive:
+        names = sorted(archive.namelist())
+        rows = []
+        for part in ("train", "holdout"):
+            with archive.open(f"{part}/labels.csv") as fh:
+                reader = csv.DictReader(io.TextIOWrapper(fh, "utf-8"))
+                rows += [(r["image_id"], r["banner"], r["position"], r["source"]) for r in reader]
+    return names, sorted(rows)
+
+
+async def test_the_admin_sees_positions_by_labeller_searches_discards_in_bulk_and_downloads_the_export(
+    label_db: LabelDb, image_server: ImageServer, jpegs: dict[str, bytes], browser: Any, tmp_path: Path
+) -> None:
+    db = label_db
+    db.config = db.config.with_overrides(agree=2, max_labellers=2)
+    names = sorted(jpegs)
+    for i, (image_id, listing) in enumerate((("img-a", "L-1"), ("img-b", "L-1"), ("img-c", "L-2"))):
+        await db.classify(image_id, image_server.url(names[i]), banner_score=0.5, listing_id=listing)
+    admin_id = await db.user("boss", "admin")
+    lab0, lab1 = await db.user("lab0"), await db.user("lab1")
+    await sampling.fill(db.pool, db.settings.postgres_table, 10, 0.0, 0.54)
+    version = (await guidelines.current(db.pool)).version
+    truth = {"img-a": (False, "front"), "img-b": (False, "side"), "img-c": (True, "rear")}
+    await answer_as(db, lab1, truth, version)
+    await answer_as(db, lab0, {**truth, "img-b": (False, "front")}, version)  # lab0 takes a side view for a front
+    assert await db.pool.fetchval("SELECT image_id FROM label_tasks WHERE status = 'review'") == "img-b"
+    await resolve(db.pool, admin_id, "img-b", (False, "side"))
+    await db.classify("img-d", image_server.url(names[3]), banner_score=0.5, listing_id="L-2")
+    await sampling.fill(db.pool, db.settings.postgres_table, 10, 0.0, 0.54)  # img-d: queued later, still open
+    app = await start_app(db)
+    try:
+        admin = await open_page(browser, app.base_url)
+        await sign_in(admin, "boss")
+        # per-position agreement by labeller, and the matrix behind it
+        row0 = admin.locator("#confusion table.confusion tr[data-user=lab0]")
+        header = await admin.locator("#confusion table.confusion thead").inner_text()
+        assert header.strip().split("\t")[1:] == ["banner", "front", "side", "rear"], header
+        assert (await row0.inner_text()).strip().split("\t")[1:] == ["3/3 100%", "1/1 100%", "0/1 0%", "1/1 100%"]
+        row1 = admin.locator("#confusion table.confusion tr[data-user=lab1]")
+        assert (await row1.inner_text()).strip().split("\t")[1:] == ["3/3 100%", "1/1 100%", "1/1 100%", "1/1 100%"]
+        matrix = admin.locator("details.matrix[data-user=lab0]")
+        await matrix.locator("summary").click()
+        side_row = await matrix.locator("tbody tr", has_text="side").inner_text()
+        assert side_row.strip("\n").split("\t") == ["side", "1", "", ""], side_row  # final side, lab0 said front
+        await screenshot(admin, "admin-confusion")
+        # search from the admin page: by listing, then by state and labeller on the images page
+        await admin.fill("#search input[name=q]", "L-1")
+        async with admin.expect_navigation():
+            await admin.click("#search button")
+        assert sorted(await admin.locator("table.images tbody tr").evaluate_all(
+            "rows => rows.map(r => r.dataset.image)")) == ["img-a", "img-b"]  # fmt: skip
+        assert "lab0: no banner, front" in await admin.locator("tr[data-image=img-b]").inner_text()
+        await screenshot(admin, "admin-images")
+        await admin.goto("/admin/images?state=open")
+        assert await admin.inner_text("#found") == "1 image(s)."
+        assert await admin.locator("tr[data-image=img-d] td.state").inner_text() == "open"
+        await admin.goto("/admin/images?labeller=lab0&state=resolved")
+        assert await admin.locator("table.images tbody tr").count() == 1
+        await admin.goto("/admin/images?q=IMG-C")  # case-insensitive, a part of the id
+        assert await admin.locator("tr[data-image=img-c] td.state").inner_text() == "final"
+        # bulk discard: the listing L-2 (one final, one open image), every row ticked with one box
+        await admin.goto("/admin/images?q=L-2")
+        await admin.check("#all")
+        async with admin.expect_navigation():
+            await admin.click("#discard")
+        assert "2 image(s) discarded." in await admin.inner_text("p.notice")
+        assert "q=L-2" in admin.url  # back to the same search
+        assert await admin.locator("table.images td.state").all_inner_texts() == ["discarded", "discarded"]
+        assert await admin.locator("table.images input[name=image_id]").count() == 0
+        async with admin.expect_navigation():
+            await admin.click("#discard")  # nothing ticked (no boxes left): refused, nothing changes
+        assert "Tick 1-500 images" in await admin.inner_text("p.error")
+        # export from the page: the discarded final image is not in it
+        await admin.goto("/admin")
+        assert await admin.inner_text("#count-discarded") == "2"
+        async with admin.expect_download() as download_info:
+            await admin.click("#export button")
+        download = await download_info.value
+        assert download.suggested_filename.startswith("labels-") and download.suggested_filename.endswith(".zip")
+        await download.save_as(tmp_path / "labels.zip")
+        files, rows = zip_rows(tmp_path / "labels.zip")
+        assert rows == [("img-a", "0", "front", "consensus"), ("img-b", "0", "side", "admin")]
+        assert "manifest.json" in files and not any("/images/" in f for f in files)
+        await admin.check("#export input[name=images]")
+        await admin.fill("#export input[name=holdout_percent]", "0")
+        async with admin.expect_download() as download_info:
+            await admin.click("#export button")
+        await (await download_info.value).save_as(tmp_path / "with-images.zip")
+        files, rows = zip_rows(tmp_path / "with-images.zip")
+        assert len([f for f in files if f.startswith("train/images/")]) == 2 and len(rows) == 2
+        # a labeller reaches none of it, and the admin's forms need the CSRF token
+        labeller = await open_page(browser, app.base_url)
+        await sign_in(labeller, "lab0")
+        token = await labeller.locator("input[name=csrf]").first.get_attribute("value")
+        for path, form in (
+            ("/admin/export", {"holdout_percent": "20"}),
+            ("/admin/images/discard", {"image_id": "img-a"}),
+        ):
+            response = await labeller.request.post(path, form={"csrf": token or "", **form})
+            assert response.status == 403, path
+        assert (await labeller.request.get("/admin/images", max_redirects=0)).status == 403
+        response = await admin.request.post("/admin/images/discard", form={"image_id": "img-a"})
+        assert response.status == 403
+    finally:
+        await app.runner.cleanup()
+    assert await db.pool.fetchval("SELECT status FROM label_tasks WHERE image_id = 'img-a'") == "final"
+    states = await db.pool.fetch("SELECT image_id, decided_by FROM label_tasks WHERE status = 'discarded'")
+    assert sorted((r["image_id"], r["decided_by"]) for r in states) == [("img-c", admin_id), ("img-d", admin_id)]

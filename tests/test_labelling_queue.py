@@ -301,3 +301,19 @@ async def test_the_suggestion_is_hidden_on_the_random_sample_and_a_share_of_draw
 
     code, out = await asyncio.to_thread(run_cli, db, "label", "agreement")  # the command runs its own loop
     assert code == 0 and "shown" in out and "100.0% (2 of 2)" in out and "hidden on a draw" in out, out
+
+
+async def test_search_takes_the_text_literally_and_a_bulk_discard_counts_what_changed(label_db: LabelDb) -> None:
+    from processor.labelling.search import ImageQuery, discard_many, find_images
+
+    for image_id in ("a%b", "axb", "other"):
+        await label_db.classify(image_id, f"http://127.0.0.1:9/{image_id}.jpg", banner_score=0.5, listing_id="L_1")
+    await sampling.fill(label_db.pool, label_db.settings.postgres_table, 10, 0.0, 0.54)
+    admin = await label_db.user("boss", "admin")
+    found = await find_images(label_db.pool, ImageQuery(text="A%"))
+    assert [i["image_id"] for i in found.images] == ["a%b"] and found.total == 1  # % is no wildcard
+    assert (await find_images(label_db.pool, ImageQuery(text="l_1"))).total == 3  # listing ids too
+    assert (await find_images(label_db.pool, ImageQuery(text="axb", limit=1))).images[0]["image_id"] == "axb"
+    assert await discard_many(label_db.pool, admin, ["a%b", "axb", "missing"]) == 2
+    assert await discard_many(label_db.pool, admin, ["a%b"]) == 0  # discarded already
+    assert (await find_images(label_db.pool, ImageQuery(state="discarded"))).total == 2

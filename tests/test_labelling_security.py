@@ -68,11 +68,28 @@ async def test_a_signed_out_visitor_reaches_nothing(label_db: LabelDb, browsers:
     visitor = browsers[0]
     await label_db.classify("img", "http://127.0.0.1:9/x.jpg", banner_score=0.5)
     await sampling.fill(label_db.pool, label_db.settings.postgres_table, 10, 0.0, 0.54)
-    for path in ("/", "/label", "/guidelines", "/admin", "/admin/review", "/admin/guidelines", "/image?id=img"):
+    for path in (
+        "/",
+        "/label",
+        "/guidelines",
+        "/admin",
+        "/admin/review",
+        "/admin/guidelines",
+        "/admin/images",
+        "/image?id=img",
+    ):
         status, _, resp = await visitor.get(path)
         assert (status, resp.headers.get("Location")) == (303, "/sign-in"), path
     token = await visitor.csrf("/sign-in")  # a pre-session token opens no other form
-    for path in ("/label", "/admin/users", "/admin/fill", "/admin/guidelines", "/admin/review"):
+    for path in (
+        "/label",
+        "/admin/users",
+        "/admin/fill",
+        "/admin/guidelines",
+        "/admin/review",
+        "/admin/export",
+        "/admin/images/discard",
+    ):
         status, _ = await visitor.post(path, {"csrf": token, "username": "eve", "password": "x" * 12})
         assert status == 403, path
     assert await label_db.pool.fetchval("SELECT count(*) FROM label_users") == 0
@@ -258,9 +275,15 @@ async def test_an_unknown_user_name_costs_a_password_check_too(
 ) -> None:
     from processor.labelling import accounts
 
+    from processor.labelling.passwords import verify_password
+
     checked: list[str] = []
-    real = accounts.verify_password
-    monkeypatch.setattr(accounts, "verify_password", lambda pw, stored: checked.append(stored) or real(pw, stored))
+
+    def counting(password: str, stored: str) -> bool:
+        checked.append(stored)
+        return verify_password(password, stored)
+
+    monkeypatch.setattr(accounts, "verify_password", counting)
     await label_db.user("lab")
     assert await accounts.authenticate(label_db.pool, "lab", "wrong password", "a", 100, 900) is None
     assert await accounts.authenticate(label_db.pool, "nobody", "wrong password", "a", 100, 900) is None

@@ -125,3 +125,37 @@ async def suggestion_split(pool: asyncpg.Pool) -> list[Suggested]:
         else Suggested(draw, 0, 0, 0, 0)
         for draw in ("shown", "hidden", "random")
     ]
+
+
+@dataclass
+class LabellerConfusion:
+    """One labeller's labels against the final labels of the images they labelled (consensus or admin)."""
+
+    username: str
+    positions: Counter[tuple[str, str]] = field(default_factory=Counter)  # (final, theirs) -> answers
+    banner: Counter[tuple[bool, bool]] = field(default_factory=Counter)  # (final, theirs) -> answers
+
+    def position_agreement(self, final: str) -> tuple[int, int]:
+        """(answers that matched, answers) on images whose final position is ``final``."""
+        total = sum(n for (f, _), n in self.positions.items() if f == final)
+        return self.positions[(final, final)], total
+
+    def banner_agreement(self) -> tuple[int, int]:
+        return sum(n for (f, t), n in self.banner.items() if f == t), sum(self.banner.values())
+
+
+async def confusion_by_labeller(pool: asyncpg.Pool) -> list[LabellerConfusion]:
+    """Per labeller who gave a label on a decided image: their position and banner answers against the final
+    label, as counts of (final, theirs); by user name."""
+    rows = await pool.fetch("""
+        SELECT u.username, t.position AS final_position, a.position AS their_position,
+            t.banner AS final_banner, a.banner AS their_banner, count(*) AS n
+        FROM label_answers a JOIN label_users u ON u.id = a.user_id JOIN label_tasks t USING (image_id)
+        WHERE a.verdict = 'label' AND t.status IN ('final', 'resolved')
+        GROUP BY 1, 2, 3, 4, 5 ORDER BY 1""")
+    found: dict[str, LabellerConfusion] = {}
+    for r in rows:
+        one = found.setdefault(r["username"], LabellerConfusion(r["username"]))
+        one.positions[(r["final_position"], r["their_position"])] += r["n"]
+        one.banner[(r["final_banner"], r["their_banner"])] += r["n"]
+    return list(found.values())

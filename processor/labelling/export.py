@@ -13,6 +13,7 @@ import asyncio
 import csv
 import hashlib
 import json
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -148,3 +149,15 @@ def _write_csvs(out: Path, written: dict[str, list[dict[str, str]]], percent: in
     )
     manifest = {"holdout_percent": percent, **asdict(summary)}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def zip_export(out: Path, target: Path, with_images: bool) -> None:
+    """An export folder as one zip (what the admin page offers as a download): every ``labels.csv`` and
+    ``manifest.json``, and the images when asked (stored as they are: JPEGs do not compress)."""
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(p for p in out.rglob("*") if p.is_file()):
+            name = path.relative_to(out)
+            image = name.parts[1:2] == ("images",)
+            if image and not with_images:
+                continue
+            archive.write(path, name.as_posix(), compress_type=zipfile.ZIP_STORED if image else None)

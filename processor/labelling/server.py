@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,15 +11,17 @@ from aiohttp import web
 
 from .. import registry
 from ..settings import Settings
-from . import views_admin, views_api, views_auth, views_label
+from . import views_admin, views_api, views_auth, views_images, views_label
 from .config import LabelConfig
 from .images import ImageProxy
 from .schema import create_pool, migrate
 from .web import (
     CONFIG,
+    EXPORT_LOCK,
     IMAGES,
     POOL,
     POSITIONS,
+    SETTINGS,
     TABLE,
     TEMPLATES,
     THRESHOLD,
@@ -55,11 +58,14 @@ def create_app(settings: Settings, config: LabelConfig) -> web.Application:
     app = web.Application(middlewares=[forwarded, auth], client_max_size=MAX_FORM_BYTES)
     app[CONFIG] = config
     app[TABLE] = settings.postgres_table
+    app[SETTINGS] = settings
+    app[EXPORT_LOCK] = asyncio.Lock()
     app[TEMPLATES] = templates()
     app.on_response_prepare.append(security_headers)
     app.add_routes(views_auth.routes)
     app.add_routes(views_label.routes)
     app.add_routes(views_admin.routes)
+    app.add_routes(views_images.routes)
     app.add_routes(views_api.routes)
     app.router.add_static("/static", STATIC_DIR)
 

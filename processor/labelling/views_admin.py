@@ -1,17 +1,35 @@
-"""The admin's pages: labellers and their agreement, the queue, the review queue, the rules."""
+"""The admin's pages: labellers and their agreement, the queue, the review queue, the rules, the export."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from . import guidelines, sampling
 from .accounts import ROLES, AccountError, create_user, set_active, set_password
+from .agreement import LabellerConfusion, confusion_by_labeller
+from .export import export, zip_export
 from .tasks import QueueError, agreement, resolve, review_queue, status_counts
 from .views_label import position_keys
-from .web import CONFIG, POOL, POSITIONS, TABLE, THRESHOLD, error_page, render, session_of
+from .web import (
+    CONFIG,
+    EXPORT_LOCK,
+    POOL,
+    POSITIONS,
+    SETTINGS,
+    TABLE,
+    THRESHOLD,
+    error_page,
+    render,
+    session_of,
+)
 
 routes = web.RouteTableDef()
 MAX_FILL = 10_000
@@ -36,6 +54,36 @@ def _agreement_rows(rows: list[Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _cell(agreed: int, total: int) -> dict[str, Any] | None:
+    return None if not total else {"agreed": agreed, "total": total, "rate": f"{agreed / total:.0%}"}
+
+
+def _confusion(found: list[LabellerConfusion], walk: list[str]) -> dict[str, Any]:
+    """Per labeller: agreement with the final label per final position (the columns: positions that are some
+    image's final label, in walk-around order) and the whole matrix, final position by their answer."""
+    order = {p: i for i, p in enumerate(walk)}
+
+    def ordered(positions: set[str]) -> list[str]:
+        return sorted(positions, key=lambda p: (order.get(p, len(order)), p))
+
+    finals = ordered({f for c in found for f, _ in c.positions})
+    rows = []
+    for c in found:
+        theirs = ordered({p for pair in c.positions for p in pair})
+        rows.append(
+            {
+                "username": c.username,
+                "banner": _cell(*c.banner_agreement()),
+                "cells": [_cell(*c.position_agreement(p)) for p in finals],
+                "columns": theirs,
+                "matrix": [
+                    (f, [c.positions.get((f, t), 0) for t in theirs]) for f in ordered({f for f, _ in c.positions})
+                ],
+            }
+        )
+    return {"positions": finals, "rows": rows}
+
+
 async def _overview(request: web.Request, status: int = 200, error: str | None = None) -> web.Response:
     pool, config = request.app[POOL], request.app[CONFIG]
     return render(
@@ -46,6 +94,8 @@ async def _overview(request: web.Request, status: int = 200, error: str | None =
         notice=NOTICES.get(request.query.get("done", "")),
         counts=await status_counts(pool),
         labellers=_agreement_rows(await agreement(pool)),
+        confusion=_confusion(await confusion_by_labeller(pool), [p for p, _ in position_keys(request.app[POSITIONS])]),
+        holdout_percent=config.holdout_percent,
         roles=ROLES,
         agree=config.agree,
         max_labellers=config.max_labellers,
@@ -147,3 +197,45 @@ async def rules_publish(request: web.Request) -> web.StreamResponse:
         rules = await guidelines.current(pool)
         return render(request, "admin_guidelines.html", status=400, rules=rules, error=str(exc))
     raise web.HTTPSeeOther("/admin?done=rules")
+
+
+@routes.post("/admin/export")
+async def export_download(request: web.Request) -> web.StreamResponse:
+    """The export of ``processor label export`` as a zip download: each part's labels.csv and manifest.json, with
+    the images if asked. The images are downloaded either way (rows whose image fails are left out)."""
+    form = await request.post()
+    percent = str(form.get("holdout_percent", ""))
+    if not percent.isdigit() or not 0 <= int(percent) <= 100:
+        return await _overview(request, 400, "Give a hold-out share of 0-100 %.")
+    lock = request.app[EXPORT_LOCK]
+    if lock.locked():
+        return await _overview(request, 409, "An export is running already: try again when it has finished.")
+    async with lock:
+        folder = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="label-export-"))
+        try:
+            await export(request.app[POOL], request.app[SETTINGS], folder / "export", int(percent))
+            await asyncio.to_thread(zip_export, folder / "export", folder / "labels.zip", form.get("images") == "yes")
+            return await _send(request, folder / "labels.zip")
+        finally:
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+
+
+async def _send(request: web.Request, archive: Path) -> web.StreamResponse:
+    name = f"labels-{datetime.now(UTC):%Y%m%d-%H%M%S}.zip"
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "application/zip",
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "Cache-Control": "no-store",
+        }
+    )
+    response.content_length = (await asyncio.to_thread(archive.stat)).st_size
+    await response.prepare(request)
+    fh = await asyncio.to_thread(archive.open, "rb")
+    try:
+        while chunk := await asyncio.to_thread(fh.read, 1 << 20):
+            await response.write(chunk)
+    finally:
+        fh.close()
+    await response.write_eof()
+    return response

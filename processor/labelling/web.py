@@ -8,6 +8,7 @@ foreign ``Origin`` is refused too. Cookies are HttpOnly and SameSite=Strict.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ import asyncpg
 import jinja2
 from aiohttp import web
 
+from ..settings import Settings
 from .accounts import Session, find_session
 from .config import LabelConfig
 from .images import ImageProxy
@@ -28,6 +30,8 @@ POSITIONS = web.AppKey("positions", tuple)
 THRESHOLD = web.AppKey("threshold", float)
 TABLE = web.AppKey("table", str)  # the classification table the queue is filled from
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
+SETTINGS = web.AppKey("settings", Settings)  # the pipeline's settings: where images come from, for exports
+EXPORT_LOCK = web.AppKey("export_lock", asyncio.Lock)  # one export from the admin page at a time
 SESSION = web.RequestKey[Session | None]("session")
 PRE_CSRF = web.RequestKey("pre_csrf", str)  # the sign-in form's token
 

@@ -1,0 +1,77 @@
+"""The admin's search over every queued image, and discarding several at once."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from .search import MAX_DISCARD, MAX_TEXT_CHARS, STATES, ImageQuery, discard_many, find_images, usernames
+from .views_label import MAX_ID_CHARS
+from .web import POOL, render, session_of
+
+routes = web.RouteTableDef()
+PAGE = 100
+
+
+def _query(values: dict[str, str], people: list[str]) -> ImageQuery:
+    """The search from the page's fields; anything unknown is left out rather than refused."""
+    state = values.get("state", "")
+    labeller = values.get("labeller", "")
+    return ImageQuery(
+        text=values.get("q", "").strip()[:MAX_TEXT_CHARS],
+        state=state if state in STATES else "",
+        labeller=labeller if labeller in people else "",
+        limit=PAGE,
+    )
+
+
+def _back(query: ImageQuery, **extra: str | int) -> str:
+    fields = {"q": query.text, "state": query.state, "labeller": query.labeller, **extra}
+    return "/admin/images?" + urlencode({k: v for k, v in fields.items() if v != ""})
+
+
+@routes.get("/admin/images")
+async def images_page(request: web.Request) -> web.StreamResponse:
+    pool = request.app[POOL]
+    people = await usernames(pool)
+    query = _query(dict(request.query), people)
+    found = await find_images(pool, query)
+    done = request.query.get("discarded", "")
+    return render(
+        request,
+        "images.html",
+        query=query,
+        found=found,
+        states=STATES,
+        people=people,
+        notice=f"{int(done)} image(s) discarded." if done.isdigit() else None,
+        error=None,
+        max_discard=MAX_DISCARD,
+    )
+
+
+@routes.post("/admin/images/discard")
+async def discard(request: web.Request) -> web.StreamResponse:
+    """Discard the ticked images; back to the same search."""
+    pool = request.app[POOL]
+    form = await request.post()
+    query = _query({k: str(form.get(k, "")) for k in ("q", "state", "labeller")}, await usernames(pool))
+    chosen = [v for v in form.getall("image_id", []) if isinstance(v, str) and 0 < len(v) <= MAX_ID_CHARS]
+    if not chosen or len(chosen) > MAX_DISCARD:
+        found = await find_images(pool, query)
+        error = f"Tick 1-{MAX_DISCARD} images to discard."
+        return render(
+            request,
+            "images.html",
+            status=400,
+            query=query,
+            found=found,
+            states=STATES,
+            people=await usernames(pool),
+            notice=None,
+            error=error,
+            max_discard=MAX_DISCARD,
+        )
+    count = await discard_many(pool, session_of(request).user.id, chosen)
+    raise web.HTTPSeeOther(_back(query, discarded=count))
