@@ -8,7 +8,8 @@ A page asks for generated text with a comment on a line of its own, replaced whe
 - ``<!-- generate: schema image-classification -->``: the fields of ``processor/schemas/NAME.schema.json``
   and the schema itself;
 - ``<!-- generate: alert NAME -->``: an alert rule of ``deploy/prometheus/alerts.yml`` as Prometheus runs it;
-- ``<!-- generate: schemas -->``: every schema of ``processor/schemas`` that the page does not name;
+- ``<!-- generate: schemas -->``: every schema of ``processor/schemas`` that the page does not name, under
+  a heading of its own (nothing when it names them all);
 - ``<!-- generate: alerts -->``: every alert rule, linked to its runbook page.
 
 ``docs/reference/commands.md`` renders ``processor.dev.docs:cli`` with mkdocs-click: the ``processor``
@@ -109,7 +110,8 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
             return alerts_table(page.file.src_uri)
         if kind == "schemas":
             named = set(re.findall(r"^<!-- generate: schema (\S+) -->$", markdown, re.MULTILINE))
-            return "\n\n".join(schema_section(path.name.removesuffix(".schema.json")) for path in other_schemas(named))
+            others = [schema_section(path.name.removesuffix(".schema.json")) for path in other_schemas(named)]
+            return "\n\n".join(["## Other schemas", *others]) if others else ""
         log.warning("%s: unknown marker %r", page.file.src_uri, match.group(0))
         return match.group(0)
 
