@@ -227,7 +227,7 @@ def alert_section(name: str) -> str:
         log.warning("alert %s: runbook_url is %r, not %r", name, notes.get("runbook_url"), runbook_url(name))
     return "\n".join(
         [
-            "| | |",
+            "| rule | as `deploy/prometheus/alerts.yml` has it |",
             "| --- | --- |",
             f"| severity | `{rule['labels']['severity']}` |",
             f"| fires after | {rule.get('for', '0m')} |",
