@@ -447,3 +447,17 @@ async def test_the_admin_sees_positions_by_labeller_searches_discards_in_bulk_an
     assert await db.pool.fetchval("SELECT status FROM label_tasks WHERE image_id = 'img-a'") == "final"
     states = await db.pool.fetch("SELECT image_id, decided_by FROM label_tasks WHERE status = 'discarded'")
     assert sorted((r["image_id"], r["decided_by"]) for r in states) == [("img-c", admin_id), ("img-d", admin_id)]
+
+
+async def test_the_labelling_speed_benchmark_counts_keys_and_round_trips(label_db: LabelDb, chromium: str) -> None:
+    """A smoke-size run of benchmarks/labelling_speed.py, so it cannot rot (its figures live in the docs)."""
+    from benchmarks import labelling_speed
+
+    config = label_db.config.with_overrides(agree=1, max_labellers=1, suggestion_hidden_share=0.0)
+    figures = await labelling_speed.measure(label_db.settings, config, 5, "smoke")
+    summary = figures.summary()
+    assert summary["images"] == 5 and figures.requests["answer"] == 5
+    # photos 0-4: the model is wrong about the banner of photo 2 only, so 4 single keys and one pair
+    assert (summary["suggestions_shown"], summary["suggestions_accepted"], figures.keys) == (5, 4, 6)
+    assert 2 <= summary["round_trips_before_next_photo"] < 3  # the answer, its redirect; photos fetched ahead
+    assert len(figures.ms_per_image) == 5
