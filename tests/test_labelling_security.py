@@ -274,7 +274,6 @@ async def test_an_unknown_user_name_costs_a_password_check_too(
     label_db: LabelDb, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from processor.labelling import accounts
-
     from processor.labelling.passwords import verify_password
 
     checked: list[str] = []
