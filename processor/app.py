@@ -15,7 +15,7 @@ import functools
 import logging
 import signal
 import tempfile
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import faust
@@ -25,6 +25,7 @@ from faust.types import TP, EventT, StreamT
 
 from . import metrics
 from .acking import AckerHooks, OrderedAcker
+from .brokerlink import BrokerWatch, guarded_commit, keep_pending_after_failure
 from .cache import ResultCache
 from .events import Envelope
 from .follower import ModelFollower
@@ -64,9 +65,18 @@ def _consumer_with_fetch_wait(fetch_max_wait_ms: int) -> type[faust_aiokafka.Con
             consumer._fetch_max_wait_ms = fetch_max_wait_ms
             return consumer
 
+        async def _commit(self, offsets: Mapping[TP, int]) -> bool:  # commit failures by our rules (brokerlink)
+            return await guarded_commit(self, offsets)
+
     class Consumer(faust_aiokafka.Consumer):
         def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
             return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+        async def _commit_offsets(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
+            before = {tp: self._committed_offset.get(tp) for tp in offsets}
+            committed = await super()._commit_offsets(offsets, start_new_transaction)
+            keep_pending_after_failure(self, offsets, committed, before)
+            return bool(committed)
 
     return Consumer
 
@@ -99,6 +109,8 @@ def create_app(
     acker = _image_acker(app, pipeline, health, settings)
 
     follower = ModelFollower(pipeline, store, settings)
+
+    app.task(BrokerWatch(settings, health).run)  # readiness and the log follow the broker
 
     @app.timer(settings.monitor_interval_s)  # type: ignore[untyped-decorator]
     async def monitor() -> None:
@@ -222,6 +234,8 @@ def _faust_app(settings: Settings) -> faust.App:
         broker_rebalance_timeout=max(settings.broker_session_timeout_s * 2, 10.0),
         broker_commit_interval=settings.broker_commit_interval_s,
         broker_commit_every=10_000,
+        broker_request_timeout=settings.broker_request_timeout_s,
+        producer_request_timeout=settings.producer_request_timeout_s,
         stream_buffer_maxsize=max(settings.max_in_flight, 256),
         producer_acks=-1,
         producer_linger=0.005,
@@ -313,13 +327,17 @@ async def observe(
 ) -> None:
     """Refresh lag, oldest-unacked ages, stuck partitions and the Postgres check."""
     ages: dict[Any, float] = acker.oldest_age_s()
-    stuck = 0
+    stuck = set()
     for tp, age in ages.items():
         metrics.OLDEST_UNACKED.labels(tp.topic, str(tp.partition)).set(age)
         if age > settings.stuck_after_s:
-            stuck += 1
-            log.warning("partition %s stuck: oldest unacked event waits %.0f s", _tp(tp), age)
-    metrics.STUCK_PARTITIONS.set(stuck)
+            stuck.add(tp)
+            if tp not in health.stuck:  # said once when it gets stuck, not at every check
+                log.warning("partition %s stuck: oldest unacked event waits %.0f s", _tp(tp), age)
+    for tp in health.stuck - stuck:
+        log.info("partition %s moves again", _tp(tp))
+    health.stuck = stuck
+    metrics.STUCK_PARTITIONS.set(len(stuck))
     health.oldest_unacked_s = max(ages.values(), default=0.0)
     health.postgres_ok = await pipeline.store_reachable()
     try:

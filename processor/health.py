@@ -3,9 +3,11 @@
 - ``GET /metrics``: every ``processor_*`` metric.
 - ``GET /healthz`` (liveness): the event loop answers (it serves this), and the worker either makes
   progress or has nothing to do: 503 when events have waited longer than ``liveness_stall_s`` with
-  no acknowledgement in that time.
-- ``GET /readyz`` (readiness): the model is loaded, Postgres answered the last check, and the
-  consumer group assigned this worker its partitions. The JSON body says which check fails.
+  no acknowledgement in that time, unless the broker or Postgres is away (a restart would not bring
+  them back, and a worker restarted in a loop only adds rebalances).
+- ``GET /readyz`` (readiness): the model is loaded, Postgres answered the last check, the broker
+  answered its last probe (``processor.brokerlink``), and the consumer group assigned this worker its
+  partitions. The JSON body says which check fails.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class WorkerHealth:
     liveness_stall_s: float
     model_loaded: bool = False
     postgres_ok: bool = False
+    broker_ok: bool = False  # the broker answered the last probe (processor.brokerlink.BrokerWatch)
+    stuck: set[Any] = field(default_factory=set)  # partitions whose oldest unacked event is older than stuck_after_s
     assignments: int = 0  # partition assignments received (rebalances count)
     partitions: int = 0
     oldest_unacked_s: float = 0.0
@@ -36,10 +40,16 @@ class WorkerHealth:
     def live(self) -> tuple[bool, dict[str, Any]]:
         idle_s = time.monotonic() - self.last_progress
         stalled = self.oldest_unacked_s > self.liveness_stall_s and idle_s > self.liveness_stall_s
+        stalled = stalled and self.broker_ok and self.postgres_ok  # waiting on an outage is not a stall
         return not stalled, {"oldest_unacked_s": round(self.oldest_unacked_s, 1), "since_progress_s": round(idle_s, 1)}
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
-        checks = {"model_loaded": self.model_loaded, "postgres": self.postgres_ok, "assigned": self.assignments > 0}
+        checks = {
+            "model_loaded": self.model_loaded,
+            "postgres": self.postgres_ok,
+            "broker": self.broker_ok,
+            "assigned": self.assignments > 0,
+        }
         return all(checks.values()), {**checks, "assignments": self.assignments, "partitions": self.partitions}
 
 

@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .listings.rules import DEFAULT_PREFERRED, DEFAULT_REQUIRED, HeroRule, ListingRules
@@ -47,6 +47,22 @@ class Settings(BaseSettings):
     broker_commit_interval_s: float = Field(1.0, gt=0, description="How often acked offsets are committed.")
     broker_fetch_max_wait_ms: int = Field(
         50, ge=1, description="Longest wait of a consumer fetch; brokers like Tansu hold every fetch this long."
+    )
+    broker_request_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest wait for one consumer request (fetch, commit, metadata); a connection silent for longer "
+        "is dropped and opened again. At least broker_session_timeout_s.",
+    )
+    producer_request_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest wait for the broker to confirm a published record (the producer retries within it); "
+        "then the publish fails and the sink publishes again, its event still unacknowledged.",
+    )
+    broker_probe_interval_s: float = Field(2.0, gt=0, description="How often the broker is probed for readiness.")
+    broker_probe_timeout_s: float = Field(
+        3.0, gt=0, description="A broker that does not answer a probe within this is unreachable: readiness false."
     )
 
     postgres_dsn: str = Field("postgresql://postgres@127.0.0.1:5432/postgres", description="Postgres DSN.")
@@ -133,6 +149,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return tuple(value)
+
+    @model_validator(mode="after")
+    def _request_outlasts_session(self) -> Settings:
+        if self.broker_session_timeout_s > self.broker_request_timeout_s:
+            raise ValueError("broker_session_timeout_s must not exceed broker_request_timeout_s")
+        return self
 
     @field_validator("allow_networks", mode="before")
     @classmethod

@@ -221,20 +221,30 @@ class ItemRejected(Exception):
 
 async def until_done(step: Callable[[], Awaitable[T]], what: str) -> T:
     """Run a storage step until it succeeds; cancellation (shutdown) is the only way out, and an
-    item's own failure is raised as ItemRejected at once."""
+    item's own failure is raised as ItemRejected at once. An outage is logged when it starts and
+    when it ends (every retry is counted in processor_store_retries_total, not logged)."""
     delay = 0.1
+    started = 0.0
+    retries = 0
     while True:
         try:
-            return await step()
+            result = await step()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # an outage unless it is the item's own fault
             if rejects_item(exc):
                 raise ItemRejected(exc) from exc
             metrics.STORE_RETRIES.inc()
-            log.warning("%s failed, retrying in %.1f s: %s: %s", what, delay, type(exc).__name__, exc)
+            if not retries:
+                started = time.monotonic()
+                log.warning("%s failed, retrying until it succeeds: %s: %s", what, type(exc).__name__, exc)
+            retries += 1
             await asyncio.sleep(delay)
             delay = min(delay * 2, STORE_BACKOFF_MAX_S)
+            continue
+        if retries:
+            log.info("%s succeeded after %d retries over %.1f s", what, retries, time.monotonic() - started)
+        return result
 
 
 def cached(r: Classification) -> CachedResult:
