@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet --constraint constraints.txt -e '.[dev]'
+	@# The Triton binary of processor serve-model; --no-deps: the wheel pins numpy<2 for a Python API we do not use.
+	$(BIN)/pip install --quiet --no-deps --constraint constraints.txt nvidia-pytriton
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv with the package, its extras and the `processor` command

@@ -30,6 +30,7 @@ from .cache import ResultCache
 from .events import Envelope
 from .follower import ModelFollower
 from .health import WorkerHealth, serve
+from .inference import RemoteClassifier
 from .listings.actor import ListingActor
 from .model import Classifier
 from .pipeline import Pipeline
@@ -426,7 +427,12 @@ def run_worker(settings: Settings) -> None:
     """Load the model, then run a Faust worker until SIGINT/SIGTERM."""
     _cap_malloc_arenas()
     health = WorkerHealth(settings.liveness_stall_s)
-    classifier = Classifier(settings.model_dir, settings.banner_threshold, settings.inference_runtime)
+    classifier: Classifier
+    if settings.inference_url:  # a shared model server scores the batches (processor.inference)
+        classifier = remote = RemoteClassifier(settings)
+        health.model_server = lambda: remote.available
+    else:
+        classifier = Classifier(settings.model_dir, settings.banner_threshold, settings.inference_runtime)
     health.model_loaded = True
     metrics.MODEL_INFO.labels(classifier.info.name, classifier.info.version).set(1)
     app, drain = create_app(settings, classifier, health)

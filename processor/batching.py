@@ -3,7 +3,8 @@
 A batch closes when it holds ``max_size`` items or ``max_delay_s`` after its first
 item arrived, whichever comes first. Only one batch runs at a time, so under load the
 next batch fills while the current one runs (full batches), and when idle a lone item
-waits at most ``max_delay_s``. The batch function must return one result per item, in
+waits at most ``max_delay_s``. With ``max_concurrent`` > 1 (a remote model server, whose own
+batcher merges them), that many batches run at once. The batch function must return one result per item, in
 order; when it raises, the batch is split in halves and retried so that one bad item
 fails alone (``split_on_error``). Cancelled callers are dropped before the call.
 """
@@ -48,6 +49,7 @@ class MicroBatcher(Generic[T, R]):
         split_on_error: bool = True,
         name: str = "batch",
         on_batch: Callable[[int, str], None] | None = None,
+        max_concurrent: int = 1,
     ) -> None:
         self._fn = fn
         self.max_size = max_size
@@ -56,7 +58,9 @@ class MicroBatcher(Generic[T, R]):
         self._name = name
         self._on_batch = on_batch  # called with (size, why it closed) before each batch runs
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
-        self._current: list[tuple[T, asyncio.Future[R]]] = []  # the batch being run
+        self._running: dict[asyncio.Task[None], list[tuple[T, asyncio.Future[R]]]] = {}  # batches being run
+        self.max_concurrent = max_concurrent
+        self._slots = asyncio.Semaphore(max_concurrent)
         self._task: asyncio.Task[None] | None = None
         self.stats = BatchStats()
 
@@ -69,13 +73,17 @@ class MicroBatcher(Generic[T, R]):
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        waiting = self._current
+        waiting = [item for batch in self._running.values() for item in batch]
+        for task in self._running:
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+        self._running.clear()
+        self._slots = asyncio.Semaphore(self.max_concurrent)
         while not self._queue.empty():
             waiting.append(self._queue.get_nowait())
         for _, fut in waiting:
             if not fut.done():
                 fut.set_exception(BatcherStopped(f"{self._name} batcher stopped"))
-        self._current = []
 
     async def submit(self, item: T) -> R:
         """Queue one item and wait for its result (or its exception)."""
@@ -87,6 +95,7 @@ class MicroBatcher(Generic[T, R]):
 
     async def _run(self) -> None:
         while True:
+            await self._slots.acquire()  # a free slot first: meanwhile the next batch fills
             batch, reason = await self._collect()
             self.stats.batches += 1
             self.stats.items += len(batch)
@@ -94,9 +103,13 @@ class MicroBatcher(Generic[T, R]):
             self.stats.closed[reason] += 1
             if self._on_batch is not None:
                 self._on_batch(len(batch), reason)
-            self._current = batch
-            await self._call(batch)
-            self._current = []
+            task = asyncio.create_task(self._call(batch), name=f"{self._name}-batch")
+            self._running[task] = batch
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        if self._running.pop(task, None) is not None:  # not after stop(), which made a new semaphore
+            self._slots.release()
 
     async def _collect(self) -> tuple[list[tuple[T, asyncio.Future[R]]], str]:
         batch = [await self._queue.get()]

@@ -29,6 +29,8 @@ LAZY_COMMANDS = {
     "export-onnx": "processor.ml.cli:export_onnx",
     "real-cars": "processor.ml.cli:real_cars",
     "render": "processor.ml.cli:render",
+    "serve-model": "processor.serving.cli:serve_model",
+    "export-triton": "processor.serving.cli:export_triton",
     "stack": "processor.dev.cli:stack",
     "synth": "processor.ml.cli:synth",
     "train": "processor.ml.cli:train",

@@ -9,6 +9,7 @@ import logging
 import asyncpg
 
 from . import metrics, registry
+from .inference import RemoteClassifier
 from .model import Classifier
 from .pipeline import Pipeline
 from .settings import Settings
@@ -29,6 +30,10 @@ class ModelFollower:
         self._refused: tuple[str, str, int] | None = None  # a promoted model that failed to load: not retried
 
     async def check(self) -> None:
+        if isinstance(self._pipeline.classifier, RemoteClassifier):
+            # The model server follows the registry (processor serve-model); results name what it answers with.
+            await self._pipeline.classifier.refresh()
+            return
         try:
             if not self._migrated:
                 await registry.migrate(self._store.pool)

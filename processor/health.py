@@ -7,12 +7,15 @@
   them back, and a worker restarted in a loop only adds rebalances).
 - ``GET /readyz`` (readiness): the model is loaded, Postgres answered the last check, the broker
   answered its last probe (``processor.brokerlink``), and the consumer group assigned this worker its
-  partitions. The JSON body says which check fails.
+  partitions; with a model server (``inference_url``), the
+  server answers (its circuit is closed). The JSON body says which check fails. While the model
+  server is down, waiting events do not fail liveness: restarting the worker would not bring it back.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +36,7 @@ class WorkerHealth:
     partitions: int = 0
     oldest_unacked_s: float = 0.0
     last_progress: float = field(default_factory=time.monotonic)
+    model_server: Callable[[], bool] | None = None  # whether the model server answers (remote inference only)
 
     def progressed(self) -> None:
         self.last_progress = time.monotonic()
@@ -41,6 +45,7 @@ class WorkerHealth:
         idle_s = time.monotonic() - self.last_progress
         stalled = self.oldest_unacked_s > self.liveness_stall_s and idle_s > self.liveness_stall_s
         stalled = stalled and self.broker_ok and self.postgres_ok  # waiting on an outage is not a stall
+        stalled = stalled and (self.model_server is None or self.model_server())
         return not stalled, {"oldest_unacked_s": round(self.oldest_unacked_s, 1), "since_progress_s": round(idle_s, 1)}
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
@@ -50,6 +55,8 @@ class WorkerHealth:
             "broker": self.broker_ok,
             "assigned": self.assignments > 0,
         }
+        if self.model_server is not None:
+            checks["model_server"] = self.model_server()
         return all(checks.values()), {**checks, "assignments": self.assignments, "partitions": self.partitions}
 
 

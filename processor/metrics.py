@@ -47,3 +47,20 @@ def observe_inference_batch(size: int, reason: str) -> None:
     """Record one inference batch: its size and why it closed (full | timeout)."""
     BATCH_SIZE.observe(size)
     BATCH_CLOSED.labels(reason=reason).inc()
+
+
+# Remote inference (inference_url set): the model server's state as this worker sees it.
+MODEL_SERVER_UP = Gauge("processor_model_server_up", "1 while the model server answers (circuit closed), else 0.")
+MODEL_SERVER_READY = Gauge("processor_model_server_ready", "The model server's readiness at the last check (1/0).")
+MODEL_SERVER_REQUESTS = Counter(
+    "processor_model_server_requests_total", "Remote inference requests, by outcome (ok | error).", ["outcome"]
+)
+MODEL_SERVER_SECONDS = Histogram(
+    "processor_model_server_request_seconds",
+    "Remote inference request time (one batch).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+MODEL_SERVER_IN_FLIGHT = Gauge("processor_model_server_in_flight", "Remote inference requests in flight.")
+MODEL_SERVER_WAITING = Gauge(
+    "processor_model_server_waiting_batches", "Batches waiting for the model server (in flight or retrying)."
+)

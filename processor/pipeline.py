@@ -41,6 +41,7 @@ from .events import (
     parse_event,
 )
 from .fetch import Fetcher, Validators
+from .inference import RemoteClassifier
 from .model import Classifier, Prediction
 from .settings import Settings
 from .sink import Cache, Publisher, ResultStore, Sink, SinkTopics, until_done
@@ -70,6 +71,7 @@ class Pipeline:
             settings.batch_delay_ms / 1000,
             name="inference",
             on_batch=metrics.observe_inference_batch,
+            max_concurrent=settings.inference_max_in_flight if settings.inference_url else 1,
         )
         self.sink = Sink(
             store,
@@ -102,6 +104,8 @@ class Pipeline:
 
     async def stop(self) -> None:
         await self.inference.stop()
+        if isinstance(self.classifier, RemoteClassifier):
+            await self.classifier.close()
         await self.sink.stop()
         await self.fetcher.close()
         await self.cache.close()
@@ -248,6 +252,8 @@ class Pipeline:
     async def _infer(self, images: list[NDArray[np.uint8]]) -> list[tuple[Prediction, Classifier]]:
         """One batch on the current model; each prediction comes with the model that made it."""
         clf = self.classifier
+        if isinstance(clf, RemoteClassifier):  # the model server scores it; its outages make the batch wait
+            return await clf.infer(fit(images, clf.input_size))
         loop = asyncio.get_running_loop()
         predictions = await loop.run_in_executor(self._infer_pool, clf.predict, fit(images, clf.input_size))
         return [(p, clf) for p in predictions]

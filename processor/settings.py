@@ -89,6 +89,38 @@ class Settings(BaseSettings):
         True, description="Load the model promoted in Postgres (processor model promote) without a restart."
     )
 
+    inference_url: str = Field(
+        "",
+        description="A model server (Open Inference Protocol: http://host:8000 or grpc://host:8001) that scores the "
+        "batches instead of this process; empty: the model runs in the worker.",
+    )
+    inference_model: str = Field("listing-image-classifier", description="The model's name on the model server.")
+    inference_timeout_s: float = Field(10.0, gt=0, description="Longest wait for one remote inference request.")
+    inference_backoff_s: float = Field(0.1, ge=0, description="First retry backoff of a failed request; doubles.")
+    inference_max_in_flight: int = Field(4, ge=1, description="Remote inference requests (batches) in flight at once.")
+    inference_breaker_failures: int = Field(
+        3, ge=1, description="Failed requests in a row that open the circuit (requests stop, events wait)."
+    )
+    inference_breaker_reset_s: float = Field(
+        2.0, gt=0, description="While the circuit is open, one probe request this often."
+    )
+    model_server_host: str = Field("127.0.0.1", description="processor serve-model: the address it listens on.")
+    model_server_http_port: int = Field(8000, ge=0, description="processor serve-model: HTTP port (KServe v2).")
+    model_server_grpc_port: int = Field(8001, ge=0, description="processor serve-model: gRPC port (KServe v2).")
+    model_server_metrics_port: int = Field(8002, ge=0, description="processor serve-model: Triton's metrics port.")
+    model_server_max_batch_size: int = Field(64, ge=1, description="processor serve-model: largest server batch.")
+    model_server_preferred_batch_sizes: Annotated[tuple[int, ...], NoDecode] = Field(
+        (8, 16, 32), description="processor serve-model: batch sizes the dynamic batcher aims for (comma-separated)."
+    )
+    model_server_max_queue_delay_ms: float = Field(
+        2.0, ge=0, description="processor serve-model: longest wait of a request for others to batch with."
+    )
+    model_server_instances: int = Field(1, ge=1, description="processor serve-model: model instances (processes).")
+    model_server_threads: int = Field(1, ge=1, description="processor serve-model: ONNX Runtime threads per instance.")
+    model_server_repository: Path | None = Field(
+        None, description="processor serve-model: model repository folder; default: a new temporary one."
+    )
+
     max_in_flight: int = Field(256, ge=1, description="Events being processed at once per worker.")
     max_unacked_per_partition: int = Field(
         512, ge=1, description="Unacknowledged events per partition; beyond it the partition pauses, others go on."
@@ -148,6 +180,13 @@ class Settings(BaseSettings):
     def _split(cls, value: Any) -> tuple[str, ...]:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return tuple(value)
+
+    @field_validator("model_server_preferred_batch_sizes", mode="before")
+    @classmethod
+    def _split_ints(cls, value: Any) -> tuple[int, ...]:
+        if isinstance(value, str):
+            return tuple(int(part) for part in value.split(",") if part.strip())
         return tuple(value)
 
     @model_validator(mode="after")
