@@ -302,3 +302,13 @@ async def test_two_workers_share_serve_model_through_its_death_and_a_promotion(
             server.wait(30)
         # the registry is shared by every test on the stack: the shipped model is active again
         processor_command(settings, "model", "promote", str(DEFAULT_MODEL_DIR))
+
+
+def test_the_benchmark_runs_at_smoke_size(tmp_path: Path, triton_starts: None) -> None:
+    from benchmarks import model_server
+
+    out = tmp_path / "server.json"
+    model_server.main(["--images", "16", "--batch-size", "8", "--concurrency", "1,2", "--json", str(out)])
+    results = json.loads(out.read_text())["results"]
+    assert {"local", "remote_1", "remote_2", "server"} <= results.keys()
+    assert results["remote_2"]["ratio_to_local"] > 0
