@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test chaos lint format docs bench soak corpus model model-synthetic model-cnn model-photos model-extra-photos model-more-photos model-renders model-real-cars model-evaluate clean
+.PHONY: help install demo test chaos faults lint format docs bench soak corpus model model-synthetic model-cnn model-photos model-extra-photos model-more-photos model-renders model-real-cars model-evaluate clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,10 +25,13 @@ demo: $(STAMP) ## run the whole pipeline on the embedded stack (ARGS="--images 3
 	@$(BIN)/processor demo $(ARGS)
 
 test: $(STAMP) ## run the test suite (embedded stack; PROCESSOR_TEST_*_URL/DSN for external services)
-	$(BIN)/python -m pytest -m "not chaos" $(ARGS)
+	$(BIN)/python -m pytest -m "not chaos and not faults" $(ARGS)
 
 chaos: $(STAMP) ## run the long failure-injection tests
 	$(BIN)/python -m pytest -m chaos $(ARGS)
+
+faults: $(STAMP) ## broker kills, partitions and slow links on a live stream; needs root (ARGS="-s", FAULTS_ONLY=..., FAULTS_RESULTS=faults.json)
+	$(BIN)/python -m pytest -m faults tests/test_faults.py -p no:cacheprovider $(ARGS)
 
 lint: $(STAMP) ## ruff and mypy --strict
 	$(BIN)/ruff check processor tests benchmarks

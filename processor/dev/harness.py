@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,14 +57,19 @@ class WorkerProcess:
     """A ``processor worker`` subprocess writing its log to ``log_path``; its health endpoint listens on
     ``settings.metrics_port`` (a free port is chosen when it is 0)."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(
+        self, settings: Settings, log_path: Path, prefix: Sequence[str] = (), probe_host: str = "127.0.0.1"
+    ) -> None:
+        """``prefix`` runs the worker through a command (``ip netns exec NAME``: the fault harness), and
+        ``probe_host`` is where its health endpoint is reached from here."""
         if not settings.metrics_port:
             settings = settings.with_overrides(metrics_port=free_port())
         self.settings = settings
         self.log_path = log_path
+        self.probe_host = probe_host
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "processor", "worker"],
+                [*prefix, sys.executable, "-m", "processor", "worker"],
                 env=settings_env(settings),
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -76,7 +81,7 @@ class WorkerProcess:
 
     def probe(self, path: str = "/readyz") -> tuple[int, dict[str, Any]]:
         """GET one of the worker's health routes: status and JSON body (0 and {} when it does not answer)."""
-        url = f"http://127.0.0.1:{self.settings.metrics_port}{path}"
+        url = f"http://{self.probe_host}:{self.settings.metrics_port}{path}"
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 return response.status, json.loads(response.read())

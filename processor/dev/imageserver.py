@@ -2,8 +2,8 @@
 
 Routes: ``/img/{name}`` (a registered image; ``?v=N`` makes its bytes unique by adding a JPEG
 comment, so content-hash caching cannot shortcut benchmarks), ``/status/{code}`` (``?retry_after=S``
-sets Retry-After), ``/slow/{name}`` (drips the body), ``/redirect?to=URL`` (Location sent as given, even
-malformed), ``/html``, ``/truncated/{name}``, ``/huge``.
+sets Retry-After), ``/slow/{name}`` (drips the body; ``?bytes=1&every=1``: a byte a second),
+``/redirect?to=URL`` (Location sent as given, even malformed), ``/html``, ``/truncated/{name}``, ``/huge``.
 Every request is counted by path, so tests can prove what was (not) downloaded.
 """
 
@@ -110,9 +110,11 @@ class ImageServer:
         data = self.images.get(request.match_info["name"], b"\xff\xd8\xff" + b"\0" * 4096)
         resp = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
         await resp.prepare(request)
-        for i in range(0, len(data), 256):
-            await resp.write(data[i : i + 256])
-            await asyncio.sleep(0.5)
+        chunk = int(request.query.get("bytes", "256"))  # ?bytes=1&every=1: a byte a second
+        every_s = float(request.query.get("every", "0.5"))
+        for i in range(0, len(data), chunk):
+            await resp.write(data[i : i + chunk])
+            await asyncio.sleep(every_s)
         return resp
 
     async def _redirect(self, request: web.Request) -> web.Response:
