@@ -44,7 +44,7 @@ LATENCY = Histogram(
 
 
 def observe_inference_batch(size: int, reason: str) -> None:
-    """Record one inference batch: its size and why it closed (full | timeout)."""
+    """Record one inference batch: its size and why it closed (full | timeout | early)."""
     BATCH_SIZE.observe(size)
     BATCH_CLOSED.labels(reason=reason).inc()
 

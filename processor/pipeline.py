@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import metrics
-from .batching import MicroBatcher
+from .batching import LatencyBudget, MicroBatcher
 from .cache import CachedResult
 from .decode import DecodedImage, Decoder
 from .errors import ProcessorError
@@ -72,6 +72,7 @@ class Pipeline:
             name="inference",
             on_batch=metrics.observe_inference_batch,
             max_concurrent=settings.inference_max_in_flight if settings.inference_url else 1,
+            policy=LatencyBudget(settings.batch_latency_budget_ms / 1000) if settings.batch_latency_budget_ms else None,
         )
         self.sink = Sink(
             store,

@@ -79,6 +79,13 @@ class Settings(BaseSettings):
     model_dir: Path = Field(DEFAULT_MODEL_DIR, description="Directory with model.keras and metadata.json.")
     batch_size: int = Field(32, ge=1, le=1024, description="Largest inference batch.")
     batch_delay_ms: float = Field(20.0, ge=0, description="Longest wait after a batch's first image.")
+    batch_latency_budget_ms: float = Field(
+        50.0,
+        ge=0,
+        description="Latency budget of an inference batch (its first image's wait plus the batch's run): a batch "
+        "closes as soon as waiting longer cannot pay (the arrival rate needs no bigger batch, or the images it "
+        "waits for would not come in time); 0: close on batch_size or batch_delay_ms only.",
+    )
     banner_threshold: float | None = Field(None, description="Override the model's banner threshold.")
     inference_runtime: Literal["auto", "keras", "onnx"] = Field(
         "auto",

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from processor.acking import AckerHooks, OrderedAcker
-from processor.batching import BatcherStopped, MicroBatcher
+from processor.batching import BatcherStopped, LatencyBudget, MicroBatcher
 
 
 async def test_full_batches_under_load_and_one_result_per_item() -> None:
@@ -87,6 +87,99 @@ async def test_stop_fails_the_running_batch_and_the_queue_instead_of_hanging() -
     await batcher.stop()
     results = await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), 1)
     assert all(isinstance(r, BatcherStopped) for r in results)
+
+
+def budget_after(
+    budget_s: float, gap_s: float, alpha_s: float, beta_s: float, arrivals: int = 64
+) -> tuple[LatencyBudget, float]:
+    """A policy that saw ``arrivals`` items ``gap_s`` apart and batches of 4 and 16 run in
+    ``alpha_s + beta_s * n``; and the time of the last arrival (a fake clock: no sleeping)."""
+    policy = LatencyBudget(budget_s)
+    now = 100.0
+    for _ in range(arrivals):
+        now += gap_s
+        policy.arrived(now)
+    for size in (4, 16, 4, 16):
+        policy.ran(size, alpha_s + beta_s * size)
+    return policy, now
+
+
+def test_a_quiet_stream_pays_no_batching_delay() -> None:
+    policy, now = budget_after(0.05, gap_s=0.1, alpha_s=0.001, beta_s=0.002)  # 10 items/s, 3 ms a lone item
+    assert policy.target_size(32) == 1
+    assert policy.decide(1, now, now, 32, 0.02) == (0.0, "early")
+
+
+def test_a_busy_stream_waits_for_the_batch_it_needs_and_no_longer() -> None:
+    # 1,000 items/s, half the model's per-item capacity; 4 ms per batch: batches of 8 keep up
+    policy, now = budget_after(0.2, gap_s=0.001, alpha_s=0.004, beta_s=0.0005)
+    assert policy.target_size(32) == 10  # 8 with 25 % headroom
+    wait_s, _ = policy.decide(3, now, now, 32, 1.0)
+    assert wait_s > 0
+    assert policy.decide(10, now, now + 0.007, 32, 1.0) == (0.0, "early")
+
+
+def test_a_batch_that_would_not_fill_in_the_budget_closes_now() -> None:
+    # 50 items/s, 40 ms per batch: three to a batch would pay, but two more take 40 ms
+    policy, now = budget_after(0.05, gap_s=0.02, alpha_s=0.04, beta_s=0.001)
+    assert policy.target_size(32) == 3
+    assert policy.decide(1, now, now, 32, 1.0) == (0.0, "early")
+    roomy, now = budget_after(0.2, gap_s=0.02, alpha_s=0.04, beta_s=0.001)  # a larger budget leaves the time
+    wait_s, why = roomy.decide(1, now, now, 32, 1.0)
+    assert why == "timeout" and wait_s == pytest.approx(0.2 - 0.043)
+    assert roomy.decide(2, now, now + wait_s, 32, 1.0) == (0.0, "timeout")  # the budget ran out before the third
+
+
+def test_overload_fills_batches_and_the_delay_still_caps_the_wait() -> None:
+    policy, now = budget_after(1.0, gap_s=0.001, alpha_s=0.001, beta_s=0.002)  # twice what the model can do
+    assert policy.target_size(32) == 32
+    assert policy.decide(32, now, now, 32, 0.02) == (0.0, "full")
+    assert policy.decide(5, now, now, 32, 0.02) == (pytest.approx(0.02), "timeout")
+    assert policy.decide(5, now, now + 0.02, 32, 0.02) == (0.0, "timeout")
+
+
+def test_the_service_model_tells_the_fixed_cost_from_the_per_item_cost() -> None:
+    policy = LatencyBudget(0.05)
+    assert policy.target_size(32) == 1  # nothing known yet: do not wait
+    for size in (1, 32, 8):
+        policy.ran(size, 0.003 + 0.002 * size)
+    for t in (0.0, 0.004, 0.008):  # 250 items/s: load 0.5, 0.003 * 250 / 0.5 = 1.5 -> 2 with headroom
+        policy.arrived(t)
+    assert policy.rate_per_s == pytest.approx(250)
+    assert policy.target_size(32) == 2
+
+
+async def test_a_lone_item_under_a_budget_does_not_wait_for_the_delay() -> None:
+    async def echo(items: list[int]) -> list[int]:
+        return items
+
+    clock = iter(range(1000))  # a fake clock: one second per reading
+    batcher = MicroBatcher(
+        echo, max_size=32, max_delay_s=5.0, policy=LatencyBudget(0.05), clock=lambda: float(next(clock))
+    )
+    batcher.start()
+    try:
+        assert await batcher.submit(1) == 1
+    finally:
+        await batcher.stop()
+    assert batcher.stats.closed == {"early": 1}
+
+
+async def test_a_backlog_under_a_budget_still_makes_full_batches() -> None:
+    calls: list[int] = []
+
+    async def echo(items: list[int]) -> list[int]:
+        calls.append(len(items))
+        await asyncio.sleep(0)
+        return items
+
+    batcher = MicroBatcher(echo, max_size=8, max_delay_s=0.05, policy=LatencyBudget(0.05))
+    batcher.start()
+    try:
+        assert await asyncio.gather(*(batcher.submit(i) for i in range(64))) == list(range(64))
+    finally:
+        await batcher.stop()
+    assert calls == [8] * 8 and batcher.stats.closed == {"full": 8}
 
 
 def hooks(acked: list[tuple[int, int]], **more: Any) -> AckerHooks[tuple[int, int]]:

@@ -105,7 +105,8 @@ def white_jpeg() -> bytes:
 async def test_one_bad_image_fails_alone_and_storage_outages_are_retried(
     backend: Backend, image_server: ImageServer, jpegs: dict[str, bytes]
 ) -> None:
-    settings = backend.settings.with_overrides(batch_size=8, batch_delay_ms=5000)  # the 8 images: one batch
+    # the 8 images: one batch (a fixed delay; a latency budget would close it sooner)
+    settings = backend.settings.with_overrides(batch_size=8, batch_delay_ms=5000, batch_latency_budget_ms=0)
     image_server.images["white.jpg"] = white_jpeg()
     pipeline = Pipeline(
         settings, PoisonedClassifier(settings.model_dir), backend.store, backend.cache, backend.publisher
