@@ -101,7 +101,7 @@ corpus: $(STAMP) ## download the real photos of data/real-photos/manifest.csv in
 
 model: corpus ## retrain the default model from the real-photo corpus in MODEL_WORK and evaluate it (~6 min on 2 cores)
 	$(BIN)/processor corpus splits --photos $(REAL_PHOTOS) --out $(REAL)
-	$(BIN)/processor corpus stamp --split $(REAL)/train --out $(REAL)/train-stamped --seed 1
+	$(BIN)/processor corpus stamp --split $(REAL)/train --out $(REAL)/train-stamped --seed 1 --subtle-share 0.5
 	$(BIN)/processor corpus stamp --split $(REAL)/test --out $(REAL)/test-stamped --unseen --seed 2
 	$(BIN)/processor train --backbone efficientnet-lite0 --tune-from 9 --input-size 144 --data $(REAL)/train \
 		--data $(REAL)/train-stamped --validation $(REAL)/calibration --balance-positions --epochs 20 --seed 20 \
