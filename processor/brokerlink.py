@@ -40,27 +40,15 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import OffsetAndMetadata
 from faust.transport.drivers.aiokafka import ensure_aiokafka_TP
-from prometheus_client import Counter, Gauge
 
 from .health import WorkerHealth
+from .metrics import BROKER_OUTAGES, BROKER_UP, CLIENT_LOG_HELD, COMMIT_FAILURES
 from .settings import Settings
 from .topics import bootstrap
 
 log = logging.getLogger(__name__)
 CLIENT_LOGGERS = ("aiokafka", "faust")
 REPEAT_WINDOW_S = 300.0  # a kind of client warning held back passes again after this long
-
-BROKER_UP = Gauge("processor_broker_up", "1 while the broker answers this worker's metadata probe, else 0.")
-BROKER_OUTAGES = Counter("processor_broker_outages_total", "Times the broker stopped answering this worker.")
-COMMIT_FAILURES = Counter(
-    "processor_commit_failures_total",
-    "Offset commits that failed, by reason (rebalanced | not_assigned | unavailable | refused | fatal); "
-    "their offsets stay pending and are committed at the next interval.",
-    ["reason"],
-)
-CLIENT_LOG_HELD = Counter(
-    "processor_client_log_lines_held_total", "Repeated Kafka-client log lines held back (counted, not written)."
-)
 
 FATAL = "fatal"
 

@@ -64,3 +64,17 @@ MODEL_SERVER_IN_FLIGHT = Gauge("processor_model_server_in_flight", "Remote infer
 MODEL_SERVER_WAITING = Gauge(
     "processor_model_server_waiting_batches", "Batches waiting for the model server (in flight or retrying)."
 )
+
+
+# The link to the broker (processor.brokerlink).
+BROKER_UP = Gauge("processor_broker_up", "1 while the broker answers this worker's metadata probe, else 0.")
+BROKER_OUTAGES = Counter("processor_broker_outages_total", "Times the broker stopped answering this worker.")
+COMMIT_FAILURES = Counter(
+    "processor_commit_failures_total",
+    "Offset commits that failed, by reason (rebalanced | not_assigned | unavailable | refused | fatal); "
+    "their offsets stay pending and are committed at the next interval.",
+    ["reason"],
+)
+CLIENT_LOG_HELD = Counter(
+    "processor_client_log_lines_held_total", "Repeated Kafka-client log lines held back (counted, not written)."
+)

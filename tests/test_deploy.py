@@ -54,6 +54,7 @@ CONTRACT_METRICS = {
     "processor_cache_errors_total",
     "processor_fetch_responses_total",
     "processor_in_flight",
+    "processor_broker_up",  # issue #25
 }
 HISTOGRAMS = {"processor_batch_size", "processor_event_latency_seconds"}
 DEAD_LETTER_KINDS = {

@@ -5,7 +5,8 @@ and zero lag, and records what recovery took and what the operator saw (processo
 
 Marked ``faults`` (not in ``make test``); needs root. FAULTS_ONLY=name,name runs some scenarios,
 FAULTS_RESULTS=path writes the outcomes as JSON (the table in docs/operations/faults.md comes from it),
-FAULTS_SLOW_S sets how long the slow-network scenario lasts (default 60 s).
+FAULTS_SLOW_S sets how long the slow-network scenario lasts (default 60 s), FAULTS_KEEP=1 keeps the lab's
+folder (stack data, worker logs per scenario).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import asyncio
 import dataclasses
 import json
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,7 +30,6 @@ import pytest
 from processor.dev import faults
 from processor.dev.faults import Lab, Observer, Outcome, Stream
 from processor.dev.harness import WorkerProcess, isolated_settings, wait_ready
-from processor.dev.imageserver import ImageServer
 from processor.dev.stack import StackUrls
 from processor.settings import Settings
 
@@ -56,11 +58,11 @@ class Run:
 
     lab: Lab
     settings: Settings
-    cdn: ImageServer
     tmp: Path
     workers: list[WorkerProcess] = field(default_factory=list)
     restarts: int = 0
     slow_share: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
     def start_worker(self, inside: bool = True) -> WorkerProcess:
         worker = self.lab.worker(self.settings, self.tmp / f"worker-{len(self.workers)}.log", inside)
@@ -106,7 +108,7 @@ async def _start_broker_and_a_worker(run: Run) -> None:
 
 def _partition(link: str) -> Step:
     async def step(run: Run) -> None:
-        run.lab.network.shape(link, "loss", "100%")
+        run.lab.network.partition(link)
 
     return step
 
@@ -120,8 +122,11 @@ def _heal(*links: str) -> Step:
 
 
 async def _slow_links(run: Run) -> None:
-    for link in ("cdn", "broker"):  # 100 ms each way: 200 ms more per round trip, 5 % loss each way
-        run.lab.network.shape(link, "delay", "100ms", "loss", "5%")
+    run.notes += run.lab.slow(("cdn", "broker"), delay_ms=200, loss_pct=5)
+
+
+async def _fast_links(run: Run) -> None:
+    run.lab.unslow(("cdn", "broker"))
 
 
 async def _slow_cdn(run: Run) -> None:
@@ -174,7 +179,7 @@ SCENARIOS = [
         f"200 ms more round trip and 5 % loss each way on the CDN and broker links for {SLOW_S:.0f} s",
         SLOW_S,
         _slow_links,
-        _heal("cdn", "broker"),
+        _fast_links,
     ),
     Scenario(
         "slow-cdn",
@@ -188,24 +193,22 @@ ONLY = {name for name in os.environ.get("FAULTS_ONLY", "").split(",") if name}
 
 
 @pytest.fixture(scope="module")
-async def lab(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Lab]:
-    lab = Lab(tmp_path_factory.mktemp("faults"))
-    await asyncio.to_thread(lab.start)
+async def lab(jpegs: dict[str, bytes]) -> AsyncIterator[Lab]:
+    # A folder of its own: pytest prunes its old temporary folders while other sessions run, and this one
+    # holds the stack's Postgres data for the whole module.
+    lab = Lab(Path(tempfile.mkdtemp(prefix="processor-faults-")), jpegs)
     try:
+        await lab.start()
         yield lab
     finally:
-        await asyncio.to_thread(lab.stop)
+        await lab.stop()
+        if not os.environ.get("FAULTS_KEEP"):
+            shutil.rmtree(lab.root, ignore_errors=True)
         path = os.environ.get("FAULTS_RESULTS")
         if path and RESULTS:
             text = json.dumps([dataclasses.asdict(r) for r in RESULTS], indent=2)
             await asyncio.to_thread(Path(path).write_text, text)
         print("\n" + faults.TABLE_HEADER + "\n" + "\n".join(r.row() for r in RESULTS))
-
-
-@pytest.fixture(scope="module")
-async def cdn(jpegs: dict[str, bytes], lab: Lab) -> AsyncIterator[ImageServer]:
-    async with ImageServer(images=dict(jpegs), host=faults.host_ip("cdn")) as server:
-        yield server
 
 
 async def accounted(settings: Settings, ids: set[str], timeout_s: float) -> tuple[int, int]:
@@ -236,7 +239,7 @@ def log_lines(workers: list[WorkerProcess]) -> int:
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
-async def test_fault(scenario: Scenario, lab: Lab, cdn: ImageServer, tmp_path: Path) -> None:
+async def test_fault(scenario: Scenario, lab: Lab, jpegs: dict[str, bytes]) -> None:
     if ONLY and scenario.name not in ONLY:
         pytest.skip("not in FAULTS_ONLY")
     urls = StackUrls(lab.broker_url, lab.postgres_dsn, lab.redis_url)
@@ -249,14 +252,16 @@ async def test_fault(scenario: Scenario, lab: Lab, cdn: ImageServer, tmp_path: P
         monitor_interval_s=2,
         **scenario.overrides,
     )
-    run = Run(lab, settings, cdn, tmp_path)
-    names = sorted(cdn.images)
+    logs = lab.root / scenario.name
+    logs.mkdir()
+    run = Run(lab, settings, logs)
+    names = sorted(jpegs)
 
     def url_of(n: int) -> str:
         name = names[n % len(names)]
         if run.slow_share and n % round(1 / run.slow_share) == 0:
-            return f"{cdn.base_url}/slow/{name}?bytes=1&every=1&v={n}"
-        return f"{cdn.url(name)}?v={n}"
+            return f"{lab.cdn_url}/slow/{name}?bytes=1&every=1&v={n}"
+        return f"{lab.cdn_url}/img/{name}?v={n}"
 
     stream = Stream(settings, url_of, RATE)
     await stream.start()
@@ -264,11 +269,14 @@ async def test_fault(scenario: Scenario, lab: Lab, cdn: ImageServer, tmp_path: P
         run.start_worker()
     if scenario.host_worker:
         run.start_worker(inside=False)
-    await wait_ready(run.workers, timeout_s=180)
-    outcome = await measure(scenario, run, stream)
+    try:
+        await wait_ready(run.workers, timeout_s=180)
+        outcome = await measure(scenario, run, stream)
+    finally:
+        await stream.stop()
+        for worker in run.workers:
+            worker.stop(signal.SIGTERM, 15)
     RESULTS.append(outcome)
-    for worker in run.workers:
-        worker.stop(signal.SIGTERM, 15)
     assert outcome.accounted == outcome.events, f"{outcome.events - outcome.accounted} events have no outcome"
     assert outcome.final_lag == 0, f"lag {outcome.final_lag} at the end"
     assert outcome.workers_alive, "a worker exited on its own"
@@ -319,4 +327,5 @@ async def measure(scenario: Scenario, run: Run, stream: Stream) -> Outcome:
         metrics=metrics,
         workers_alive=all(w.proc.poll() is None for w in run.workers if w.proc.returncode != -signal.SIGKILL),
         restarts=run.restarts,
+        notes=run.notes,
     )

@@ -1,14 +1,20 @@
 """A fault lab: a worker in a network namespace of its own, reaching the broker, Postgres, Redis and the
-image CDN each through a link (a veth pair) that ``tc netem`` can cut, slow or make lossy, while a live
-stream flows and the lab measures what recovery took and what the operator saw.
+image CDN each through a link (a veth pair) of its own that the lab can cut or slow, while a live stream
+flows and the lab measures what recovery took and what the operator saw.
 
-Addresses: link ``k`` is 10.213.k.0/30, .1 on the host, .2 in the namespace. The broker (Tansu, durable:
-S3 storage) listens on and advertises 10.213.1.1; the CDN listens on 10.213.4.1; Postgres (a Unix socket)
-and Redis (loopback) are reached through TCP forwarders on 10.213.2.1 and 10.213.3.1. The worker's
-health endpoint is reached on 10.213.5.2 over a link that is never faulted. Test-side clients on the host
-reach the same addresses locally, never through a faulted link. Needs root (``ip netns``, ``tc``).
+Addresses: service ``k`` listens on 10.213.k.1 (an address on the host's loopback); the namespace reaches
+it through veth pair ``k`` (10.213.k.5 on the host, 10.213.k.6 in the namespace). The broker (Tansu,
+durable: S3 storage), Postgres (a Unix socket), Redis and the CDN sit behind TCP forwarders on those
+addresses; the worker's health endpoint is reached on 10.213.5.6 over a link that is never faulted.
+Clients on the host (the stream, the observer, a worker outside) reach the same addresses locally, never
+through a faulted link.
 
-Used by ``tests/test_faults.py`` (``make faults``); the figures go to docs/operations/faults.md.
+Faults: a partition sets the host end of the link down (every packet either way vanishes, as in a real
+partition: connections hang rather than being refused); with ``tc netem`` in the kernel it is ``loss 100%``
+instead. Delay and loss use ``netem`` where the kernel has it (``sch_netem``); without it the forwarders
+delay what comes from the namespace (packet loss cannot be made then, and the outcome says so).
+Needs root (``ip netns``). Used by ``tests/test_faults.py`` (``make faults``); the figures are in
+docs/operations/faults.md.
 """
 
 from __future__ import annotations
@@ -36,101 +42,148 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from ..settings import Settings
 from ..topics import bootstrap, ensure_topics, group_lag, read_records
 from .harness import WorkerProcess
+from .imageserver import ImageServer
 from .stack import EmbeddedStack, free_port
 
 log = logging.getLogger(__name__)
 SUBNET = "10.213"
 LINKS = {"broker": 1, "postgres": 2, "redis": 3, "cdn": 4, "mgmt": 5}
+Upstream = Callable[[], Any]
 
 
-def host_ip(link: str) -> str:
+def service_ip(link: str) -> str:
     return f"{SUBNET}.{LINKS[link]}.1"
 
 
 def worker_ip(link: str) -> str:
-    return f"{SUBNET}.{LINKS[link]}.2"
+    return f"{SUBNET}.{LINKS[link]}.6"
 
 
 def can_run() -> str | None:
     """Why the lab cannot run here (None when it can)."""
     if os.geteuid() != 0:
-        return "needs root (network namespaces and tc)"
+        return "needs root (network namespaces)"
     if not shutil.which("ip") or not shutil.which("tc"):
         return "needs iproute2 (ip, tc)"
     return None
 
 
-def _sh(*args: str, check: bool = True) -> None:
-    subprocess.run(args, check=check, capture_output=True)
+def _sh(*args: str, check: bool = True) -> bool:
+    return subprocess.run(args, check=check, capture_output=True).returncode == 0
+
+
+def netem_available() -> bool:
+    """Whether the kernel has ``sch_netem`` (tried on a throwaway dummy-free device: the loopback of a namespace)."""
+    probe = "pfault-probe"
+    _sh("ip", "netns", "add", probe, check=False)
+    try:
+        return _sh(
+            "ip",
+            "netns",
+            "exec",
+            probe,
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            "lo",
+            "root",
+            "netem",
+            "delay",
+            "1ms",
+            check=False,
+        )
+    finally:
+        _sh("ip", "netns", "del", probe, check=False)
 
 
 class Network:
-    """One namespace and one veth pair per link; ``netem`` on both ends of a link shapes it."""
+    """One namespace and one veth pair per link."""
 
     def __init__(self, name: str = "pfault") -> None:
         self.ns = name
         self.prefix = ("ip", "netns", "exec", name)
+        self.netem = False
 
     def up(self) -> None:
         self.down()
+        self.netem = netem_available()
         _sh("ip", "netns", "add", self.ns)
         _sh(*self.prefix, "ip", "link", "set", "lo", "up")
-        for link in LINKS:
+        for link, k in LINKS.items():
             outer, inner = self._ends(link)
+            _sh("ip", "addr", "add", f"{service_ip(link)}/32", "dev", "lo")
             _sh("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
             _sh("ip", "link", "set", inner, "netns", self.ns)
-            _sh("ip", "addr", "add", f"{host_ip(link)}/30", "dev", outer)
+            _sh("ip", "addr", "add", f"{SUBNET}.{k}.5/30", "dev", outer)
             _sh("ip", "link", "set", outer, "up")
             _sh(*self.prefix, "ip", "addr", "add", f"{worker_ip(link)}/30", "dev", inner)
             _sh(*self.prefix, "ip", "link", "set", inner, "up")
+            _sh(*self.prefix, "ip", "route", "add", f"{service_ip(link)}/32", "via", f"{SUBNET}.{k}.5")
 
     def down(self) -> None:
         for link in LINKS:
             _sh("ip", "link", "del", self._ends(link)[0], check=False)  # takes its peer along
+            _sh("ip", "addr", "del", f"{service_ip(link)}/32", "dev", "lo", check=False)
         _sh("ip", "netns", "del", self.ns, check=False)
 
     def _ends(self, link: str) -> tuple[str, str]:
         return f"pf{link[:3]}h", f"pf{link[:3]}w"
 
+    def partition(self, link: str) -> None:
+        """Every packet on the link vanishes, both ways."""
+        if self.netem:
+            self.shape(link, "loss", "100%")
+        else:
+            _sh("ip", "link", "set", self._ends(link)[0], "down")
+
     def shape(self, link: str, *netem: str) -> None:
-        """``netem`` arguments on both ends of ``link`` (``loss 100%``: a partition)."""
+        """``netem`` arguments on both ends of ``link`` (needs ``sch_netem``)."""
         outer, inner = self._ends(link)
         _sh("tc", "qdisc", "replace", "dev", outer, "root", "netem", *netem)
         _sh(*self.prefix, "tc", "qdisc", "replace", "dev", inner, "root", "netem", *netem)
 
     def heal(self, link: str) -> None:
         outer, inner = self._ends(link)
+        _sh("ip", "link", "set", outer, "up", check=False)
         _sh("tc", "qdisc", "del", "dev", outer, "root", check=False)
         _sh(*self.prefix, "tc", "qdisc", "del", "dev", inner, "root", check=False)
 
 
 class Forwarder:
-    """TCP forwarders (listen address -> upstream address or Unix socket) on an event loop of their own."""
+    """TCP forwarders (listen address -> upstream) on an event loop of their own. What arrives from the
+    namespace (any source outside the service addresses) can be delayed per listener: ``delay_s[host]``."""
 
     def __init__(self) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="forwarder", daemon=True)
         self._servers: list[asyncio.Server] = []
+        self.delay_s: dict[str, float] = {}
 
     def start(self) -> None:
         self._thread.start()
 
-    def add(self, host: str, port: int, upstream: Callable[[], Any]) -> None:
+    def add(self, host: str, port: int, upstream: Upstream) -> None:
         async def serve() -> asyncio.Server:
-            return await asyncio.start_server(functools.partial(self._pipe_pair, upstream), host, port)
+            return await asyncio.start_server(functools.partial(self._connection, host, upstream), host, port)
 
         self._servers.append(asyncio.run_coroutine_threadsafe(serve(), self._loop).result(10))
 
-    @staticmethod
-    async def _pipe_pair(
-        upstream: Callable[[], Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    async def _connection(
+        self, host: str, upstream: Upstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         try:
             up_reader, up_writer = await upstream()
         except OSError:
             writer.close()
             return
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer), return_exceptions=True)
+        peer = str(writer.get_extra_info("peername", ("",))[0])
+        from_namespace = peer.startswith(SUBNET) and not peer.endswith(".1")
+
+        def delay() -> float:
+            return self.delay_s.get(host, 0.0) if from_namespace else 0.0
+
+        await asyncio.gather(_pipe(reader, up_writer, delay), _pipe(up_reader, writer, delay), return_exceptions=True)
 
     def stop(self) -> None:
         async def shutdown() -> None:
@@ -148,52 +201,97 @@ class Forwarder:
         self._loop.close()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: Callable[[], float]) -> None:
+    """Copy one direction; each chunk leaves ``delay()`` seconds after it arrived (a latency, not a rate)."""
+    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+    async def send() -> None:
+        while True:
+            due, data = await queue.get()
+            if not data:
+                return
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
             writer.write(data)
             await writer.drain()
+
+    sender = asyncio.create_task(send())
+    try:
+        while data := await reader.read(65536):
+            queue.put_nowait((time.monotonic() + delay(), data))
+        queue.put_nowait((0.0, b""))
+        await sender
     finally:
+        sender.cancel()
         writer.close()
 
 
 @dataclass
 class Lab:
-    """The stack, the CDN address and the network, set up once for every scenario."""
+    """The stack, the CDN and the network, set up once for every scenario."""
 
     root: Path
+    images: dict[str, bytes]
     network: Network = field(default_factory=Network)
     stack: EmbeddedStack | None = None
     forwarder: Forwarder = field(default_factory=Forwarder)
+    cdn: ImageServer | None = None
+    cdn_url: str = ""
     postgres_dsn: str = ""
     redis_url: str = ""
     broker_url: str = ""
 
-    def start(self) -> None:
-        self.network.up()
-        self.stack = EmbeddedStack(self.root / "stack", durable=True, host=host_ip("broker"))
-        (self.root / "stack").mkdir(parents=True, exist_ok=True)
-        urls = self.stack.start()
-        self.broker_url = urls.broker_url
+    async def start(self) -> None:
+        await asyncio.to_thread(self.network.up)
         self.forwarder.start()
+        broker_port = free_port(service_ip("broker"))
+        (self.root / "stack").mkdir(parents=True, exist_ok=True)
+        self.stack = EmbeddedStack(self.root / "stack", durable=True, advertise=f"{service_ip('broker')}:{broker_port}")
+        urls = await asyncio.to_thread(self.stack.start)
+        self.broker_url = urls.broker_url
+        tansu = ("127.0.0.1", self.stack.broker_port)
+        self.forwarder.add(service_ip("broker"), broker_port, lambda: asyncio.open_connection(*tansu))
         pg = urlparse(urls.postgres_dsn)
         query = parse_qs(pg.query)
         socket_path = f"{query['host'][0]}/.s.PGSQL.{query.get('port', [str(pg.port or 5432)])[0]}"
-        pg_port = free_port(host_ip("postgres"))
-        self.forwarder.add(host_ip("postgres"), pg_port, lambda: asyncio.open_unix_connection(socket_path))
-        self.postgres_dsn = f"postgresql://{pg.username or 'postgres'}@{host_ip('postgres')}:{pg_port}{pg.path}"
+        pg_port = free_port(service_ip("postgres"))
+        self.forwarder.add(service_ip("postgres"), pg_port, lambda: asyncio.open_unix_connection(socket_path))
+        self.postgres_dsn = f"postgresql://{pg.username or 'postgres'}@{service_ip('postgres')}:{pg_port}{pg.path}"
         redis = urlparse(urls.redis_url)
-        redis_port = free_port(host_ip("redis"))
+        redis_port = free_port(service_ip("redis"))
         self.forwarder.add(
-            host_ip("redis"), redis_port, lambda: asyncio.open_connection(redis.hostname or "", redis.port or 6379)
+            service_ip("redis"), redis_port, lambda: asyncio.open_connection(redis.hostname or "", redis.port or 6379)
         )
-        self.redis_url = f"redis://{host_ip('redis')}:{redis_port}/0"
+        self.redis_url = f"redis://{service_ip('redis')}:{redis_port}/0"
+        self.cdn = ImageServer(images=dict(self.images))
+        await self.cdn.start()
+        cdn_port = free_port(service_ip("cdn"))
+        origin = ("127.0.0.1", self.cdn.port)
+        self.forwarder.add(service_ip("cdn"), cdn_port, lambda: asyncio.open_connection(*origin))
+        self.cdn_url = f"http://{service_ip('cdn')}:{cdn_port}"
 
-    def stop(self) -> None:
-        self.forwarder.stop()
+    async def stop(self) -> None:
+        if self.cdn is not None:
+            await self.cdn.__aexit__(None, None, None)
+        await asyncio.to_thread(self.forwarder.stop)
         if self.stack is not None:
-            self.stack.stop()
-        self.network.down()
+            await asyncio.to_thread(self.stack.stop)
+        await asyncio.to_thread(self.network.down)
+
+    def slow(self, links: tuple[str, ...], delay_ms: int, loss_pct: float) -> list[str]:
+        """``delay_ms`` more per round trip and ``loss_pct`` loss each way on the links; returns notes on
+        what could not be done on this kernel."""
+        if self.network.netem:
+            for link in links:
+                self.network.shape(link, "delay", f"{delay_ms // 2}ms", "loss", f"{loss_pct}%")
+            return []
+        for link in links:
+            self.forwarder.delay_s[service_ip(link)] = delay_ms / 2000
+        return [f"no sch_netem in this kernel: {delay_ms} ms more per round trip by the forwarders, no packet loss"]
+
+    def unslow(self, links: tuple[str, ...]) -> None:
+        for link in links:
+            self.network.heal(link)
+            self.forwarder.delay_s.pop(service_ip(link), None)
 
     def worker(self, settings: Settings, log_path: Path, inside: bool = True) -> WorkerProcess:
         """A worker in the namespace (faults apply), or on the host (``inside=False``: never faulted)."""
@@ -348,7 +446,8 @@ class Outcome:
         again = "n/a" if self.ready_again_after_s is None else f"{self.ready_again_after_s:.1f} s"
         metric_text = ", ".join(f"{k} {v:g}" for k, v in sorted(self.metrics.items()) if v) or "none"
         return (
-            f"| {self.name} | {self.fault} | {self.events} / {self.accounted} ({self.dead_letters} DLQ) | "
+            f"| {self.name} | {self.fault}{''.join(f' ({n})' for n in self.notes)} | "
+            f"{self.events} / {self.accounted} ({self.dead_letters} DLQ) | "
             f"{self.final_lag} | {rec} | {self.duplicates} | not ready {self.not_ready_s:.0f} s "
             f"(false after {false_after}, ready {again} after healing) | {self.log_lines} | {metric_text} |"
         )

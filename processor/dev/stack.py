@@ -73,13 +73,17 @@ class StackUrls:
 class EmbeddedStack:
     """Start with ``start()`` (or ``with``), read ``urls``, stop with ``stop()``."""
 
-    def __init__(self, root: Path | None = None, durable: bool = False, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, root: Path | None = None, durable: bool = False, host: str = "127.0.0.1", advertise: str | None = None
+    ) -> None:
         """``durable``: the broker on S3 storage (moto server); ``host``: the address the broker and Redis
-        listen on and the broker advertises (a fault harness puts them on an address of its own)."""
+        listen on; ``advertise``: the ``host:port`` the broker tells clients to use instead of its own (a
+        fault harness puts a forwarder there)."""
         self._own_root = root is None
         self.root = root or Path(tempfile.mkdtemp(prefix="processor-stack-"))
         self.durable = durable
         self.host = host
+        self.advertise = advertise
         self._procs: list[subprocess.Popen[bytes]] = []
         self._postgres: Any = None
         self._redis: subprocess.Popen[bytes] | None = None
@@ -136,7 +140,7 @@ class EmbeddedStack:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                f"tcp://{self.advertise}" if self.advertise else url,
                 "--storage-engine",
                 storage,
             ],
@@ -144,7 +148,7 @@ class EmbeddedStack:
             env,
         )
         wait_for_port(port, proc=self._broker, host=self.host)
-        return f"kafka://{self.host}:{port}"
+        return f"kafka://{self.advertise or f'{self.host}:{port}'}"
 
     def _s3_env(self) -> dict[str, str]:
         """Start the S3 server and make the bucket, once; the broker's environment that points at it."""
@@ -166,6 +170,11 @@ class EmbeddedStack:
             "AWS_SECRET_ACCESS_KEY": "stack",
             "AWS_DEFAULT_REGION": "us-east-1",
         }
+
+    @property
+    def broker_port(self) -> int:
+        """The port the broker listens on (on ``host``)."""
+        return self._broker_port
 
     @property
     def broker_pid(self) -> int | None:
