@@ -423,16 +423,37 @@ def _cap_malloc_arenas(arenas: int = 2) -> None:
         ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
 
 
+def _use_event_loop(kind: str) -> str:
+    """Make ``kind`` the event loop of the loops created from now on; ``auto``: uvloop where installed."""
+    if kind == "asyncio":
+        return kind
+    try:
+        import uvloop
+    except ImportError:
+        if kind == "uvloop":
+            raise
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
 def run_worker(settings: Settings) -> None:
     """Load the model, then run a Faust worker until SIGINT/SIGTERM."""
     _cap_malloc_arenas()
+    log.info("event loop: %s", _use_event_loop(settings.event_loop))
     health = WorkerHealth(settings.liveness_stall_s)
     classifier: Classifier
     if settings.inference_url:  # a shared model server scores the batches (processor.inference)
         classifier = remote = RemoteClassifier(settings)
         health.model_server = lambda: remote.available
     else:
-        classifier = Classifier(settings.model_dir, settings.banner_threshold, settings.inference_runtime)
+        classifier = Classifier(
+            settings.model_dir,
+            settings.banner_threshold,
+            settings.inference_runtime,
+            threads=settings.inference_threads,
+            spin=settings.inference_spin,
+        )
     health.model_loaded = True
     metrics.MODEL_INFO.labels(classifier.info.name, classifier.info.version).set(1)
     app, drain = create_app(settings, classifier, health)

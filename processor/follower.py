@@ -4,6 +4,7 @@ model promote``) between events, without a restart; each event keeps the model i
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 import asyncpg
@@ -53,9 +54,14 @@ class ModelFollower:
             return
         log.info("model %s %s promoted: loading %s", wanted.name, wanted.version, wanted.model_dir)
         try:
+            s = self._settings
             model = await asyncio.to_thread(
-                Classifier, wanted.model_dir, self._settings.banner_threshold, self._settings.inference_runtime
+                functools.partial(Classifier, threads=s.inference_threads, spin=s.inference_spin),
+                wanted.model_dir,
+                s.banner_threshold,
+                s.inference_runtime,
             )
+            await asyncio.to_thread(model.warm_up, s.batch_size)
         except Exception as exc:  # a broken directory must not stop the worker: keep the running model
             self._refused = (wanted.name, wanted.version, wanted.generation)  # a new promotion retries it
             log.error(

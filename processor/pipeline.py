@@ -41,7 +41,7 @@ from .events import (
     parse_event,
 )
 from .fetch import Fetcher, Validators
-from .inference import RemoteClassifier
+from .inference import RemoteClassifier, ServedModel
 from .model import Classifier, Prediction
 from .settings import Settings
 from .sink import Cache, Publisher, ResultStore, Sink, SinkTopics, until_done
@@ -99,6 +99,10 @@ class Pipeline:
             await until_done(self.store.migrate, "postgres migrate")
             await self.fetcher.start()
             await self.cache.start()
+            if not isinstance(self.classifier, ServedModel):  # a model server warms its own
+                await asyncio.get_running_loop().run_in_executor(
+                    self._infer_pool, self.classifier.warm_up, self.settings.batch_size
+                )
             self.inference.start()
             self.sink.start()
             self._started = True

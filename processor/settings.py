@@ -92,6 +92,17 @@ class Settings(BaseSettings):
         description="auto: ONNX Runtime where the model directory has model.onnx (CPU hosts) and KERAS_BACKEND is "
         "unset or tensorflow, else Keras (GPU hosts: KERAS_BACKEND=jax).",
     )
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        "auto", description="The worker's event loop; auto: uvloop where it is installed, else asyncio's."
+    )
+    inference_threads: int = Field(
+        0, ge=0, description="ONNX Runtime threads for one batch; 0: its default (one per core)."
+    )
+    inference_spin: bool = Field(
+        False,
+        description="Let ONNX Runtime's threads spin between operators (faster alone, but they take the CPU "
+        "that decoding needs in the same process).",
+    )
     follow_registry: bool = Field(
         True, description="Load the model promoted in Postgres (processor model promote) without a restart."
     )
