@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -48,6 +49,7 @@ from .topics import bootstrap
 
 log = logging.getLogger(__name__)
 CLIENT_LOGGERS = ("aiokafka", "faust")
+_DIGITS = re.compile(r"\d+")
 REPEAT_WINDOW_S = 300.0  # a kind of client warning held back passes again after this long
 
 FATAL = "fatal"
@@ -75,13 +77,13 @@ class ClientLogGate(logging.Filter):
         super().__init__()
         self._window_s = window_s
         self._lock = threading.Lock()  # the consumer logs from its own thread
-        self._passed: dict[tuple[str, object], float] = {}
+        self._passed: dict[tuple[str, str], float] = {}
         self._held = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING or not record.name.startswith(CLIENT_LOGGERS):
             return True
-        key = (record.name, record.msg)
+        key = (record.name, _DIGITS.sub("#", str(record.msg)))  # Faust formats its numbers into msg
         now = time.monotonic()
         with self._lock:
             last = self._passed.get(key)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -157,7 +158,9 @@ class PostgresStore:
         """
 
     async def start(self) -> None:
-        self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_size, command_timeout=30)
+        self._pool = await asyncpg.create_pool(
+            self._dsn, min_size=1, max_size=self._pool_size, command_timeout=30, init=_close_when_dead
+        )
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Close the pool; connections still busy after ``timeout_s`` (a dead server) are terminated."""
@@ -278,3 +281,27 @@ def _dlq_row(d: DeadLetter) -> tuple[Any, ...]:
         src.value[:DLQ_ROW_RAW_LIMIT],
         d.failed_at,
     )
+
+
+# A connection whose packets go unanswered this long is closed by the kernel. Without it, a network
+# partition leaves connections half-open: a write waits for an answer that never comes, and returning the
+# connection to the pool waits forever too (asyncpg's release has no deadline), so a healed partition could
+# leave the worker stuck (found by the fault harness, docs/operations/faults.md).
+DEAD_CONNECTION_S = 30
+KEEPALIVE_IDLE_S = 10
+KEEPALIVE_INTERVAL_S = 5
+
+
+async def _close_when_dead(conn: asyncpg.Connection) -> None:
+    """TCP keepalive and a user timeout on a new TCP connection (Unix sockets need neither)."""
+    transport = getattr(conn, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
+    sock.setsockopt(
+        socket.IPPROTO_TCP, socket.TCP_KEEPCNT, (DEAD_CONNECTION_S - KEEPALIVE_IDLE_S) // KEEPALIVE_INTERVAL_S
+    )
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, DEAD_CONNECTION_S * 1000)
