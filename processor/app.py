@@ -253,6 +253,7 @@ def _image_acker(
     health: WorkerHealth,
     settings: Settings,
     max_unacked_per_partition: int | None = None,
+    max_in_flight: int | None = None,
 ) -> OrderedAcker[EventT[bytes]]:
     """The acker of the image agent: acks in offset order, pauses a partition over budget, and
     stores an event whose processing keeps failing as a dead letter."""
@@ -276,7 +277,7 @@ def _image_acker(
             resume=lambda tp: app.consumer.on_buffer_drop(_faust_tp(tp)),
             fallback=fallback,
         ),
-        settings.max_in_flight,
+        max_in_flight or settings.max_in_flight,
         max_unacked_per_partition or settings.max_unacked_per_partition,
     )
 
@@ -290,7 +291,9 @@ def _backfill_agent(
     partition with ``backfill_max_in_flight`` events unacknowledged is paused in the consumer, so its
     backlog never fills Faust's buffers, which would hold up the delivery of daily events too."""
     source = _raw_topic(app, settings, settings.backfill_topic)
-    acker = _image_acker(app, pipeline, health, settings, settings.backfill_max_in_flight)
+    # Never a full acker (its submit would wait, and Faust's delivery of daily events with it): the
+    # partitions' budget and their pausing bound what it holds.
+    acker = _image_acker(app, pipeline, health, settings, settings.backfill_max_in_flight, max_in_flight=2**16)
     slots = asyncio.Semaphore(settings.backfill_max_in_flight)
 
     async def after_daily(envelope: Envelope) -> None:

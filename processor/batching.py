@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -172,7 +172,10 @@ class MicroBatcher(Generic[T, R]):
         self._on_batch = on_batch  # called with (size, why it closed) before each batch runs
         self.policy = policy  # None: close on max_size and max_delay_s only
         self._clock = clock
-        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
+        # two queues: items submitted with ``low_priority`` (backfill) go into a batch only after every
+        # waiting item of the other queue, so a backlog of them never delays the daily items
+        self._queues: tuple[deque[tuple[T, asyncio.Future[R]]], ...] = (deque(), deque())
+        self._arrived = asyncio.Event()
         self._running: dict[asyncio.Task[None], list[tuple[T, asyncio.Future[R]]]] = {}  # batches being run
         self.max_concurrent = max_concurrent
         self._slots = asyncio.Semaphore(max_concurrent)
@@ -194,20 +197,23 @@ class MicroBatcher(Generic[T, R]):
         await asyncio.gather(*self._running, return_exceptions=True)
         self._running.clear()
         self._slots = asyncio.Semaphore(self.max_concurrent)
-        while not self._queue.empty():
-            waiting.append(self._queue.get_nowait())
+        for queue in self._queues:
+            waiting.extend(queue)
+            queue.clear()
         for _, fut in waiting:
             if not fut.done():
                 fut.set_exception(BatcherStopped(f"{self._name} batcher stopped"))
 
-    async def submit(self, item: T) -> R:
-        """Queue one item and wait for its result (or its exception)."""
+    async def submit(self, item: T, *, low_priority: bool = False) -> R:
+        """Queue one item and wait for its result (or its exception); a ``low_priority`` item joins a
+        batch only when no other item waits."""
         if self._task is None or self._task.done():
             raise RuntimeError(f"{self._name} batcher is not running")
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         if self.policy is not None:
             self.policy.arrived(self._clock())
-        self._queue.put_nowait((item, fut))  # unbounded: no await, no event-loop hop per item
+        self._queues[low_priority].append((item, fut))  # unbounded: no await, no event-loop hop per item
+        self._arrived.set()
         return await fut
 
     async def _run(self) -> None:
@@ -229,18 +235,31 @@ class MicroBatcher(Generic[T, R]):
             self._slots.release()
 
     async def _collect(self) -> tuple[list[tuple[T, asyncio.Future[R]]], str]:
-        batch = [await self._queue.get()]
+        batch: list[tuple[T, asyncio.Future[R]]] = []
+        await self._take(batch, None)
         first_at = self._clock()
         while True:
-            while len(batch) < self.max_size and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
             wait_s, reason = self._wait_s(len(batch), first_at)
             if wait_s <= 0:
                 return batch, reason
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), wait_s))
-            except TimeoutError:
+            if not await self._take(batch, wait_s):
                 return batch, "timeout"
+
+    async def _take(self, batch: list[tuple[T, asyncio.Future[R]]], timeout_s: float | None) -> bool:
+        """Move waiting items into ``batch`` (up to ``max_size``, high priority first), after waiting up
+        to ``timeout_s`` (None: for ever) for one to arrive; False if none came."""
+        high, low = self._queues
+        if not high and not low:
+            self._arrived.clear()
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._arrived.wait()
+            except TimeoutError:
+                return False
+        for queue in (high, low):
+            while queue and len(batch) < self.max_size:
+                batch.append(queue.popleft())
+        return True
 
     def _wait_s(self, size: int, first_at: float) -> tuple[float, str]:
         """How much longer this batch may wait for items, and why it closes if not at all."""

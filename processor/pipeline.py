@@ -12,6 +12,7 @@ they succeed or the pipeline stops (then ``process()`` raises and nothing is ack
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -65,6 +66,9 @@ class Pipeline:
         )
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.decoder = Decoder.from_settings(settings)
+        # Backfill events are served after the daily ones where the CPU is: they decode one at a time (a
+        # daily image waits behind at most one of them) and join inference batches after every daily image.
+        self._backfill_decodes = asyncio.Semaphore(1)
         self.inference = MicroBatcher(
             self._infer,
             settings.batch_size,
@@ -196,12 +200,13 @@ class Pipeline:
         if cached is not None:
             timings = {"fetch": (fetched - started) * 1000, "total": _ms(started)}
             return self._result(clf, event, envelope, cached, "hash", timings, download.validators)
-        loop = asyncio.get_running_loop()
-        decoded: DecodedImage = await loop.run_in_executor(
-            self._decode_pool, self.decoder.decode, download.data, clf.input_size
-        )
+        backfill = envelope.topic == self.settings.backfill_topic
+        async with self._backfill_decodes if backfill else contextlib.nullcontext():
+            decoded: DecodedImage = await asyncio.get_running_loop().run_in_executor(
+                self._decode_pool, self.decoder.decode, download.data, clf.input_size
+            )
         decoded_at = time.perf_counter()
-        prediction, clf = await self.inference.submit(decoded.pixels)
+        prediction, clf = await self.inference.submit(decoded.pixels, low_priority=backfill)
         timings = {
             "fetch": (fetched - started) * 1000,
             "decode": (decoded_at - fetched) * 1000,

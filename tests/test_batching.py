@@ -182,6 +182,31 @@ async def test_a_backlog_under_a_budget_still_makes_full_batches() -> None:
     assert calls == [8] * 8 and batcher.stats.closed == {"full": 8}
 
 
+async def test_low_priority_items_wait_for_every_other_item() -> None:
+    calls: list[list[int]] = []
+    release = asyncio.Event()
+
+    async def held(items: list[int]) -> list[int]:
+        calls.append(items)
+        await release.wait()
+        return items
+
+    batcher = MicroBatcher(held, max_size=4, max_delay_s=0.0)
+    batcher.start()
+    try:
+        first = asyncio.create_task(batcher.submit(0))
+        while not calls:  # the first batch runs and holds the model
+            await asyncio.sleep(0)
+        backfill = [asyncio.create_task(batcher.submit(100 + i, low_priority=True)) for i in range(6)]
+        daily = [asyncio.create_task(batcher.submit(i)) for i in (1, 2, 3)]
+        await asyncio.sleep(0)
+        release.set()
+        assert await asyncio.gather(first, *daily, *backfill) == [0, 1, 2, 3, *range(100, 106)]
+    finally:
+        await batcher.stop()
+    assert calls == [[0], [1, 2, 3, 100], [101, 102, 103, 104], [105]]
+
+
 def hooks(acked: list[tuple[int, int]], **more: Any) -> AckerHooks[tuple[int, int]]:
     async def ack(item: tuple[int, int]) -> None:
         acked.append(item)
