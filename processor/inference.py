@@ -190,6 +190,7 @@ class RemoteClassifier(ServedModel):
         self.breaker = CircuitBreaker(
             settings.inference_breaker_failures, settings.inference_breaker_reset_s, self._circuit_changed
         )
+        metrics.register_model_server()
         metrics.MODEL_SERVER_UP.set(1)
 
     @property

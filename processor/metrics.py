@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import contextlib
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 EVENTS = Counter("processor_events_total", "Events finished, by outcome.", ["outcome"])
 DLQ = Counter("processor_dead_letters_total", "Dead-letter records, by kind.", ["kind"])
@@ -49,21 +51,50 @@ def observe_inference_batch(size: int, reason: str) -> None:
     BATCH_CLOSED.labels(reason=reason).inc()
 
 
-# Remote inference (inference_url set): the model server's state as this worker sees it.
-MODEL_SERVER_UP = Gauge("processor_model_server_up", "1 while the model server answers (circuit closed), else 0.")
-MODEL_SERVER_READY = Gauge("processor_model_server_ready", "The model server's readiness at the last check (1/0).")
+# Remote inference (inference_url set): the model server's state as this worker sees it. Registered by
+# the remote client only (register_model_server), so that an in-process worker does not export
+# processor_model_server_up 0 and trip ProcessorModelServerUnreachable.
+MODEL_SERVER_UP = Gauge(
+    "processor_model_server_up", "1 while the model server answers (circuit closed), else 0.", registry=None
+)
+MODEL_SERVER_READY = Gauge(
+    "processor_model_server_ready", "The model server's readiness at the last check (1/0).", registry=None
+)
 MODEL_SERVER_REQUESTS = Counter(
-    "processor_model_server_requests_total", "Remote inference requests, by outcome (ok | error).", ["outcome"]
+    "processor_model_server_requests_total",
+    "Remote inference requests, by outcome (ok | error).",
+    ["outcome"],
+    registry=None,
 )
 MODEL_SERVER_SECONDS = Histogram(
     "processor_model_server_request_seconds",
     "Remote inference request time (one batch).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    registry=None,
 )
-MODEL_SERVER_IN_FLIGHT = Gauge("processor_model_server_in_flight", "Remote inference requests in flight.")
+MODEL_SERVER_IN_FLIGHT = Gauge(
+    "processor_model_server_in_flight", "Remote inference requests in flight.", registry=None
+)
 MODEL_SERVER_WAITING = Gauge(
-    "processor_model_server_waiting_batches", "Batches waiting for the model server (in flight or retrying)."
+    "processor_model_server_waiting_batches",
+    "Batches waiting for the model server (in flight or retrying).",
+    registry=None,
 )
+_MODEL_SERVER = (
+    MODEL_SERVER_UP,
+    MODEL_SERVER_READY,
+    MODEL_SERVER_REQUESTS,
+    MODEL_SERVER_SECONDS,
+    MODEL_SERVER_IN_FLIGHT,
+    MODEL_SERVER_WAITING,
+)
+
+
+def register_model_server() -> None:
+    """Serve the processor_model_server_* metrics from now on (the remote client calls it; idempotent)."""
+    for collector in _MODEL_SERVER:
+        with contextlib.suppress(ValueError):  # already registered
+            REGISTRY.register(collector)
 
 
 # The link to the broker (processor.brokerlink).

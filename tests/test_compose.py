@@ -23,7 +23,7 @@ from processor.settings import Settings
 ROOT = Path(__file__).parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / "deploy" / "compose.env.example"
-PROCESSOR_SERVICES = ("worker", "migrate", "topics")
+PROCESSOR_SERVICES = ("worker", "migrate", "topics", "model-server")
 _VARIABLE = re.compile(r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\})")
 
 
@@ -170,9 +170,10 @@ def test_worker_is_hardened_and_drains_before_it_is_killed(compose: dict[str, An
 
 class _Probe(BaseHTTPRequestHandler):
     status = 200
+    path_ok = "/readyz"
 
     def do_GET(self) -> None:
-        self.send_response(self.status if self.path == "/readyz" else 404)
+        self.send_response(self.status if self.path == self.path_ok else 404)
         self.end_headers()
 
     def log_message(self, *args: Any) -> None:
@@ -200,6 +201,7 @@ def test_worker_healthcheck_passes_only_when_ready(compose: dict[str, Any], prob
     port = worker["environment"]["PROCESSOR_METRICS_PORT"]
     assert f"http://127.0.0.1:{port}/readyz" in code
     code = code.replace(f":{port}/", f":{probe_server.server_address[1]}/")
+    _Probe.path_ok = "/readyz"
     for status, ok in ((200, True), (503, False)):
         _Probe.status = status
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
@@ -218,3 +220,67 @@ def test_prometheus_scrapes_the_workers_with_the_alert_rules(compose: dict[str, 
     (sd,) = job["dns_sd_configs"]
     assert sd["names"] == ["worker"]
     assert sd["port"] == int(compose["services"]["worker"]["environment"]["PROCESSOR_METRICS_PORT"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The model server (issue #24): opt-in through a profile, so the default stack is unchanged.
+
+
+def test_model_server_is_opt_in(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    server = services["model-server"]
+    assert server["profiles"] == ["model-server"]
+    assert [name for name, s in services.items() if "profiles" in s] == ["model-server"]
+    # Off by default: the example .env leaves the workers scoring in-process, and they do not wait for it.
+    worker_env = services["worker"]["environment"]
+    assert worker_env["PROCESSOR_INFERENCE_URL"] == ""
+    assert Settings.model_validate({"inference_url": worker_env["PROCESSOR_INFERENCE_URL"]}).inference_url == ""
+    assert "model-server" not in services["worker"]["depends_on"]
+    with_server = interpolate(
+        raw_compose(), {**read_env_file(ENV_EXAMPLE), "INFERENCE_URL": "http://model-server:8000"}
+    )
+    url = with_server["services"]["worker"]["environment"]["PROCESSOR_INFERENCE_URL"]
+    settings = Settings.model_validate({"inference_url": url})
+    assert settings.inference_url == "http://model-server:8000"
+
+
+def test_model_server_serves_on_the_compose_network(compose: dict[str, Any]) -> None:
+    server = compose["services"]["model-server"]
+    assert server["command"] == ["serve-model"]
+    assert server["build"] == {"context": ".", "target": "model-server"}
+    stages = re.findall(r"^FROM \S+(?: AS (\S+))?$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert "model-server" in stages and stages[-1] != "model-server", "the default target must stay the worker"
+    env = server["environment"]
+    settings = Settings.model_validate(
+        {k.removeprefix("PROCESSOR_").lower(): v for k, v in env.items() if k.startswith("PROCESSOR_")}
+    )
+    assert settings.model_server_host == "0.0.0.0"
+    ports = {str(settings.model_server_http_port), str(settings.model_server_grpc_port)}
+    assert ports | {str(settings.model_server_metrics_port)} == set(server["expose"])
+    assert "ports" not in server  # workers reach it by name; nothing is published
+    assert float(server["deploy"]["resources"]["limits"]["cpus"]) == settings.model_server_instances
+    assert server["shm_size"]  # the Python backend's tensors go through /dev/shm
+    assert server["depends_on"]["migrate"]["condition"] == "service_completed_successfully"  # the registry's tables
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "listing-image-model-server"]
+    (sd,) = job["dns_sd_configs"]
+    assert sd["names"] == ["model-server"] and sd["port"] == settings.model_server_metrics_port
+
+
+def test_model_server_healthcheck_passes_only_when_ready(compose: dict[str, Any], probe_server: HTTPServer) -> None:
+    """Its healthcheck against a stand-in /v2/health/ready: exit 0 on 200, non-zero on Triton's 400."""
+    server = compose["services"]["model-server"]
+    check = server["healthcheck"]
+    assert check["test"][:3] == ["CMD", "python", "-c"]
+    code = check["test"][3]
+    assert "http://127.0.0.1:8000/v2/health/ready" in code
+    code = code.replace(":8000/", f":{probe_server.server_address[1]}/")
+    _Probe.path_ok = "/v2/health/ready"
+    try:
+        for status, ok in ((200, True), (400, False)):
+            _Probe.status = status
+            result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
+            assert (result.returncode == 0) is ok, (status, result.stderr[-500:])
+    finally:
+        _Probe.path_ok = "/readyz"
+    assert check["start_period"]

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,9 @@ ROOT = Path(__file__).parents[1]
 K8S = ROOT / "deploy" / "k8s"
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboard.json"
-OVERLAYS = ("keda", "hpa")
+OVERLAYS = ("keda", "hpa", "model-server", "model-server-gpu")
+MODEL_SERVER_OVERLAYS = ("model-server", "model-server-gpu")
+MODEL_SERVER = "listing-image-model-server"
 KUBERNETES_VERSION = "1.30.0"
 WORKER = "listing-image-processor"
 SCRAPE_JOB = "listing-image-processor"
@@ -55,6 +58,7 @@ CONTRACT_METRICS = {
     "processor_fetch_responses_total",
     "processor_in_flight",
     "processor_broker_up",  # issue #25
+    "processor_model_server_up",  # issue #24
 }
 HISTOGRAMS = {"processor_batch_size", "processor_event_latency_seconds"}
 DEAD_LETTER_KINDS = {
@@ -75,7 +79,7 @@ STEADY_RSS_MIB = 832
 # ---------------------------------------------------------------------------------------------------
 # A minimal kustomize: enough for what deploy/k8s uses, and loud about anything else.
 
-_KUSTOMIZATION_KEYS = {"apiVersion", "kind", "namespace", "resources", "images"}
+_KUSTOMIZATION_KEYS = {"apiVersion", "kind", "namespace", "resources", "components", "patches", "images"}
 _CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
 
 
@@ -84,18 +88,38 @@ def _containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
     return [*template.get("initContainers", []), *template.get("containers", [])]
 
 
-def render(directory: Path) -> list[dict[str, Any]]:
-    """The objects `kubectl kustomize directory` prints, for resources, namespace and images only."""
+def _merge(target: dict[str, Any], patch: dict[str, Any]) -> None:
+    """A strategic-merge patch, for maps only (the subset deploy/k8s uses): loud about lists of objects."""
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            assert not (isinstance(value, list) and any(isinstance(v, dict) for v in value)), (
+                f"render() does not merge lists of objects ({key}): extend it or patch maps only"
+            )
+            target[key] = copy.deepcopy(value)
+
+
+def render(directory: Path, parent: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The objects `kubectl kustomize directory` prints, for resources, components, map patches, namespace
+    and images only. A component (``parent`` given) adds to and patches the objects of its parent."""
     kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
     unsupported = kustomization.keys() - _KUSTOMIZATION_KEYS
     assert not unsupported, f"render() does not implement {unsupported}: extend it or keep kustomizations simple"
-    objects: list[dict[str, Any]] = []
-    for resource in kustomization["resources"]:
+    objects: list[dict[str, Any]] = [] if parent is None else parent
+    for resource in kustomization.get("resources", []):
         path = directory / resource
         if path.is_dir():
             objects.extend(render(path))
         else:
             objects.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
+    for component in kustomization.get("components", []):
+        assert yaml.safe_load((directory / component / "kustomization.yaml").read_text())["kind"] == "Component"
+        objects = render(directory / component, objects)
+    for patch in kustomization.get("patches", []):
+        assert patch.keys() == {"path"}, f"render() applies patch files only: {patch}"
+        doc = yaml.safe_load((directory / patch["path"]).read_text())
+        _merge(one(objects, doc["kind"], doc["metadata"]["name"]), doc)
     for obj in objects:
         if "namespace" in kustomization and obj["kind"] not in _CLUSTER_SCOPED:
             obj["metadata"]["namespace"] = kustomization["namespace"]
@@ -257,7 +281,7 @@ def test_only_one_autoscaler_per_overlay(base: list[dict[str, Any]], overlay: tu
     name, objects = overlay
     assert not by_kind(base, "ScaledObject") and not by_kind(base, "HorizontalPodAutoscaler")
     autoscalers = [o["kind"] for o in objects if o["kind"] in {"ScaledObject", "HorizontalPodAutoscaler"}]
-    assert autoscalers == [{"keda": "ScaledObject", "hpa": "HorizontalPodAutoscaler"}[name]]
+    assert autoscalers == [{"hpa": "HorizontalPodAutoscaler"}.get(name, "ScaledObject")]
     # The autoscaler owns the count; a replicas field would reset it on every apply.
     assert "replicas" not in one(objects, "Deployment", WORKER)["spec"]
 
@@ -359,16 +383,20 @@ def _pod_specs(objects: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, A
             yield obj["metadata"]["name"], obj["spec"]["template"]["spec"]
 
 
-def test_pods_run_non_root_on_a_read_only_root(base: list[dict[str, Any]]) -> None:
-    specs = dict(_pod_specs(base))
-    assert len(specs) == 3
+def test_pods_run_non_root_on_a_read_only_root(
+    base: list[dict[str, Any]], overlay: tuple[str, list[dict[str, Any]]]
+) -> None:
+    assert len(dict(_pod_specs(base))) == 3
+    overlay_name, objects = overlay
+    specs = dict(_pod_specs(objects))
+    assert len(specs) == (4 if overlay_name in MODEL_SERVER_OVERLAYS else 3)
     for name, spec in specs.items():
         pod = spec["securityContext"]
         assert pod["runAsNonRoot"] is True and pod["runAsUser"] > 0, name
         assert pod["seccompProfile"]["type"] == "RuntimeDefault", name
         assert spec["automountServiceAccountToken"] is False, name
         mounts = set()
-        for container in spec["containers"]:
+        for container in [*spec.get("initContainers", []), *spec["containers"]]:
             security = container["securityContext"]
             assert security["readOnlyRootFilesystem"] is True, name
             assert security["allowPrivilegeEscalation"] is False, name
@@ -398,6 +426,154 @@ def test_disruption_budget_covers_the_workers(base: list[dict[str, Any]], worker
     assert pdb["selector"]["matchLabels"].items() <= worker["spec"]["template"]["metadata"]["labels"].items()
     strategy = worker["spec"]["strategy"]["rollingUpdate"]
     assert strategy["maxSurge"] == 0, "a surplus worker gets no partition and never turns ready"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The model server (issue #24): only in the model-server overlays, and the workers pointed at it there
+
+
+def _model_server(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model server's Deployment and its one container."""
+    deployment = one(objects, "Deployment", MODEL_SERVER)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return deployment, container
+
+
+def _settings_of(config: dict[str, str], env: list[dict[str, str]] | None = None) -> Settings:
+    values = {**config, **{e["name"]: e["value"] for e in env or [] if e["name"].startswith("PROCESSOR_")}}
+    unknown = sorted(k for k in values if k.removeprefix("PROCESSOR_").lower() not in Settings.model_fields)
+    assert not unknown, f"variables no setting reads: {unknown}"
+    return Settings.model_validate({k.removeprefix("PROCESSOR_").lower(): v for k, v in values.items()})
+
+
+def test_model_server_only_where_asked(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    """Off by default: the keda and hpa overlays run the model in the workers, as before."""
+    name, objects = overlay
+    config = one(objects, "ConfigMap")["data"]
+    servers = [o for o in objects if o["metadata"]["labels"].get("app.kubernetes.io/component") == "model-server"]
+    if name not in MODEL_SERVER_OVERLAYS:
+        assert not servers and "PROCESSOR_INFERENCE_URL" not in config
+        return
+    assert sorted(o["kind"] for o in servers) == ["Deployment", "Service"]
+    assert _settings_of(config).inference_url
+
+
+@pytest.mark.parametrize("name", MODEL_SERVER_OVERLAYS)
+def test_workers_call_the_model_server_service(name: str) -> None:
+    from processor.inference import _endpoint
+    from processor.serving.repository import DEFAULT_MODEL_NAME
+
+    objects = render(K8S / "overlays" / name)
+    settings = _settings_of(one(objects, "ConfigMap")["data"])
+    service = one(objects, "Service", MODEL_SERVER)
+    deployment, container = _model_server(objects)
+    protocol, address = _endpoint(settings.inference_url)
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert address == f"{MODEL_SERVER}:{ports[protocol]['port']}"
+    assert settings.inference_model == DEFAULT_MODEL_NAME  # the name serve-model and export-triton serve under
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    container_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert {p["targetPort"] for p in ports.values()} <= container_ports.keys()
+    assert container_ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == container_ports["metrics"]
+    # The workers' Service, PDB and Deployment never select a model-server pod (nor the reverse).
+    for kind in ("Service", "PodDisruptionBudget", "Deployment"):
+        worker_obj = one(objects, kind, WORKER)["spec"]
+        selector = worker_obj.get("selector", {})
+        selector = selector.get("matchLabels", selector)
+        assert not selector.items() <= pod_labels.items(), kind
+    assert (
+        not service["spec"]["selector"].items()
+        <= one(objects, "Deployment", WORKER)["spec"]["template"]["metadata"]["labels"].items()
+    )
+
+
+@pytest.mark.parametrize("name", MODEL_SERVER_OVERLAYS)
+def test_model_server_probes_use_triton_health(name: str) -> None:
+    deployment, container = _model_server(render(K8S / "overlays" / name))
+    expected = {
+        "startupProbe": "/v2/health/live",
+        "livenessProbe": "/v2/health/live",
+        "readinessProbe": "/v2/health/ready",
+    }
+    for probe, path in expected.items():
+        assert container[probe]["httpGet"] == {"path": path, "port": "http"}, probe
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 120  # Triton start and model load
+    requests, limits = container["resources"]["requests"], container["resources"]["limits"]
+    assert requests["cpu"] == limits["cpu"] and requests["memory"] == limits["memory"]  # Guaranteed QoS
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"  # more than the runtime's 64 MiB
+
+
+def test_cpu_model_server_runs_serve_model() -> None:
+    objects = render(K8S / "overlays" / "model-server")
+    deployment, container = _model_server(objects)
+    assert container["args"] == ["serve-model"]
+    assert container["image"].startswith("ghcr.io/example/listing-image-model-server:")
+    sources = {next(iter(r)) for r in container["envFrom"]}
+    assert sources == {"configMapRef", "secretRef"}  # the Postgres DSN: it follows the model registry
+    settings = _settings_of(one(objects, "ConfigMap")["data"], container["env"])
+    assert settings.model_server_host == "0.0.0.0"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert (ports["http"], ports["grpc"], ports["metrics"]) == (
+        settings.model_server_http_port,
+        settings.model_server_grpc_port,
+        settings.model_server_metrics_port,
+    )
+    cpus = _quantity(container["resources"]["limits"]["cpu"])
+    assert settings.model_server_instances * settings.model_server_threads == cpus
+    assert (
+        deployment["spec"]["replicas"] >= 2 and deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    )
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM \S+ AS model-server$", dockerfile, re.MULTILINE)
+    assert 'CMD ["serve-model"]' in dockerfile
+
+
+def test_gpu_model_server_runs_nvidia_triton_on_a_gpu_node(tmp_path: Path) -> None:
+    """NVIDIA's image over the repository the init container exports (run here with the same arguments)."""
+    from click.testing import CliRunner
+
+    from processor.serving.cli import export_triton
+    from processor.serving.repository import CONFIG_FILE, parse_config
+
+    objects = render(K8S / "overlays" / "model-server-gpu")
+    deployment, container = _model_server(objects)
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    resources = container["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == "1"
+    assert container["image"] == "nvcr.io/nvidia/tritonserver:24.10-py3"
+    assert container["command"] == ["tritonserver"]
+    flags = dict(a.removeprefix("--").split("=", 1) for a in container["args"])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert (int(flags["http-port"]), int(flags["grpc-port"]), int(flags["metrics-port"])) == (
+        ports["http"],
+        ports["grpc"],
+        ports["metrics"],
+    )
+    assert flags["strict-readiness"] == "true"
+    (init,) = pod["initContainers"]
+    assert init["image"].startswith("ghcr.io/example/listing-image-model-server:")
+    command, out, *options = init["args"]
+    assert command == "export-triton" and "--kind=gpu" in options
+    shared = {m["mountPath"]: m["name"] for m in init["volumeMounts"]}
+    (served,) = [m for m in container["volumeMounts"] if m["mountPath"] == flags["model-repository"]]
+    assert shared[out] == served["name"] and served["readOnly"] is True
+    # The init container's own command, with its arguments, writes a repository Triton's schema accepts.
+    result = CliRunner().invoke(export_triton, [str(tmp_path), *options])
+    assert result.exit_code == 0, result.output
+    model = _settings_of(one(objects, "ConfigMap")["data"]).inference_model
+    config = parse_config((tmp_path / model / CONFIG_FILE).read_text())
+    assert config.name == model and config.backend == "onnxruntime"
+    assert [g.kind for g in config.instance_group] == [config.instance_group[0].KIND_GPU]
+    assert (tmp_path / model / "1" / "model.onnx").is_file()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -488,6 +664,7 @@ def test_alerts_cover_the_issue_and_each_has_a_test_and_a_runbook() -> None:
         "ProcessorErrorRateHigh",
         "ProcessorWorkerDown",
         "ProcessorNoWorkers",
+        "ProcessorModelServerUnreachable",  # issue #24
     }
     assert required <= alerts.keys()
     tests = yaml.safe_load((PROMETHEUS / "alerts.test.yml").read_text())["tests"]
@@ -552,6 +729,20 @@ def test_the_worker_serves_the_contract_metrics() -> None:
         "processor_fetch_responses_total": ("status",),
     }
     assert {name: served[name] for name in labels} == labels
+
+
+def test_only_remote_workers_export_the_model_server_metrics() -> None:
+    """An in-process worker must not export processor_model_server_up 0 (ProcessorModelServerUnreachable)."""
+    code = (
+        "from prometheus_client import generate_latest\n"
+        "from processor import metrics\n"
+        "before = generate_latest().decode()\n"
+        "metrics.register_model_server(); metrics.register_model_server()\n"
+        "after = generate_latest().decode()\n"
+        "print('processor_model_server_up ' in before, 'processor_model_server_up 0.0' in after)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.stdout.split() == ["False", "True"], out.stderr[-2000:]
 
 
 def test_dashboard_panels_are_well_formed() -> None:
