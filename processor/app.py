@@ -456,6 +456,7 @@ def run_worker(settings: Settings) -> None:
             settings.inference_runtime,
             threads=settings.inference_threads,
             spin=settings.inference_spin,
+            precision=settings.inference_precision,
         )
     health.model_loaded = True
     metrics.MODEL_INFO.labels(classifier.info.name, classifier.info.version).set(1)

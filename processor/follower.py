@@ -56,7 +56,9 @@ class ModelFollower:
         try:
             s = self._settings
             model = await asyncio.to_thread(
-                functools.partial(Classifier, threads=s.inference_threads, spin=s.inference_spin),
+                functools.partial(
+                    Classifier, threads=s.inference_threads, spin=s.inference_spin, precision=s.inference_precision
+                ),
                 wanted.model_dir,
                 s.banner_threshold,
                 s.inference_runtime,

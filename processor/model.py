@@ -3,14 +3,16 @@
 ``Classifier.predict`` takes a list of uint8 images and returns exactly one
 prediction per image, or raises; it is called from a worker thread.
 
-Two runtimes run the same model: Keras (any backend; the one for GPU hosts, e.g. JAX) and ONNX Runtime
+Three runtimes run the same model: Keras (any backend; the one for GPU hosts, e.g. JAX), ONNX Runtime
 on the ``model.onnx`` that ``processor export-onnx`` writes beside model.keras (about 2x faster on CPUs,
-and int8 where the model was quantized). ``runtime="auto"`` takes ONNX Runtime when the file is there
-and the package is installed.
+and int8 where the model was quantized), and OpenVINO on the same file (in bfloat16 on CPUs that have it,
+about 2x faster again on an AVX-512 BF16 EPYC; real-photo accuracy measured in docs/model/benchmarks.md).
+``runtime="auto"`` takes OpenVINO, else ONNX Runtime, when the file is there and the package is installed.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import threading
@@ -26,7 +28,7 @@ from .errors import ModelError
 MODEL_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
-RUNTIMES = ("auto", "keras", "onnx")
+RUNTIMES = ("auto", "keras", "onnx", "openvino")
 UNSURE = "unsure"  # the position when the top score is below the model's position_floor
 
 
@@ -109,20 +111,45 @@ def _onnx_call(path: Path, threads: int = 0, spin: bool = False) -> Any:
 
 
 def choose_runtime(model_dir: Path, runtime: str = "auto") -> str:
-    """``keras`` or ``onnx`` for this directory: ``auto`` is ONNX Runtime where model.onnx and the
-    onnxruntime package are both there, unless another Keras backend was chosen (KERAS_BACKEND=jax on a
-    GPU host): then Keras."""
+    """``keras``, ``onnx`` or ``openvino`` for this directory: ``auto`` is OpenVINO, else ONNX Runtime,
+    where model.onnx and the package are both there, unless another Keras backend was chosen
+    (KERAS_BACKEND=jax on a GPU host): then Keras."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime {runtime!r}: choose from {RUNTIMES}")
     if runtime != "auto":
         return runtime
     if not (model_dir / ONNX_FILE).exists() or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
         return "keras"
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return "keras"
-    return "onnx"
+    for package, name in (("openvino", "openvino"), ("onnxruntime", "onnx")):
+        if importlib.util.find_spec(package) is not None:
+            return name
+    return "keras"
+
+
+def _openvino_call(path: Path, threads: int = 0, precision: str = "auto") -> Any:
+    """A forward pass through OpenVINO's CPU plugin, outputs by name. ``precision`` auto is the plugin's
+    default: bfloat16 on CPUs with native support (AVX-512 BF16, AMX), else float32."""
+    import openvino as ov
+
+    config: dict[str, Any] = {
+        "PERFORMANCE_HINT": "LATENCY",  # one batch at a time, all cores on it
+        # Each batch size seen keeps its own executor and buffers (~15 MB each; 1..32 cost 450 MB): keep a
+        # few, the hot full-batch shape among them. 0 saves ~170 MB more and runs ~10 % slower on mixed sizes.
+        "CPU_RUNTIME_CACHE_CAPACITY": 4,
+    }
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    if precision != "auto":
+        config["INFERENCE_PRECISION_HINT"] = precision
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    names = [output.any_name for output in compiled.outputs]
+    request = compiled.create_infer_request()
+
+    def call(batch: NDArray[np.uint8]) -> dict[str, Any]:
+        request.infer({0: batch})
+        return {name: np.array(request.get_output_tensor(i).data) for i, name in enumerate(names)}  # copies
+
+    return call
 
 
 class Classifier:
@@ -136,6 +163,7 @@ class Classifier:
         *,
         threads: int = 0,
         spin: bool = False,
+        precision: str = "auto",
     ) -> None:
         self.info = ModelInfo.read(model_dir)
         self.generation = 0  # the registry's promotion order this model runs under (0: not from the registry)
@@ -144,6 +172,9 @@ class Classifier:
         if self.runtime == "onnx":
             self._model: Any = None
             self._call = _onnx_call(model_dir / ONNX_FILE, threads, spin)
+        elif self.runtime == "openvino":
+            self._model = None
+            self._call = _openvino_call(model_dir / ONNX_FILE, threads, precision)
         else:
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ info logs
             import keras

@@ -87,10 +87,13 @@ class Settings(BaseSettings):
         "waits for would not come in time); 0: close on batch_size or batch_delay_ms only.",
     )
     banner_threshold: float | None = Field(None, description="Override the model's banner threshold.")
-    inference_runtime: Literal["auto", "keras", "onnx"] = Field(
+    inference_runtime: Literal["auto", "keras", "onnx", "openvino"] = Field(
         "auto",
-        description="auto: ONNX Runtime where the model directory has model.onnx (CPU hosts) and KERAS_BACKEND is "
-        "unset or tensorflow, else Keras (GPU hosts: KERAS_BACKEND=jax).",
+        description="auto: OpenVINO, else ONNX Runtime, where the model directory has model.onnx (CPU hosts) and "
+        "KERAS_BACKEND is unset or tensorflow, else Keras (GPU hosts: KERAS_BACKEND=jax).",
+    )
+    inference_precision: Literal["auto", "f32", "bf16"] = Field(
+        "auto", description="OpenVINO's inference precision; auto: bf16 on CPUs with native bf16, else f32."
     )
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
         "auto", description="The worker's event loop; auto: uvloop where it is installed, else asyncio's."

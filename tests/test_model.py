@@ -208,14 +208,14 @@ def test_onnx_runtime_scores_like_keras_and_int8_records_its_agreement(tmp_path:
     shutil.copytree(DEFAULT_MODEL_DIR.parent / "cnn", model, ignore=shutil.ignore_patterns(ONNX_FILE))
     assert choose_runtime(model) == "keras"  # no model.onnx yet
     record = export_onnx(model)
-    assert choose_runtime(model) == "onnx" and choose_runtime(model, "keras") == "keras"
+    assert choose_runtime(model) in {"onnx", "openvino"} and choose_runtime(model, "keras") == "keras"
     assert record["agreement_with_keras"]["max_score_difference"] < 1e-3
     images = [
         np.asarray(synth.render_sample(random.Random(i), banner=i % 2 == 0, size=(200, 150)).image) for i in range(6)
     ]
     pixels = [np.asarray(Image.fromarray(img).resize(Classifier(model).input_size)) for img in images]
     by_keras = Classifier(model, runtime="keras").predict(pixels)
-    by_onnx = Classifier(model).predict(pixels)
+    by_onnx = Classifier(model, runtime="onnx").predict(pixels)
     for k, o in zip(by_keras, by_onnx, strict=True):
         assert abs(k.banner_score - o.banner_score) < 1e-4 and k.position == o.position
 
@@ -235,6 +235,22 @@ def test_onnx_runtime_scores_like_keras_and_int8_records_its_agreement(tmp_path:
 def test_auto_runtime_leaves_other_keras_backends_to_keras(monkeypatch: pytest.MonkeyPatch) -> None:
     from processor.model import choose_runtime
 
-    assert choose_runtime(DEFAULT_MODEL_DIR) == "onnx"  # the shipped model has model.onnx
+    assert choose_runtime(DEFAULT_MODEL_DIR) in {"onnx", "openvino"}  # the shipped model has model.onnx
     monkeypatch.setenv("KERAS_BACKEND", "jax")
     assert choose_runtime(DEFAULT_MODEL_DIR) == "keras" and choose_runtime(DEFAULT_MODEL_DIR, "onnx") == "onnx"
+
+
+def test_openvino_scores_like_onnx_runtime() -> None:
+    pytest.importorskip("openvino", reason="pip install openvino")
+    images = [
+        np.asarray(synth.render_sample(random.Random(i), banner=i % 2 == 0, size=(200, 150)).image) for i in range(8)
+    ]
+    onnx = Classifier(DEFAULT_MODEL_DIR, runtime="onnx")
+    pixels = [np.asarray(Image.fromarray(img).resize(onnx.input_size)) for img in images]
+    reference = onnx.predict(pixels)
+    exact = Classifier(DEFAULT_MODEL_DIR, runtime="openvino", precision="f32").predict(pixels)
+    assert all(abs(a.banner_score - b.banner_score) < 1e-4 for a, b in zip(reference, exact, strict=True))
+    fast = Classifier(DEFAULT_MODEL_DIR, runtime="openvino")  # bf16 where the CPU has it
+    fast.warm_up(32)
+    for a, b in zip(reference, fast.predict(pixels), strict=True):  # bf16 moves scores a little
+        assert abs(a.banner_score - b.banner_score) < 0.1
