@@ -16,6 +16,14 @@ name) stalls the worker the same way, as storage failures do, rather than dead-l
 Results name the model the server answered with: the response's model version is looked up in the
 model's ``config.pbtxt`` parameters (``model_metadata:<N>``, see ``processor.serving.repository``), so
 during a rollout each result names the version that scored it.
+
+Each event keeps the model it started with: the pipeline pins an event to the newest version this worker
+knew when the event started (``pinned()``: its cache key and decode size are that version's), and a
+batch goes out as one request per pinned version, to ``/v2/models/<model>/versions/<N>/infer``. While a
+rollout loads a new version the old one stays served (``version_policy: latest 2``), so events already
+under way finish on it. Only when the server no longer has that version ready (unloaded after two more
+promotions, or a restarted server that serves only the active model) does the request go to the newest
+version instead, and the result names that one.
 """
 
 from __future__ import annotations
@@ -23,10 +31,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential, wait_random
@@ -134,7 +144,8 @@ class _Client:
             self._lib = httpclient
             self._client = httpclient.InferenceServerClient(self.address, conn_limit=connections)
 
-    async def infer(self, model: str, batch: NDArray[np.uint8]) -> tuple[str, Any]:
+    async def infer(self, model: str, batch: NDArray[np.uint8], version: str | None = None) -> tuple[str, Any]:
+        """One v2 request; ``version`` None: the newest version the server has ready."""
         tensor = self._lib.InferInput("image", list(batch.shape), "UINT8")
         outputs = [self._lib.InferRequestedOutput(name) for name in ("banner", "position")]
         if self.protocol == "http":
@@ -142,7 +153,8 @@ class _Client:
             outputs = [self._lib.InferRequestedOutput(name, binary_data=True) for name in ("banner", "position")]
         else:
             tensor.set_data_from_numpy(batch)
-        result = await self._client.infer(model, [tensor], outputs=outputs)  # the caller's asyncio.timeout bounds it
+        # The caller's asyncio.timeout bounds it.
+        result = await self._client.infer(model, [tensor], model_version=version or "", outputs=outputs)
         response = result.get_response()
         version = response["model_version"] if isinstance(response, dict) else response.model_version
         return str(version), result
@@ -169,6 +181,25 @@ class _Client:
         await self._client.close()
 
 
+@dataclass(slots=True)
+class _Request:
+    """One batch request and what its retries learn."""
+
+    batch: NDArray[np.uint8]
+    version: str | None  # the served version its events started with; None: the newest
+    failures: int = 0
+
+
+def _sized(images: list[NDArray[np.uint8]], size: tuple[int, int]) -> list[NDArray[np.uint8]]:
+    """Images decoded for another version resized for this one (only around a rollout that changed sizes)."""
+    return [
+        img
+        if img.shape[1] == size[0] and img.shape[0] == size[1]
+        else cv2.resize(img, size, interpolation=cv2.INTER_AREA).astype(np.uint8, copy=False)
+        for img in images
+    ]
+
+
 class RemoteClassifier(ServedModel):
     """The pipeline's classifier when ``inference_url`` is set: the same interface, scored remotely.
 
@@ -185,6 +216,8 @@ class RemoteClassifier(ServedModel):
         self._slots = asyncio.Semaphore(settings.inference_max_in_flight)
         self._served: dict[str, ServedModel] = {}
         self._latest = -1
+        self._pin: str | None = None  # the version string of _latest
+        self._ready: set[str] = set()  # the versions the server had ready at the last refresh()
         self.last_error = ""
         self._on_state = on_state
         self.breaker = CircuitBreaker(
@@ -213,13 +246,43 @@ class RemoteClassifier(ServedModel):
             await self._client.close()
             self._client = None
 
-    async def infer(self, images: list[NDArray[np.uint8]]) -> list[tuple[Prediction, Classifier]]:
+    def pinned(self) -> tuple[Classifier, str | None]:
+        """The served model an event starting now keeps, and its version: the newest this worker knows
+        (before the server's first answer: this classifier, and None for the newest the server has)."""
+        if self._pin is None:
+            return self, None
+        return self._served[self._pin], self._pin
+
+    async def infer(
+        self, images: list[NDArray[np.uint8]], versions: Sequence[str | None] | None = None
+    ) -> list[tuple[Prediction, Classifier]]:
         """Score a batch remotely; each prediction comes with the served version that made it.
 
-        Waits (retrying, behind the circuit) for as long as the server is unavailable."""
+        ``versions`` pins each image to the version its event started with (``pinned()`` then): one
+        request per version. Waits (retrying, behind the circuit) for as long as the server is unavailable."""
         if not images:
             return []
-        batch = np.ascontiguousarray(np.stack(images))
+        pins = [None] * len(images) if versions is None else list(versions)
+        if len(pins) != len(images):
+            raise ValueError(f"{len(pins)} versions for {len(images)} images")
+        groups: dict[str | None, list[int]] = {}
+        for i, pin in enumerate(pins):
+            groups.setdefault(pin, []).append(i)
+        answers = await asyncio.gather(
+            *(self._request([images[i] for i in indices], pin) for pin, indices in groups.items())
+        )
+        scored: dict[int, tuple[Prediction, Classifier]] = {}
+        for indices, answer in zip(groups.values(), answers, strict=True):
+            scored.update(zip(indices, answer, strict=True))
+        return [scored[i] for i in range(len(images))]
+
+    async def _request(
+        self, images: list[NDArray[np.uint8]], version: str | None
+    ) -> list[tuple[Prediction, Classifier]]:
+        """One request for the images of one version, retried until the server answers it."""
+        known = self._served.get(version) if version is not None else None
+        size = known.input_size if known is not None else self.input_size
+        request = _Request(np.ascontiguousarray(np.stack(_sized(images, size))), version)
         backoff = self.settings.inference_backoff_s
         metrics.MODEL_SERVER_WAITING.inc()
         try:
@@ -233,7 +296,7 @@ class RemoteClassifier(ServedModel):
                 )
                 async for attempt in retrying:
                     with attempt:
-                        return await self._attempt(batch, len(images))
+                        return await self._attempt(request, len(images))
         finally:
             metrics.MODEL_SERVER_WAITING.dec()
         raise AssertionError("unreachable: tenacity retries without a stop")
@@ -242,13 +305,26 @@ class RemoteClassifier(ServedModel):
         if state.attempt_number in (1, 10) or state.attempt_number % 100 == 0:
             log.warning("model server %s: attempt %d failed: %s", self.url, state.attempt_number, self.last_error)
 
-    async def _attempt(self, batch: NDArray[np.uint8], n: int) -> list[tuple[Prediction, Classifier]]:
+    async def _unpin_if_gone(self, request: _Request) -> None:
+        """Send a pinned request to the newest version once the server no longer has its version ready:
+        known from the last refresh, or asked after a failure (the version may have been unloaded)."""
+        if request.version is None:
+            return
+        ready = self._ready
+        if request.failures:
+            ready = set(await self.client().versions(self.model))
+        if ready and request.version not in ready:
+            log.info("model server no longer serves version %s: its events go to the newest", request.version)
+            request.version = None
+
+    async def _attempt(self, request: _Request, n: int) -> list[tuple[Prediction, Classifier]]:
         probe = self.breaker.before()
         started = time.perf_counter()
         metrics.MODEL_SERVER_IN_FLIGHT.inc()
         try:
             async with asyncio.timeout(self.settings.inference_timeout_s):
-                version, result = await self.client().infer(self.model, batch)
+                await self._unpin_if_gone(request)
+                version, result = await self.client().infer(self.model, request.batch, request.version)
                 served = await self._version(version)
             banner = np.asarray(result.as_numpy("banner"), dtype=np.float64).reshape(-1)
             position = np.asarray(result.as_numpy("position"), dtype=np.float64)
@@ -259,6 +335,7 @@ class RemoteClassifier(ServedModel):
                 self.breaker.release()
             raise
         except Exception as exc:  # every failure of the call is the server's: wait and retry, never dead-letter
+            request.failures += 1
             self.last_error = f"{type(exc).__name__}: {exc}"[:500]
             self.breaker.after(False, probe)
             metrics.MODEL_SERVER_REQUESTS.labels(outcome="error").inc()
@@ -287,8 +364,8 @@ class RemoteClassifier(ServedModel):
             served = ServedModel(info, generation, self._threshold)
             self._served[version] = served
         number = int(version) if version.isdigit() else 0
-        if number > self._latest:  # a newer version answered: new events are decoded and cached for it
-            self._latest = number
+        if number > self._latest:  # a newer version answered: new events are decoded, cached and pinned for it
+            self._latest, self._pin = number, version
             self.info, self.generation, self.banner_threshold = served.info, served.generation, served.banner_threshold
             metrics.MODEL_INFO.clear()
             metrics.MODEL_INFO.labels(served.info.name, served.info.version).set(1)
@@ -301,7 +378,10 @@ class RemoteClassifier(ServedModel):
         try:
             async with asyncio.timeout(self.settings.inference_timeout_s):
                 ok = await self.client().ready(self.model)
-                numbers = [v for v in await self.client().versions(self.model) if v.isdigit()]
+                ready = await self.client().versions(self.model)
+                numbers = [v for v in ready if v.isdigit()]
+                if ok:
+                    self._ready = set(ready)
                 if ok and numbers:
                     await self._version(max(numbers, key=int))
         except Exception as exc:  # any failure means not ready; say why

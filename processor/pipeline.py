@@ -186,6 +186,9 @@ class Pipeline:
     async def _classify(self, event: ImageEvent, envelope: Envelope) -> Classification:
         started = time.perf_counter()
         clf = self.classifier  # this event's model, whatever a rollout does meanwhile
+        pin: str | None = None
+        if isinstance(clf, RemoteClassifier):  # on a model server, the served version it answers with now
+            clf, pin = clf.pinned()
         model = f"{clf.info.name}:{clf.info.version}"
         cached = await self.cache.get_url(event.url, model)
         if cached is not None and time.time() - cached.checked_at < self.settings.revalidate_after_s:
@@ -206,7 +209,7 @@ class Pipeline:
                 self._decode_pool, self.decoder.decode, download.data, clf.input_size
             )
         decoded_at = time.perf_counter()
-        prediction, clf = await self.inference.submit(decoded.pixels, low_priority=backfill)
+        prediction, clf = await self.inference.submit((decoded.pixels, pin), low_priority=backfill)
         timings = {
             "fetch": (fetched - started) * 1000,
             "decode": (decoded_at - fetched) * 1000,
@@ -259,11 +262,13 @@ class Pipeline:
         ids = best_effort_ids(envelope.value)
         return DeadLetter(envelope, kind, detail, attempts, ids.get("image_id"), ids.get("listing_id"))
 
-    async def _infer(self, images: list[NDArray[np.uint8]]) -> list[tuple[Prediction, Classifier]]:
-        """One batch on the current model; each prediction comes with the model that made it."""
+    async def _infer(self, items: list[tuple[NDArray[np.uint8], str | None]]) -> list[tuple[Prediction, Classifier]]:
+        """One batch on the current model; each prediction comes with the model that made it. On a model
+        server, each image on the served version its event started with (its outages make the batch wait)."""
         clf = self.classifier
-        if isinstance(clf, RemoteClassifier):  # the model server scores it; its outages make the batch wait
-            return await clf.infer(fit(images, clf.input_size))
+        images = [pixels for pixels, _ in items]
+        if isinstance(clf, RemoteClassifier):
+            return await clf.infer(images, [pin for _, pin in items])
         loop = asyncio.get_running_loop()
         predictions = await loop.run_in_executor(self._infer_pool, clf.predict, fit(images, clf.input_size))
         return [(p, clf) for p in predictions]

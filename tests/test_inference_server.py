@@ -143,6 +143,76 @@ async def test_a_killed_server_makes_batches_wait_and_a_restarted_one_answers_th
         await remote.close()
 
 
+async def test_each_event_keeps_the_served_version_it_started_with_through_a_rollout(
+    served: tuple[ModelServer, Settings], jpegs: dict[str, bytes], tmp_path: Path
+) -> None:
+    """Events started before a promotion are scored by the old version while the server still has it
+    (version_policy latest 2), those after by the new one, in the same batch; once the old version is
+    unloaded its events go to the newest instead of waiting for it forever."""
+    server, settings = served
+    images = photos(jpegs, 6)
+    remote = RemoteClassifier(settings)
+    try:
+        assert remote.pinned() == (remote, None)  # before any answer: the newest the server has
+        await remote.infer(images[:1])
+        old, pin = remote.pinned()
+        assert (pin, old.info.version, old.generation) == ("1", SHIPPED.version, 0)
+
+        new_dir = new_version_of_the_shipped_model(tmp_path)
+        assert await asyncio.to_thread(server.add, new_dir, 1) == 2
+        await asyncio.to_thread(server.triton.load, MODEL)
+        assert await remote.refresh()  # the worker takes version 2 up: events starting now keep it
+        new, pin = remote.pinned()
+        assert (pin, new.info.version, new.generation) == ("2", NEW_VERSION, 1)
+        assert old.info.version == SHIPPED.version  # what earlier events hold does not change under them
+
+        served_before = await asyncio.to_thread(get, server.triton.endpoints.metrics_url)
+        scored = await remote.infer(images, ["1", "2", None, "1", "2", "1"])
+        assert [(m.info.version, m.generation) for _, m in scored] == [
+            (SHIPPED.version, 0),
+            (NEW_VERSION, 1),
+            (NEW_VERSION, 1),
+            (SHIPPED.version, 0),
+            (NEW_VERSION, 1),
+            (SHIPPED.version, 0),
+        ]
+        local = Classifier(DEFAULT_MODEL_DIR, runtime="onnx").predict(images)  # same weights under both names
+        assert [p.banner_score for p, _ in scored] == pytest.approx([p.banner_score for p in local], abs=1e-5)
+        served_after = await asyncio.to_thread(get, server.triton.endpoints.metrics_url)
+        # One request per pin: "1", and "2" and the unpinned one (which the server gives the newest).
+        assert requests_of(served_after, "1") == requests_of(served_before, "1") + 1
+        assert requests_of(served_after, "2") == requests_of(served_before, "2") + 2
+
+        # Two versions later version 1 is unloaded: known from the last refresh, its events go to the newest.
+        assert await asyncio.to_thread(server.add, new_dir, 2) == 3
+        await asyncio.to_thread(server.triton.load, MODEL)
+        for _ in range(100):  # strict readiness is false for a moment while version 1 unloads
+            if await remote.refresh():
+                break
+            await asyncio.sleep(0.1)
+        assert remote.pinned()[1] == "3"
+        scored = await asyncio.wait_for(remote.infer(images[:2], ["1", "1"]), 30)
+        assert {(m.info.version, m.generation) for _, m in scored} == {(NEW_VERSION, 2)}
+        # A worker that has not refreshed learns it from the failed request, and does not wait for it either.
+        fresh = RemoteClassifier(settings)
+        try:
+            scored = await asyncio.wait_for(fresh.infer(images[:2], ["1", "2"]), 30)
+            assert [m.generation for _, m in scored] == [2, 1]
+            assert fresh.available
+        finally:
+            await fresh.close()
+    finally:
+        await remote.close()
+
+
+def requests_of(metrics: str, version: str) -> int:
+    """Triton's count of successful inference requests of one version of the model."""
+    for line in metrics.splitlines():
+        if line.startswith(f'nv_inference_request_success{{model="{MODEL}",version="{version}"}}'):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
+
+
 def test_export_triton_writes_a_repository_that_tritons_schema_and_server_accept(
     tmp_path: Path, triton_starts: None
 ) -> None:

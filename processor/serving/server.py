@@ -4,8 +4,9 @@ The server follows the model registry as the workers' own follower does: when ``
 promote`` makes another directory active, its ONNX model becomes a new version folder of the served
 model (Triton version = promotion generation + 1; version 1 is a model the registry never promoted)
 and is loaded through Triton's repository API. The previous version stays loaded
-(``version_policy: latest 2``), so requests already sent to it finish; workers send unversioned
-requests, which Triton gives to the newest version, and each result names the version that answered.
+(``version_policy: latest 2``), so events already under way finish on it: workers pin each event's
+request to the version it started with (``processor.inference``), and each result names the version
+that answered.
 """
 
 from __future__ import annotations
