@@ -382,3 +382,9 @@ def test_the_benchmark_runs_at_smoke_size(tmp_path: Path, triton_starts: None) -
     results = json.loads(out.read_text())["results"]
     assert {"local", "remote_1", "remote_2", "server"} <= results.keys()
     assert results["remote_2"]["ratio_to_local"] > 0
+    model_server.main(
+        ["--sweep", "4;-", "--workers", "1,2", "--images", "16", "--worker-batch-size", "4", "--json", str(out)]
+    )
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {f"preferred {p} / {n} worker(s)" for p in ("4", "-") for n in (1, 2)}
+    assert all(r["images_per_s"] > 0 and r["server_mean_batch"] >= 1 for r in results.values())
