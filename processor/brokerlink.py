@@ -81,6 +81,13 @@ class ClientLogGate(logging.Filter):
         self._held = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
+        verdict = getattr(record, "_client_gate", None)  # one record may meet the gate twice (logger, handler)
+        if verdict is None:
+            verdict = self._judge(record)
+            record._client_gate = verdict
+        return bool(verdict)
+
+    def _judge(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING or not record.name.startswith(CLIENT_LOGGERS):
             return True
         key = (record.name, _DIGITS.sub("#", str(record.msg)))  # Faust formats its numbers into msg
@@ -102,10 +109,18 @@ class ClientLogGate(logging.Filter):
         return held
 
     def install(self) -> None:
-        """Gate the root logger's handlers (a filter on a logger would not see its children's records)."""
-        for handler in logging.getLogger().handlers:
-            if self not in handler.filters:
-                handler.addFilter(self)
+        """Gate the client's loggers and every handler (a filter on a logger does not see its children's
+        records, and a logger that does not propagate has handlers of its own). Idempotent: the watch calls
+        it at every probe, so handlers set up later are gated too."""
+        loggers = [logging.getLogger(), *logging.root.manager.loggerDict.values()]
+        for each in loggers:
+            if not isinstance(each, logging.Logger):
+                continue
+            if each.name.startswith(CLIENT_LOGGERS) and self not in each.filters:
+                each.addFilter(self)
+            for handler in each.handlers:
+                if self not in handler.filters:
+                    handler.addFilter(self)
 
 
 @dataclass
@@ -125,6 +140,7 @@ class BrokerWatch:
         BROKER_UP.set(1 if self.health.broker_ok else 0)
         try:
             while True:
+                self.gate.install()
                 await self.probe()
                 await asyncio.sleep(self.settings.broker_probe_interval_s)
         finally:

@@ -84,10 +84,13 @@ def test_the_gate_lets_each_kind_of_client_warning_through_once_per_state() -> N
     assert gate.filter(record("aiokafka.client", "Unable to update metadata from %s"))  # another kind
     assert gate.filter(record("aiokafka.conn", "connected", logging.INFO))  # below WARNING: never held
     assert gate.filter(record("processor.sink", connect))  # not the Kafka client's: never held
+    twice = record("aiokafka.client", "Unable to update metadata from %s")
+    assert gate.filter(record("aiokafka.client", "Heartbeat failed")) is True
+    assert not gate.filter(twice) and not gate.filter(twice)  # a record judged once, on a logger and a handler
     slow = "[^---ConsumerThread]: Stream stopped processing for TP (last inbound %s minutes ago)."
     assert gate.filter(record("faust.transport.consumer", slow % "5.00"))  # Faust formats its numbers in
     assert not gate.filter(record("faust.transport.consumer", slow % "5.04"))
-    assert gate.reset() == 501
+    assert gate.reset() == 502
     assert gate.filter(record("aiokafka.conn", connect, logging.ERROR, 1, "refused"))  # a new state
 
 
