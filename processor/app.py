@@ -129,7 +129,7 @@ def create_app(
         async for event in manual.events():
             await acker.submit(event.message.tp, event, functools.partial(_process, pipeline, _envelope(event)))
 
-    ackers = [acker, _backfill_agent(app, pipeline, acker, health, settings)]
+    ackers = [acker, _backfill_agent(app, pipeline, health, settings)]
     if settings.listings_enabled:
         ackers.append(_listing_agent(app, pipeline, store, settings))
 
@@ -283,13 +283,14 @@ def _image_acker(
 
 
 def _backfill_agent(
-    app: faust.App, pipeline: Pipeline, daily: OrderedAcker[EventT[bytes]], health: WorkerHealth, settings: Settings
+    app: faust.App, pipeline: Pipeline, health: WorkerHealth, settings: Settings
 ) -> OrderedAcker[EventT[bytes]]:
     """The backfill topic, at a lower priority: few events processed at once (``backfill_max_in_flight``),
-    each after waiting while ``backfill_yield_at`` daily events are in flight, so a catalogue-sized
-    backfill uses the capacity the daily events leave. The agent itself never blocks: a backfill
-    partition with ``backfill_max_in_flight`` events unacknowledged is paused in the consumer, so its
-    backlog never fills Faust's buffers, which would hold up the delivery of daily events too."""
+    each after waiting while ``backfill_yield_at`` daily events are decoding or waiting for inference
+    (downloads use no CPU), so a catalogue-sized backfill uses the capacity the daily events leave. The
+    agent itself never blocks: a backfill partition with ``backfill_max_in_flight`` events unacknowledged
+    is paused in the consumer, so its backlog never fills Faust's buffers, which would hold up the delivery
+    of daily events too."""
     source = _raw_topic(app, settings, settings.backfill_topic)
     # Never a full acker (its submit would wait, and Faust's delivery of daily events with it): the
     # partitions' budget and their pausing bound what it holds.
@@ -298,7 +299,7 @@ def _backfill_agent(
 
     async def after_daily(envelope: Envelope) -> None:
         async with slots:
-            while daily.in_flight >= settings.backfill_yield_at:  # noqa: ASYNC110 - a poll keeps the acker unaware of priorities
+            while pipeline.daily_at_cpu >= settings.backfill_yield_at:  # noqa: ASYNC110 - a poll keeps the acker unaware of priorities
                 await asyncio.sleep(BACKFILL_YIELD_S)
             await _process(pipeline, envelope)
 

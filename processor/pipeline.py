@@ -69,6 +69,7 @@ class Pipeline:
         # Backfill events are served after the daily ones where the CPU is: they decode one at a time (a
         # daily image waits behind at most one of them) and join inference batches after every daily image.
         self._backfill_decodes = asyncio.Semaphore(1)
+        self.daily_at_cpu = 0  # daily events decoding or waiting for inference: what backfill events yield to
         self.inference = MicroBatcher(
             self._infer,
             settings.batch_size,
@@ -204,12 +205,16 @@ class Pipeline:
             timings = {"fetch": (fetched - started) * 1000, "total": _ms(started)}
             return self._result(clf, event, envelope, cached, "hash", timings, download.validators)
         backfill = envelope.topic == self.settings.backfill_topic
-        async with self._backfill_decodes if backfill else contextlib.nullcontext():
-            decoded: DecodedImage = await asyncio.get_running_loop().run_in_executor(
-                self._decode_pool, self.decoder.decode, download.data, clf.input_size
-            )
-        decoded_at = time.perf_counter()
-        prediction, clf = await self.inference.submit((decoded.pixels, pin), low_priority=backfill)
+        self.daily_at_cpu += not backfill
+        try:
+            async with self._backfill_decodes if backfill else contextlib.nullcontext():
+                decoded: DecodedImage = await asyncio.get_running_loop().run_in_executor(
+                    self._decode_pool, self.decoder.decode, download.data, clf.input_size
+                )
+            decoded_at = time.perf_counter()
+            prediction, clf = await self.inference.submit((decoded.pixels, pin), low_priority=backfill)
+        finally:
+            self.daily_at_cpu -= not backfill
         timings = {
             "fetch": (fetched - started) * 1000,
             "decode": (decoded_at - fetched) * 1000,

@@ -28,7 +28,10 @@ class Settings(BaseSettings):
     )
     backfill_max_in_flight: int = Field(8, ge=1, description="Backfill events being processed at once per worker.")
     backfill_yield_at: int = Field(
-        4, ge=1, description="Backfill events wait while this many daily events are in flight."
+        4,
+        ge=1,
+        description="Backfill events wait while this many daily events are decoding or waiting for inference "
+        "(not while they download: that takes no CPU).",
     )
     output_topic: str = Field("image-classifications", description="Topic of results.")
     dlq_topic: str = Field("images-dlq", description="Topic of dead-letter records.")
