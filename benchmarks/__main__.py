@@ -7,6 +7,7 @@ writes every figure as JSON (``--json``) and PNG plots (``--plots``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -21,7 +22,7 @@ import click
 
 from processor.dev.imageserver import ImageServer
 from processor.dev.stack import EmbeddedStack, StackUrls
-from processor.model import Classifier
+from processor.model import Classifier, choose_runtime
 from processor.settings import DEFAULT_MODEL_DIR
 from processor.topics import ensure_topics, produce_lines
 
@@ -131,7 +132,11 @@ async def _run(
         main_run = await run_pipeline(urls, image_urls, RunConfig(events, 1, batch_size, concurrency), workdir)
         say(f"  {main_run['images_per_s']} images/s")
         sweeps = await _sweeps(urls, image_urls, p, workdir, batch_size, concurrency)
-        paced = await _paced(urls, server, names, p, workdir, main_run["images_per_s"], batch_size, concurrency)
+        paced, fixed_paced = await _paced(
+            urls, server, names, p, workdir, main_run["images_per_s"], batch_size, concurrency
+        )
+        batching = await _batching(urls, image_urls, p, workdir, batch_size, concurrency, paced, fixed_paced)
+        legacy = await _legacy(urls, image_urls, p, workdir, batch_size, concurrency)
         config = RunConfig(int(p["listing"]), 1, batch_size, concurrency)
         feature_runs = await _features(urls, server, names, image_urls, p, workdir, main_run["images_per_s"], config)
     limit = stages["combined_limit_images_per_s"]
@@ -145,6 +150,9 @@ async def _run(
             main_run["images_per_s"] / stages["decode_inference_limit_images_per_s"], 3
         ),
         "latency_at_half_load": paced,
+        "batching_policy": batching,
+        "legacy_settings": legacy,
+        "worker_cpu_ms_per_image": round(1000 * main_run["cpu_cores_used_by_workers"] / main_run["images_per_s"], 2),
         **sweeps,
         **feature_runs,
         "cdn": {
@@ -170,6 +178,13 @@ async def _stages(
     decode = decode_rate(photos, classifier.input_size, threads, p["stage_s"])
     inference = {bs: round(inference_rate(classifier, bs, p["stage_s"]), 1) for bs in (1, 8, 32, 64)}
     chosen = inference_rate(classifier, batch_size, p["stage_s"])
+    by_runtime = {classifier.runtime: round(chosen, 1)}  # the worker's runtime, and the others side by side
+    for runtime in ("onnx", "openvino"):
+        if runtime not in by_runtime and choose_runtime(DEFAULT_MODEL_DIR, runtime) == runtime:
+            with contextlib.suppress(ImportError):
+                by_runtime[runtime] = round(
+                    inference_rate(Classifier(DEFAULT_MODEL_DIR, runtime=runtime), batch_size, p["stage_s"]), 1
+                )
     fetch = await fetch_rate(event_urls(server, names, 400 if p["stage_s"] > 1 else 60, 0.0, seed=9), concurrency)
     # On one machine the stages share the CPUs, so their per-image costs add. Fetching from the
     # loopback CDN is CPU-bound too (client and server), so it counts as a stage; the second figure
@@ -180,6 +195,8 @@ async def _stages(
         "decode_threads": threads,
         "inference_images_per_s": round(chosen, 1),
         "inference_by_batch_size": inference,
+        "inference_runtime": classifier.runtime,
+        "inference_by_runtime": by_runtime,
         "fetch": {k: round(v, 3) for k, v in fetch.items()},
         "combined_limit_images_per_s": round(combined, 1),
         "combined_limit_rule": "1 / (1/decode + 1/inference + 1/fetch)",
@@ -237,25 +254,98 @@ async def _paced(
     max_rate: float,
     batch_size: int,
     concurrency: int,
-) -> dict[str, Any] | None:
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Latency at half the measured maximum with the default settings, then (side by side) with the fixed
+    batch delay instead of the latency budget."""
     if not p["paced_s"]:
-        return None
+        return None, None
     rate = max(1.0, max_rate / 2)
     events = int(rate * p["paced_s"])
     say(f"latency at half load: {rate:.0f} events/s for {p['paced_s']} s, no CDN latency")
     saved = server.latency_s, server.jitter_s
     server.latency_s = server.jitter_s = 0.0  # the issue's figure excludes the simulated CDN latency
+    out: list[dict[str, Any]] = []
     try:
         urls_ = event_urls(server, names, events, 0.0, seed=13)
-        run = await run_pipeline(urls, urls_, RunConfig(events, 1, batch_size, concurrency, rate_per_s=rate), workdir)
+        for overrides in ({}, FIXED_DELAY):
+            config = RunConfig(events, 1, batch_size, concurrency, rate_per_s=rate, overrides=overrides)
+            run = await run_pipeline(urls, urls_, config, workdir)
+            lat = run["latency_ms"]
+            say(f"  {'fixed delay' if overrides else 'latency budget'}: p50/p95 {lat['p50']}/{lat['p95']} ms")
+            out.append(
+                {
+                    "rate_per_s": round(rate, 1),
+                    **_brief(run),
+                    "stage_ms_mean": run["stage_ms_mean"],
+                    "stage_ms_p95": run["stage_ms_p95"],
+                    "latency_cdf_ms": run["latency_cdf_ms"],
+                    "worker_rss_mb": run["worker_rss_mb"],
+                }
+            )
     finally:
         server.latency_s, server.jitter_s = saved
+    return out[0], out[1]
+
+
+FIXED_DELAY = {"batch_latency_budget_ms": 0}  # the batcher before the latency budget: size or delay only
+# The worker as it was before issue 23, as far as settings reach: ONNX Runtime with spinning threads, asyncio's
+# loop, the fixed batch delay (not reachable by settings: ONNX Runtime's memory patterns, backfill priority).
+LEGACY = FIXED_DELAY | {"inference_runtime": "onnx", "inference_spin": True, "event_loop": "asyncio"}
+
+
+async def _legacy(
+    urls: StackUrls, image_urls: list[str], p: dict[str, Any], workdir: Path, batch_size: int, concurrency: int
+) -> dict[str, Any]:
+    """A backlog with today's defaults and with the legacy settings, side by side (default first)."""
+    n = int(p["sweep"])
+    if not n:
+        return {}
+    runs: dict[str, dict[str, Any]] = {}
+    for name, overrides in (("default", {}), ("legacy", LEGACY)):
+        say(f"settings before and after issue 23, backlog of {n}: {name}")
+        run = await run_pipeline(
+            urls, image_urls, RunConfig(n, 1, batch_size, concurrency, overrides=overrides), workdir
+        )
+        runs[name] = _brief(run) | {
+            "worker_cpu_ms_per_image": round(1000 * run["cpu_cores_used_by_workers"] / run["images_per_s"], 2),
+            "worker_rss_mb": run["worker_rss_mb"],
+        }
     return {
-        "rate_per_s": round(rate, 1),
-        **_brief(run),
-        "latency_cdf_ms": run["latency_cdf_ms"],
-        "worker_rss_mb": run["worker_rss_mb"],
+        "legacy_overrides": LEGACY,
+        **runs,
+        "images_per_s_ratio_default_legacy": round(runs["default"]["images_per_s"] / runs["legacy"]["images_per_s"], 3),
     }
+
+
+async def _batching(
+    urls: StackUrls,
+    image_urls: list[str],
+    p: dict[str, Any],
+    workdir: Path,
+    batch_size: int,
+    concurrency: int,
+    paced: dict[str, Any] | None,
+    fixed_paced: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The latency budget against the fixed delay, side by side: p95 at half load (the paced runs) and
+    images/s of a backlog (two runs, budget then fixed delay)."""
+    out: dict[str, Any] = {}
+    if paced and fixed_paced:
+        out["half_load"] = {
+            "latency_budget": {k: paced[k] for k in ("latency_ms", "batches_closed", "batch_size_histogram")},
+            "fixed_delay": {k: fixed_paced[k] for k in ("latency_ms", "batches_closed", "batch_size_histogram")},
+            "p95_ratio_budget_fixed": round(paced["latency_ms"]["p95"] / fixed_paced["latency_ms"]["p95"], 3),
+        }
+    n = int(p["sweep"])
+    if n:
+        runs: dict[str, dict[str, Any]] = {}
+        for name, overrides in (("latency_budget", {}), ("fixed_delay", FIXED_DELAY)):
+            say(f"batching policy, backlog of {n}: {name}")
+            config = RunConfig(n, 1, batch_size, concurrency, overrides=overrides)
+            runs[name] = _brief(await run_pipeline(urls, image_urls, config, workdir))
+        ratio = runs["latency_budget"]["images_per_s"] / runs["fixed_delay"]["images_per_s"]
+        out["backlog"] = runs | {"images_per_s_ratio_budget_fixed": round(ratio, 3)}
+    return out
 
 
 async def _features(
@@ -312,6 +402,14 @@ def _print_table(r: dict[str, Any]) -> None:
         rows.append(
             (f"latency at {h['rate_per_s']}/s p50/p95/p99 ms", "/".join(str(v) for v in h["latency_ms"].values()))
         )
+    bp = r.get("batching_policy", {})
+    if "half_load" in bp:
+        rows.append(("half-load p95 budget / fixed delay", bp["half_load"]["p95_ratio_budget_fixed"]))
+    if "backlog" in bp:
+        rows.append(("backlog images/s budget / fixed delay", bp["backlog"]["images_per_s_ratio_budget_fixed"]))
+    if r.get("legacy_settings"):
+        rows.append(("images/s default / legacy settings", r["legacy_settings"]["images_per_s_ratio_default_legacy"]))
+    rows.append(("inference alone by runtime images/s", st["inference_by_runtime"]))
     for workers, run in r.get("by_workers", {}).items():
         rows.append((f"{workers} worker(s) images/s", run["images_per_s"]))
     rows.extend(_feature_rows(r))
