@@ -184,10 +184,11 @@ async def test_a_backlog_under_a_budget_still_makes_full_batches() -> None:
 
 async def test_low_priority_items_wait_for_every_other_item() -> None:
     calls: list[list[int]] = []
-    release = asyncio.Event()
+    running, release = asyncio.Event(), asyncio.Event()
 
     async def held(items: list[int]) -> list[int]:
         calls.append(items)
+        running.set()
         await release.wait()
         return items
 
@@ -195,8 +196,7 @@ async def test_low_priority_items_wait_for_every_other_item() -> None:
     batcher.start()
     try:
         first = asyncio.create_task(batcher.submit(0))
-        while not calls:  # the first batch runs and holds the model
-            await asyncio.sleep(0)
+        await running.wait()  # the first batch runs and holds the model
         backfill = [asyncio.create_task(batcher.submit(100 + i, low_priority=True)) for i in range(6)]
         daily = [asyncio.create_task(batcher.submit(i)) for i in (1, 2, 3)]
         await asyncio.sleep(0)
