@@ -123,6 +123,7 @@ async def label_everything(page: Any, username: str, first: bool) -> list[str]:
 async def admin_creates_labellers_and_fills_the_queue(page: Any) -> None:
     await sign_in(page, "boss")
     assert page.url.endswith("/admin"), await page.content()
+    assert await page.title() == "Admin · listing images"
     for name in ("lab0", "lab1", "lab2"):
         await page.fill("#new-user input[name=username]", name)
         await page.fill("#new-user input[name=password]", PASSWORD)
