@@ -77,6 +77,17 @@ def local(images: list[NDArray[np.uint8]], batch_size: int) -> dict[str, float]:
     return summary(len(images), time.perf_counter() - started, latencies)
 
 
+async def drain(
+    client: RemoteClassifier, queue: asyncio.Queue[list[NDArray[np.uint8]]], latencies: list[float]
+) -> None:
+    """Send the queue's batches one at a time, recording each request's latency."""
+    while not queue.empty():
+        batch = queue.get_nowait()
+        t = time.perf_counter()
+        await client.infer(batch)
+        latencies.append(time.perf_counter() - t)
+
+
 async def remote(
     settings: Settings, images: list[NDArray[np.uint8]], batch_size: int, concurrency: int
 ) -> dict[str, float]:
@@ -87,17 +98,10 @@ async def remote(
     for batch in batches:
         queue.put_nowait(batch)
 
-    async def sender() -> None:
-        while not queue.empty():
-            batch = queue.get_nowait()
-            t = time.perf_counter()
-            await client.infer(batch)
-            latencies.append(time.perf_counter() - t)
-
     try:
         await client.infer(images[:batch_size])  # warm: connection, config
         started = time.perf_counter()
-        await asyncio.gather(*(sender() for _ in range(concurrency)))
+        await asyncio.gather(*(drain(client, queue, latencies) for _ in range(concurrency)))
         return summary(len(images), time.perf_counter() - started, latencies)
     finally:
         await client.close()
@@ -114,18 +118,13 @@ async def workers(
     for i, start in enumerate(range(0, len(images), batch_size)):
         queues[i % count].put_nowait(images[start : start + batch_size])
 
-    async def sender(client: RemoteClassifier, queue: asyncio.Queue[list[NDArray[np.uint8]]]) -> None:
-        while not queue.empty():
-            batch = queue.get_nowait()
-            t = time.perf_counter()
-            await client.infer(batch)
-            latencies.append(time.perf_counter() - t)
-
     try:
         await asyncio.gather(*(c.infer(images[:batch_size]) for c in clients))  # warm: connections, config
         before = server_batches(metrics_url)
         started = time.perf_counter()
-        await asyncio.gather(*(sender(c, q) for c, q in zip(clients, queues, strict=True) for _ in range(in_flight)))
+        await asyncio.gather(
+            *(drain(c, q, latencies) for c, q in zip(clients, queues, strict=True) for _ in range(in_flight))
+        )
         row = summary(len(images), time.perf_counter() - started, latencies)
         after = server_batches(metrics_url)
         executions = after["executions"] - before["executions"]
