@@ -256,3 +256,31 @@ def test_heroes_are_judged_only_where_a_banner_free_exterior_photo_exists() -> N
     assert (report["listings"], report["exterior_hero"]) == (2, 1)
     assert report["not_judged_no_banner_free_exterior"] == 1
     assert report["wrong_heroes"] == {"engine": 1}
+
+
+def test_held_out_sources_leave_every_split_for_other_sources(tmp_path: Path) -> None:
+    photos_dir = tmp_path / "photos"
+    rows: list[Photo] = []
+    for n, repo in enumerate(("dealer/one", "dealer/two")):
+        files = {f"cars/{car}/{i}.jpg": photo(100 * n + 10 * car + i) for car in range(5) for i in range(2)}
+        candidates = [replace(c, repo=repo) for c in source(tmp_path / repo, files)]
+        rows, _ = add_photos(rows, candidates, photos_dir, "folder")
+    rows = [replace(p, banner="0", position="side", labellers="1 consensus") for p in rows]
+    manifest, sources = tmp_path / "manifest.csv", tmp_path / "held-out.txt"
+    write_manifest(rows, manifest)
+    sources.write_text("# kept out\ndealer/two  # a comment\n\n")
+    runner = CliRunner()
+    args = ["corpus", "splits", "--manifest", str(manifest), "--photos", str(photos_dir), "--out", str(tmp_path / "s")]
+    done = runner.invoke(main, [*args, "--hold-out-sources", str(sources)])
+    assert done.exit_code == 0, done.output
+    repo_of = {p.image_id: p.repo for p in rows}
+    seen: dict[str, set[str]] = {}
+    for split in ("train", "calibration", "test", "other-sources"):
+        with (tmp_path / "s" / split / "labels.csv").open() as fh:
+            for r in csv.DictReader(fh):
+                seen.setdefault(split, set()).add(repo_of[r["image_id"]])
+    assert seen.pop("other-sources") == {"dealer/two"}
+    assert set().union(*seen.values()) == {"dealer/one"}
+    sources.write_text("dealer/three\n")
+    refused = runner.invoke(main, [*args, "--hold-out-sources", str(sources)])
+    assert refused.exit_code != 0 and "dealer/three" in refused.output

@@ -233,11 +233,20 @@ def read_export(export_dir: Path) -> dict[str, tuple[str, str, str]]:
     return labels
 
 
-def write_split_folders(photos: list[Photo], photos_dir: Path, out: Path) -> dict[str, Counter[str]]:
-    """``out/<split>/labels.csv`` (absolute file paths) for every labelled photo that is on disk."""
+OTHER_SOURCES = "other-sources"  # the split folder of held-out repositories' photos
+
+
+def write_split_folders(
+    photos: list[Photo], photos_dir: Path, out: Path, held_out: frozenset[str] = frozenset()
+) -> dict[str, Counter[str]]:
+    """``out/<split>/labels.csv`` (absolute file paths) for every labelled photo that is on disk; the photos
+    of the ``held_out`` repositories leave every split for ``out/other-sources``: a test of sources never seen."""
     counts: dict[str, Counter[str]] = {}
-    for split, _ in SPLITS:
-        rows = [p for p in photos if p.split == split and p.labelled and photo_file(photos_dir, p).exists()]
+    ready = [p for p in photos if p.labelled and photo_file(photos_dir, p).exists()]
+    by_split = {split: [p for p in ready if p.split == split and p.repo not in held_out] for split, _ in SPLITS}
+    if held_out:
+        by_split[OTHER_SOURCES] = [p for p in ready if p.repo in held_out]
+    for split, rows in by_split.items():
         folder = out / split
         folder.mkdir(parents=True, exist_ok=True)
         with (folder / "labels.csv").open("w", newline="") as fh:
@@ -247,6 +256,12 @@ def write_split_folders(photos: list[Photo], photos_dir: Path, out: Path) -> dic
                 writer.writerow((str(photo_file(photos_dir, p).resolve()), p.banner, p.position, p.image_id, p.car_id))
         counts[split] = Counter(p.position for p in rows)
     return counts
+
+
+def read_sources(path: Path) -> list[str]:
+    """Repository names (owner/name), one a line; blank lines and ``#`` comments are skipped."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line]
 
 
 def check_splits(photos: list[Photo]) -> list[str]:

@@ -18,6 +18,7 @@ from .corpus import (
     photo_file,
     read_export,
     read_manifest,
+    read_sources,
     write_manifest,
     write_split_folders,
 )
@@ -111,13 +112,24 @@ def apply_labels_command(manifest: Path, export_dir: Path, keep_unlisted: bool) 
 @manifest_option
 @photos_option
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Folder to write.")
-def splits(manifest: Path, photos: Path, out: Path) -> None:
+@click.option(
+    "--hold-out-sources",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="A file of repositories (owner/name, one a line, # comments): their photos leave every split for "
+    "other-sources/, to measure the model on sources it never saw.",
+)
+def splits(manifest: Path, photos: Path, out: Path, hold_out_sources: Path | None) -> None:
     """Write train/, calibration/ and test/ (labels.csv each) for processor train / calibrate / evaluate."""
     rows = read_manifest(manifest)
     mixed = check_splits(rows)
     if mixed:
         raise click.ClickException(f"cars in two splits: {mixed[:5]}")
-    counts = write_split_folders(rows, photos, out)
+    held_out = frozenset(read_sources(hold_out_sources)) if hold_out_sources else frozenset()
+    unknown = held_out - {p.repo for p in rows}
+    if unknown:
+        raise click.ClickException(f"--hold-out-sources names repositories the manifest does not: {sorted(unknown)}")
+    counts = write_split_folders(rows, photos, out, held_out)
     for split, by_position in counts.items():
         click.echo(f"{split}: {sum(by_position.values())} photos  {dict(sorted(by_position.items()))}")
 
