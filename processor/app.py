@@ -34,6 +34,7 @@ from .inference import RemoteClassifier
 from .listings.actor import ListingActor
 from .model import Classifier
 from .pipeline import Pipeline
+from .priority import lower_cpu_priority
 from .settings import Settings
 from .sink import Record
 from .store import PostgresStore
@@ -91,7 +92,7 @@ def create_app(
     store = PostgresStore(settings.postgres_dsn, settings.postgres_table)
     cache = ResultCache(settings.redis_url, settings.cache_ttl_s)
     pipeline = Pipeline(settings, classifier, store, cache, FaustPublisher(app))
-    source = _raw_topic(app, settings, settings.input_topic)
+    source = _raw_topic(app, settings, settings.consumed_topic)
     inputs = (settings.input_topic, settings.backfill_topic)
     configs = topic_configs(settings)
     sinks = [
@@ -102,7 +103,7 @@ def create_app(
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _assigned(_app: faust.App, assigned: set[Any], **_kw: Any) -> None:
-        mine = {tp for tp in assigned if tp.topic == settings.input_topic}
+        mine = {tp for tp in assigned if tp.topic == settings.consumed_topic}
         health.assignments += 1
         health.partitions = len(mine)
         log.info("partitions assigned: %d (%s)", len(mine), ", ".join(sorted(map(_tp, mine))))
@@ -124,14 +125,12 @@ def create_app(
         await pipeline.start()  # idempotent: Faust restarts a crashed agent
         for topic in sinks:
             await topic.maybe_declare()
-        log.info("worker consuming %s as group %s", settings.input_topic, settings.consumer_group)
+        log.info("worker consuming %s as group %s", settings.consumed_topic, settings.group_id)
         manual: Any = stream.noack()  # type: ignore[attr-defined]
         async for event in manual.events():
             await acker.submit(event.message.tp, event, functools.partial(_process, pipeline, _envelope(event)))
 
-    ackers = [acker, _backfill_agent(app, pipeline, health, settings)]
-    if settings.listings_enabled:
-        ackers.append(_listing_agent(app, pipeline, store, settings))
+    ackers = [acker, *_other_agents(app, pipeline, store, health, settings)]
 
     async def drain() -> None:
         for each in ackers:
@@ -145,6 +144,19 @@ def create_app(
         await pipeline.stop()
 
     return app, drain
+
+
+def _other_agents(
+    app: faust.App, pipeline: Pipeline, store: PostgresStore, health: WorkerHealth, settings: Settings
+) -> list[OrderedAcker[EventT[bytes]]]:
+    """The role's other agents: the backfill topic after the daily events (role all) and the listing actor
+    (not in a backfill worker: the daily workers' group keeps every listing)."""
+    ackers = []
+    if settings.worker_role == "all":
+        ackers.append(_backfill_agent(app, pipeline, health, settings))
+    if settings.listings_enabled and settings.worker_role != "backfill":
+        ackers.append(_listing_agent(app, pipeline, store, settings))
+    return ackers
 
 
 def _listing_agent(
@@ -222,7 +234,7 @@ def _raw_topic(app: faust.App, settings: Settings, *names: str) -> Any:
 
 def _faust_app(settings: Settings) -> faust.App:
     app = faust.App(
-        settings.consumer_group,
+        settings.group_id,
         broker=settings.broker_url,
         datadir=tempfile.mkdtemp(prefix="processor-worker-"),  # several workers per host never share it
         web_enabled=False,
@@ -346,7 +358,7 @@ async def observe(
     health.oldest_unacked_s = max(ages.values(), default=0.0)
     health.postgres_ok = await pipeline.store_reachable()
     try:
-        assigned = [tp for tp in app.consumer.assignment() if tp.topic == settings.input_topic]
+        assigned = [tp for tp in app.consumer.assignment() if tp.topic == settings.consumed_topic]
         highwaters = await app.consumer.highwaters(*assigned) if assigned else {}
         for tp in assigned:
             oldest = acker.oldest(tp)
@@ -443,6 +455,8 @@ def _use_event_loop(kind: str) -> str:
 
 def run_worker(settings: Settings) -> None:
     """Load the model, then run a Faust worker until SIGINT/SIGTERM."""
+    if settings.idle_cpu:  # before the model's runtime starts its threads: they inherit it
+        log.info("CPU priority: %s (%s role)", lower_cpu_priority(), settings.worker_role)
     _cap_malloc_arenas()
     log.info("event loop: %s", _use_event_loop(settings.event_loop))
     health = WorkerHealth(settings.liveness_stall_s)

@@ -204,7 +204,9 @@ class Pipeline:
         if cached is not None:
             timings = {"fetch": (fetched - started) * 1000, "total": _ms(started)}
             return self._result(clf, event, envelope, cached, "hash", timings, download.validators)
-        backfill = envelope.topic == self.settings.backfill_topic
+        # Only where backfill shares the process with daily events: a backfill worker's events are all
+        # backfill, and the kernel puts its process behind the daily workers' (processor.priority).
+        backfill = self.settings.worker_role == "all" and envelope.topic == self.settings.backfill_topic
         self.daily_at_cpu += not backfill
         try:
             async with self._backfill_decodes if backfill else contextlib.nullcontext():

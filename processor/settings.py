@@ -33,6 +33,17 @@ class Settings(BaseSettings):
         description="Backfill events wait while this many daily events are decoding or waiting for inference "
         "(not while they download: that takes no CPU).",
     )
+    worker_role: Literal["all", "daily", "backfill"] = Field(
+        "all",
+        description="What `processor worker` consumes: all (the input topic, and the backfill topic at a lower "
+        "priority in the same process), daily (the input topic only), or backfill (the backfill topic only, as "
+        "the consumer group <consumer_group>-backfill, without the listing actor: run it beside daily workers).",
+    )
+    cpu_priority: Literal["auto", "normal", "idle"] = Field(
+        "auto",
+        description="The worker's CPU scheduling: idle (Linux SCHED_IDLE, else nice 19: it runs only on CPU "
+        "time that normal processes of its cgroup leave), normal, or auto (idle for the backfill role).",
+    )
     output_topic: str = Field("image-classifications", description="Topic of results.")
     dlq_topic: str = Field("images-dlq", description="Topic of dead-letter records.")
     removals_topic: str = Field("image-removals", description="Topic of image removals (deleted: true events).")
@@ -225,6 +236,21 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
         return tuple(ipaddress.ip_network(v, strict=False) for v in value)
+
+    @property
+    def consumed_topic(self) -> str:
+        """The topic the image agent reads: the backfill topic for the backfill role, else the input topic."""
+        return self.backfill_topic if self.worker_role == "backfill" else self.input_topic
+
+    @property
+    def group_id(self) -> str:
+        """The Kafka consumer group the worker joins (backfill workers have one of their own)."""
+        return f"{self.consumer_group}-backfill" if self.worker_role == "backfill" else self.consumer_group
+
+    @property
+    def idle_cpu(self) -> bool:
+        """Whether the worker runs at idle CPU priority."""
+        return self.cpu_priority == "idle" or (self.cpu_priority == "auto" and self.worker_role == "backfill")
 
     @property
     def topics(self) -> tuple[str, ...]:

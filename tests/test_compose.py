@@ -23,7 +23,7 @@ from processor.settings import Settings
 ROOT = Path(__file__).parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / "deploy" / "compose.env.example"
-PROCESSOR_SERVICES = ("worker", "migrate", "topics", "model-server")
+PROCESSOR_SERVICES = ("worker", "backfill-worker", "migrate", "topics", "model-server")
 _VARIABLE = re.compile(r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\})")
 
 
@@ -218,8 +218,28 @@ def test_prometheus_scrapes_the_workers_with_the_alert_rules(compose: dict[str, 
     assert "/etc/prometheus/alerts.yml" in config["rule_files"]
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "listing-image-processor"]
     (sd,) = job["dns_sd_configs"]
-    assert sd["names"] == ["worker"]
+    assert sd["names"] == ["worker", "backfill-worker"]
     assert sd["port"] == int(compose["services"]["worker"]["environment"]["PROCESSOR_METRICS_PORT"])
+
+
+def test_backfill_has_a_worker_of_its_own_that_yields_the_cpu(compose: dict[str, Any]) -> None:
+    """Daily workers take the input topic only; the backfill worker the backfill topic, at idle priority
+    inside its container and with a tiny CPU weight against the daily workers' containers."""
+    services = compose["services"]
+    daily, backfill = (_settings(services[name]) for name in ("worker", "backfill-worker"))
+    assert (daily.worker_role, daily.idle_cpu) == ("daily", False)
+    assert (backfill.worker_role, backfill.idle_cpu) == ("backfill", True)
+    assert backfill.consumed_topic == daily.backfill_topic and backfill.group_id != daily.group_id
+    assert int(services["backfill-worker"]["cpu_shares"]) <= 16 and "cpu_shares" not in services["worker"]
+    assert services["backfill-worker"]["deploy"]["resources"] == services["worker"]["deploy"]["resources"]
+    assert services["backfill-worker"]["healthcheck"] == services["worker"]["healthcheck"]
+
+
+def _settings(service: dict[str, Any]) -> Settings:
+    env = service["environment"]
+    return Settings.model_validate(
+        {k.removeprefix("PROCESSOR_").lower(): v for k, v in env.items() if k.startswith("PROCESSOR_")}
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
