@@ -28,6 +28,7 @@ from .acking import AckerHooks, OrderedAcker
 from .brokerlink import BrokerWatch, guarded_commit, keep_pending_after_failure
 from .cache import ResultCache
 from .events import Envelope
+from .fetchwait import MAX_DOUBLINGS, FetchWait, adapt_fetch_wait
 from .follower import ModelFollower
 from .health import WorkerHealth, serve
 from .inference import RemoteClassifier
@@ -57,15 +58,24 @@ class FaustPublisher:
         await asyncio.gather(*futures)
 
 
-def _consumer_with_fetch_wait(fetch_max_wait_ms: int) -> type[faust_aiokafka.Consumer]:
-    """Faust hard-codes a 1.5 s fetch wait; Tansu holds every fetch that long even when records
-    arrive, which adds up to 1.5 s of latency per fetch. This consumer uses the setting instead."""
+def _consumer_with_fetch_wait(settings: Settings) -> type[faust_aiokafka.Consumer]:
+    """Faust hard-codes a 1.5 s fetch wait; Tansu holds a fetch at the log end up to its wait, which adds
+    up to 1.5 s of latency per fetch. This consumer waits ``broker_fetch_max_wait_ms`` at the log end and
+    longer while a partition is behind it (processor.fetchwait: Tansu on S3 needs longer to read older
+    records)."""
+    short_ms, behind_ms = settings.broker_fetch_max_wait_ms, settings.broker_fetch_behind_wait_ms
+    max_ms = min(behind_ms * 2**MAX_DOUBLINGS, int(settings.broker_request_timeout_s * 1000 / 2))
 
     class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         def _create_worker_consumer(self, transport: Any) -> Any:
             consumer = super()._create_worker_consumer(transport)
-            consumer._fetch_max_wait_ms = fetch_max_wait_ms
+            consumer._fetch_max_wait_ms = short_ms
             return consumer
+
+        async def on_start(self) -> None:  # the consumer makes its fetcher when it starts
+            await super().on_start()
+            wait = FetchWait(short_ms, behind_ms, max_ms)
+            adapt_fetch_wait(self._ensure_consumer()._fetcher, wait)
 
         async def _commit(self, offsets: Mapping[TP, int]) -> bool:  # commit failures by our rules (brokerlink)
             return await guarded_commit(self, offsets)
@@ -255,7 +265,7 @@ def _faust_app(settings: Settings) -> faust.App:
         stream_wait_empty=False,
         logging_config=None,
     )
-    setattr(app.transport, "Consumer", _consumer_with_fetch_wait(settings.broker_fetch_max_wait_ms))  # noqa: B010
+    setattr(app.transport, "Consumer", _consumer_with_fetch_wait(settings))  # noqa: B010
     return app
 
 

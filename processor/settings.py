@@ -60,7 +60,14 @@ class Settings(BaseSettings):
     broker_heartbeat_interval_s: float = Field(1.0, gt=0, description="Consumer heartbeat interval.")
     broker_commit_interval_s: float = Field(1.0, gt=0, description="How often acked offsets are committed.")
     broker_fetch_max_wait_ms: int = Field(
-        50, ge=1, description="Longest wait of a consumer fetch; brokers like Tansu hold every fetch this long."
+        50, ge=1, description="Longest wait of a consumer fetch at the log end; Tansu holds a fetch up to this long."
+    )
+    broker_fetch_behind_wait_ms: int = Field(
+        500,
+        ge=1,
+        description="Longest wait of a consumer fetch while a partition is behind its log end: the broker's time "
+        "to read older records (Tansu on S3 returns none when a read takes longer). Doubled while the broker runs out "
+        "of it, up to 8 times (and half broker_request_timeout_s).",
     )
     broker_request_timeout_s: float = Field(
         30.0,
