@@ -97,11 +97,11 @@ def main(
         )
     report["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
     report["profile"] = profile
-    _print_table(report)
-    if json_path:
+    if json_path:  # first: a long run's figures survive a failing table
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=2) + "\n")
         say(f"wrote {json_path}")
+    _print_table(report)
     if plots_dir:
         from .plots import write_plots
 
@@ -132,7 +132,7 @@ async def _run(
         main_run = await run_pipeline(urls, image_urls, RunConfig(events, 1, batch_size, concurrency), workdir)
         say(f"  {main_run['images_per_s']} images/s")
         sweeps = await _sweeps(urls, image_urls, p, workdir, batch_size, concurrency)
-        paced, fixed_paced = await _paced(
+        paced, fixed_paced, previous_paced, method_paced = await _paced(
             urls, server, names, p, workdir, main_run["images_per_s"], batch_size, concurrency
         )
         batching = await _batching(urls, image_urls, p, workdir, batch_size, concurrency, paced, fixed_paced)
@@ -149,7 +149,7 @@ async def _run(
         "efficiency_vs_decode_inference": round(
             main_run["images_per_s"] / stages["decode_inference_limit_images_per_s"], 3
         ),
-        "latency_at_half_load": paced,
+        "latency_at_half_load": paced and _with_previous(paced, previous_paced, method_paced),
         "batching_policy": batching,
         "legacy_settings": legacy,
         "worker_cpu_ms_per_image": round(1000 * main_run["cpu_cores_used_by_workers"] / main_run["images_per_s"], 2),
@@ -254,11 +254,12 @@ async def _paced(
     max_rate: float,
     batch_size: int,
     concurrency: int,
-) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+) -> tuple[dict[str, Any] | None, ...]:
     """Latency at half the measured maximum with the default settings, then (side by side) with the fixed
-    batch delay instead of the latency budget."""
+    batch delay instead of the latency budget, with the defaults before this session's change, and with those
+    measured as before it (a new producer for each send of the paced stream)."""
     if not p["paced_s"]:
-        return None, None
+        return None, None, None, None
     rate = max(1.0, max_rate / 2)
     events = int(rate * p["paced_s"])
     say(f"latency at half load: {rate:.0f} events/s for {p['paced_s']} s, no CDN latency")
@@ -267,11 +268,18 @@ async def _paced(
     out: list[dict[str, Any]] = []
     try:
         urls_ = event_urls(server, names, events, 0.0, seed=13)
-        for overrides in ({}, FIXED_DELAY):
+        sides = (
+            ("latency budget", {}, False),
+            ("fixed delay", FIXED_DELAY, False),
+            ("previous defaults", PREVIOUS, False),
+            ("previous defaults, a producer per send", PREVIOUS, True),
+        )
+        for name, overrides, per_send in sides:
             config = RunConfig(events, 1, batch_size, concurrency, rate_per_s=rate, overrides=overrides)
+            config.producer_per_send = per_send
             run = await run_pipeline(urls, urls_, config, workdir)
             lat = run["latency_ms"]
-            say(f"  {'fixed delay' if overrides else 'latency budget'}: p50/p95 {lat['p50']}/{lat['p95']} ms")
+            say(f"  {name}: p50/p95 {lat['p50']}/{lat['p95']} ms")
             out.append(
                 {
                     "rate_per_s": round(rate, 1),
@@ -284,24 +292,41 @@ async def _paced(
             )
     finally:
         server.latency_s, server.jitter_s = saved
-    return out[0], out[1]
+    return out[0], out[1], out[2], out[3]
+
+
+def _with_previous(paced: dict[str, Any], *previous: dict[str, Any] | None) -> dict[str, Any]:
+    """The half-load run, with the same stream under the previous defaults beside it, measured now and as
+    before (a producer per send: the event's stamp included starting it)."""
+    keys = ("latency_ms", "stage_ms_p95", "batches_closed", "batch_size_histogram", "cpu_cores_used_by_workers")
+    defaults, method = previous
+    if defaults is None or method is None:
+        return paced
+    return paced | {
+        "previous_defaults": {"overrides": PREVIOUS, **{k: defaults[k] for k in keys}},
+        "previous_defaults_producer_per_send": {"overrides": PREVIOUS, **{k: method[k] for k in keys}},
+        "p95_ratio_default_previous": round(paced["latency_ms"]["p95"] / defaults["latency_ms"]["p95"], 3),
+        "p95_ratio_default_previous_method": round(paced["latency_ms"]["p95"] / method["latency_ms"]["p95"], 3),
+    }
 
 
 FIXED_DELAY = {"batch_latency_budget_ms": 0}  # the batcher before the latency budget: size or delay only
-# The worker as it was before issue 23, as far as settings reach: ONNX Runtime with spinning threads, asyncio's
-# loop, the fixed batch delay (not reachable by settings: ONNX Runtime's memory patterns, backfill priority).
-LEGACY = FIXED_DELAY | {"inference_runtime": "onnx", "inference_spin": True, "event_loop": "asyncio"}
+# The defaults this session changed (issue 23, third round), measured beside today's at half load and in a backlog.
+PREVIOUS: dict[str, Any] = {"inference_threads": 0}
+# The worker as it was before issue 23, as far as settings reach: ONNX Runtime with spinning threads, one per core,
+# asyncio's loop, the fixed batch delay (not reachable by settings: ONNX Runtime's memory patterns, backfill priority).
+LEGACY = FIXED_DELAY | PREVIOUS | {"inference_runtime": "onnx", "inference_spin": True, "event_loop": "asyncio"}
 
 
 async def _legacy(
     urls: StackUrls, image_urls: list[str], p: dict[str, Any], workdir: Path, batch_size: int, concurrency: int
 ) -> dict[str, Any]:
-    """A backlog with today's defaults and with the legacy settings, side by side (default first)."""
+    """A backlog with today's defaults, the previous ones and the legacy settings, side by side (default first)."""
     n = int(p["sweep"])
     if not n:
         return {}
     runs: dict[str, dict[str, Any]] = {}
-    for name, overrides in (("default", {}), ("legacy", LEGACY)):
+    for name, overrides in (("default", {}), ("previous_defaults", PREVIOUS), ("legacy", LEGACY)):
         say(f"settings before and after issue 23, backlog of {n}: {name}")
         run = await run_pipeline(
             urls, image_urls, RunConfig(n, 1, batch_size, concurrency, overrides=overrides), workdir
@@ -314,6 +339,10 @@ async def _legacy(
         "legacy_overrides": LEGACY,
         **runs,
         "images_per_s_ratio_default_legacy": round(runs["default"]["images_per_s"] / runs["legacy"]["images_per_s"], 3),
+        "previous_overrides": PREVIOUS,
+        "images_per_s_ratio_default_previous": round(
+            runs["default"]["images_per_s"] / runs["previous_defaults"]["images_per_s"], 3
+        ),
     }
 
 
@@ -366,8 +395,9 @@ async def _features(
     rate, seconds = max(2.0, max_rate / 4), float(p["daily_s"])
     backlog = max(50, int(2 * max_rate * seconds))
     say(f"backfill: daily events at {rate:.0f}/s for {seconds:.0f} s, without and with {backlog} backfill events")
-    bf = await features.backfill(urls, server, names, config, workdir, rate, seconds, backlog)
-    say(f"  daily p95 x{bf['p95_ratio_with_without']} with the backlog")
+    bf = await features.backfill_shapes(urls, server, names, config, workdir, (rate, max_rate), seconds, backlog)
+    for shape, run in bf["shapes"].items():
+        say(f"  {shape}: {run['backfill_share_of_spare']} of the spare, daily p95 x{run['p95_ratio_with_without']}")
     say(f"revalidation: two passes over {p['revalidate']} URLs, CDN with and without ETags")
     reval = await features.revalidation(urls, server, names, replace(config, events=int(p["revalidate"])), workdir)
     say(f"  second pass: {reval['bytes_saved_percent']} % fewer bytes, {reval['second_pass_speedup']}x images/s")
@@ -405,10 +435,23 @@ def _print_table(r: dict[str, Any]) -> None:
     bp = r.get("batching_policy", {})
     if "half_load" in bp:
         rows.append(("half-load p95 budget / fixed delay", bp["half_load"]["p95_ratio_budget_fixed"]))
+    if r.get("latency_at_half_load"):
+        h = r["latency_at_half_load"]
+        sides = (
+            ("previous_defaults", "p95_ratio_default_previous"),
+            ("previous_defaults_producer_per_send", "p95_ratio_default_previous_method"),
+        )
+        for key, ratio in sides:
+            if key in h:
+                before = "/".join(str(v) for v in h[key]["latency_ms"].values())
+                rows.append((f"half-load p50/p95/p99 ms, {key}", f"{before} (p95 now / then: {h[ratio]})"))
     if "backlog" in bp:
         rows.append(("backlog images/s budget / fixed delay", bp["backlog"]["images_per_s_ratio_budget_fixed"]))
     if r.get("legacy_settings"):
         rows.append(("images/s default / legacy settings", r["legacy_settings"]["images_per_s_ratio_default_legacy"]))
+        rows.append(
+            ("images/s default / previous defaults", r["legacy_settings"]["images_per_s_ratio_default_previous"])
+        )
     rows.append(("inference alone by runtime images/s", st["inference_by_runtime"]))
     for workers, run in r.get("by_workers", {}).items():
         rows.append((f"{workers} worker(s) images/s", run["images_per_s"]))
@@ -435,6 +478,13 @@ def _feature_rows(r: dict[str, Any]) -> list[tuple[str, Any]]:
             f"{without['p50']}/{without['p95']} / {with_['p50']}/{with_['p95']} (p95 x{bf['p95_ratio_with_without']})",
         ),
         ("backfill events done meanwhile", f"{bf['with_backlog']['backfill_done_meanwhile']} of {bf['backlog']}"),
+        *(
+            (
+                f"backfill {shape}: share of spare, daily p95 ratio",
+                f"{run['backfill_share_of_spare']}, x{run['p95_ratio_with_without']}",
+            )
+            for shape, run in bf["shapes"].items()
+        ),
         (
             "2nd pass KB / images/s: ETags / none",
             f"{etags['bytes_downloaded'] // 1024} / {plain['bytes_downloaded'] // 1024} KB, "

@@ -16,12 +16,13 @@ import aiohttp
 import numpy as np
 import orjson
 import psutil
+from aiokafka import AIOKafkaProducer
 
 from processor.dev.harness import WorkerProcess, isolated_settings, wait_ready
 from processor.dev.stack import StackUrls, free_port, stop_processes
 from processor.settings import Settings
 from processor.store import PostgresStore
-from processor.topics import ensure_topics, produce_lines, read_topic
+from processor.topics import bootstrap, ensure_topics, event_key, produce_lines, read_topic
 
 DONE_TIMEOUT_S = 900  # longest wait for a run's events (or listing states) to be stored
 
@@ -38,6 +39,8 @@ class RunConfig:
     rate_per_s: float | None = None  # None: the whole backlog at once (throughput); else paced (latency)
     wait_listings: bool = False  # also wait until the listing actor has caught up, and say when it did
     overrides: dict[str, Any] = field(default_factory=dict)
+    per_worker: tuple[dict[str, Any], ...] = ()  # settings of each worker on top (one worker per entry)
+    producer_per_send: bool = False  # paced: a new producer for each send, as before issue 23's third round
 
 
 def run_settings(urls: StackUrls, config: RunConfig) -> Settings:
@@ -70,14 +73,16 @@ class Workers:
 
 @contextlib.asynccontextmanager
 async def running_workers(urls: StackUrls, config: RunConfig, workdir: Path) -> AsyncIterator[Workers]:
-    """``config.workers`` ready workers on topics and a table of their own; stopped on exit."""
+    """``config.workers`` ready workers (or one per ``config.per_worker``) on topics and a table of their own;
+    stopped on exit."""
     settings = run_settings(urls, config)
     await ensure_topics(settings.broker_url, settings.topics, settings.topic_partitions)
-    ports = [free_port() for _ in range(config.workers)]
-    logs = [workdir / f"{settings.consumer_group}-{i}.log" for i in range(config.workers)]
+    each = config.per_worker or ({},) * config.workers
+    ports = [free_port() for _ in each]
+    logs = [workdir / f"{settings.consumer_group}-{i}.log" for i in range(len(each))]
     workers = [
-        WorkerProcess(settings.with_overrides(metrics_port=p, log_level="INFO"), log)
-        for p, log in zip(ports, logs, strict=True)
+        WorkerProcess(settings.with_overrides(metrics_port=p, log_level="INFO", **extra), log)
+        for p, log, extra in zip(ports, logs, each, strict=True)
     ]
     procs = [w.proc for w in workers]
     store = PostgresStore(settings.postgres_dsn, settings.postgres_table)
@@ -93,14 +98,16 @@ async def running_workers(urls: StackUrls, config: RunConfig, workdir: Path) -> 
 async def run_pipeline(urls: StackUrls, image_urls: list[str], config: RunConfig, workdir: Path) -> dict[str, Any]:
     """Stream ``config.events`` events through ``config.workers`` workers and measure everything."""
     async with running_workers(urls, config, workdir) as w:
-        cpu0 = _cpu_seconds(w.procs)
+        cpu0 = cpu_seconds(w.procs)
         started = time.time()
         rss = _RssSampler(w.procs)
         sampler = asyncio.create_task(rss.run())
-        await produce_events(w.settings, w.fresh(image_urls[: config.events]), config.rate_per_s)
+        await produce_events(
+            w.settings, w.fresh(image_urls[: config.events]), config.rate_per_s, per_send=config.producer_per_send
+        )
         await wait_done(w, config.events)
         sampler.cancel()
-        cpu_s = _cpu_seconds(w.procs) - cpu0
+        cpu_s = cpu_seconds(w.procs) - cpu0
         batches = await _scrape(w.ports)
         listings = await _wait_listings(w, config.events, started) if config.wait_listings else {}
         measured = await _measure(w.settings, w.store, config, started, cpu_s, batches)
@@ -108,10 +115,16 @@ async def run_pipeline(urls: StackUrls, image_urls: list[str], config: RunConfig
 
 
 async def produce_events(
-    settings: Settings, urls: list[str], rate_per_s: float | None = None, prefix: str = "img-", topic: str = ""
+    settings: Settings,
+    urls: list[str],
+    rate_per_s: float | None = None,
+    prefix: str = "img-",
+    topic: str = "",
+    per_send: bool = False,
 ) -> None:
     """One event per URL onto ``topic`` (default: the input topic), image ids ``{prefix}{i}``, twelve
-    images a listing; all at once, or paced at ``rate_per_s`` with each stamped when it is sent."""
+    images a listing; all at once, or paced at ``rate_per_s`` through one running producer (as a feed's
+    would be; ``per_send``: a new one for each send), each event stamped just before it is sent."""
 
     def line(i: int, url: str) -> bytes:
         return orjson.dumps(
@@ -129,10 +142,19 @@ async def produce_events(
         await produce_lines(settings.broker_url, topic, [line(i, u) for i, u in enumerate(urls)])
         return
     chunk = max(1, int(rate_per_s / 20))  # 20 sends a second
-    start = time.monotonic()
-    for k in range(0, len(urls), chunk):
-        await asyncio.sleep(max(0.0, start + k / rate_per_s - time.monotonic()))
-        await produce_lines(settings.broker_url, topic, [line(i, urls[i]) for i in range(k, min(k + chunk, len(urls)))])
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(settings.broker_url), acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        start = time.monotonic()
+        for k in range(0, len(urls), chunk):
+            await asyncio.sleep(max(0.0, start + k / rate_per_s - time.monotonic()))
+            lines = [line(i, urls[i]) for i in range(k, min(k + chunk, len(urls)))]
+            if per_send:  # the stamp then includes starting a producer (connect, metadata) for each send
+                await produce_lines(settings.broker_url, topic, lines)
+                continue
+            await asyncio.gather(*[await producer.send(topic, v, key=event_key(v)) for v in lines])
+    finally:
+        await producer.stop()
 
 
 async def wait_done(w: Workers, expected: int, prefix: str = "") -> None:
@@ -207,7 +229,8 @@ class _RssSampler:
         }
 
 
-def _cpu_seconds(procs: list[Any]) -> float:
+def cpu_seconds(procs: list[Any]) -> float:
+    """CPU time the processes used so far (with their children), in seconds."""
     total = 0.0
     for proc in procs:
         try:
@@ -251,7 +274,7 @@ async def _measure(
     cache = Counter(str(o["cache"]) for o in outputs)
     wall = finished - started
     return {
-        "config": {k: v for k, v in config.__dict__.items() if k not in ("overrides", "wait_listings")}
+        "config": {k: v for k, v in config.__dict__.items() if k not in ("overrides", "wait_listings", "per_worker")}
         | config.overrides,
         "events": config.events,
         "classified": len(rows),

@@ -1,7 +1,8 @@
 """Three features, each measured side by side with a run without it, in one benchmark run:
 
 - ``listing_actor``: end-to-end images/s with the listing actor (the second agent) on and off;
-- ``backfill``: latency of paced daily events with and without a large backlog on the backfill topic;
+- ``backfill``: latency of paced daily events with and without a large backlog on the backfill topic, and the
+  backfill's rate meanwhile, with backfill in the daily worker's process and in an idle-priority worker beside it;
 - ``revalidation``: a second pass over the same URLs, answered 304 (ETags) or downloaded again (no ETags).
 """
 
@@ -22,6 +23,7 @@ from .cdn import event_urls
 from .e2e import (
     RunConfig,
     Workers,
+    cpu_seconds,
     latencies_ms,
     percentiles_ms,
     produce_events,
@@ -59,19 +61,49 @@ async def listing_actor(
     }
 
 
+# How backfill shares a machine with the daily events: in the daily worker's process after them (one worker,
+# role all), or in a worker of its own at idle CPU priority beside a daily worker (the deployment of
+# docs/operations/backfill.md: role daily and role backfill, which runs at SCHED_IDLE).
+BACKFILL_SHAPES: dict[str, tuple[dict[str, Any], ...]] = {
+    "in_process": ({"worker_role": "all"},),
+    "idle_worker": ({"worker_role": "daily"}, {"worker_role": "backfill"}),
+}
+
+
+async def backfill_shapes(
+    urls: StackUrls,
+    server: ImageServer,
+    names: list[str],
+    config: RunConfig,
+    workdir: Path,
+    rates: tuple[float, float],
+    daily_s: float,
+    backlog: int,
+) -> dict[str, Any]:
+    """``backfill`` in each shape, side by side (``rates``: the daily rate and one worker's maximum); the
+    figures of the idle worker's shape at the top, both shapes under ``shapes``."""
+    shapes = {
+        shape: await backfill(urls, server, names, replace(config, per_worker=each), workdir, rates, daily_s, backlog)
+        for shape, each in BACKFILL_SHAPES.items()
+    }
+    return shapes["idle_worker"] | {"shape": "idle_worker", "shapes": shapes}
+
+
 async def backfill(
     urls: StackUrls,
     server: ImageServer,
     names: list[str],
     config: RunConfig,
     workdir: Path,
-    daily_rate: float,
+    rates: tuple[float, float],
     daily_s: float,
     backlog: int,
 ) -> dict[str, Any]:
-    """Daily events paced at ``daily_rate`` on the input topic, first alone (ids ``calm-``), then again (ids
-    ``busy-``) just after ``backlog`` events (ids ``bf-``) were produced onto the backfill topic. One worker for
-    both, warmed up first, so neither side pays the cold start; latencies are read from Postgres."""
+    """Daily events paced at ``rates[0]`` on the input topic, first alone (ids ``calm-``), then again (ids
+    ``busy-``) just after ``backlog`` events (ids ``bf-``) were produced onto the backfill topic. The workers
+    of ``config`` (warmed up first, so neither side pays the cold start) take both; latencies are read from
+    Postgres. The spare capacity is one worker's maximum (``rates[1]``) less the daily rate."""
+    daily_rate, max_rate = rates
     daily = event_urls(server, names, max(1, int(daily_rate * daily_s)), 0.0, seed=17)
     out: dict[str, Any] = {"daily_events": len(daily), "daily_rate_per_s": round(daily_rate, 1), "backlog": backlog}
     async with running_workers(urls, config, workdir) as w:
@@ -79,7 +111,9 @@ async def backfill(
         calm = await _paced(w, _variants(daily, "calm"), daily_rate, "calm-")
         backfill_urls = _variants(event_urls(server, names, backlog, 0.0, seed=19), "bf")
         await produce_events(w.settings, w.fresh(backfill_urls), prefix="bf-", topic=w.settings.backfill_topic)
+        cpu0 = [cpu_seconds([p]) for p in w.procs]
         busy = await _paced(w, _variants(daily, "busy"), daily_rate, "busy-")
+        cpu_s = [cpu_seconds([p]) - c for p, c in zip(w.procs, cpu0, strict=True)]
         done = await w.store.pool.fetchval(
             f'SELECT count(*) FROM "{w.store.table}" WHERE starts_with(image_id, $1) AND classified_at <= $2',
             "bf-",
@@ -88,7 +122,12 @@ async def backfill(
     wall_s = busy["finished"].timestamp() - busy["started"]
     for label, run in (("without_backlog", calm), ("with_backlog", busy)):
         out[label] = {"daily_latency_ms": run["latency_ms"]}
+    spare = max(1.0, max_rate - daily_rate)
     out["with_backlog"] |= {"backfill_done_meanwhile": done, "backfill_images_per_s": round(done / wall_s, 1)}
+    out["workers"] = list(config.per_worker) or [{}] * config.workers
+    out["with_backlog"]["cpu_cores_by_worker"] = [round(c / wall_s, 2) for c in cpu_s]
+    out["spare_images_per_s"] = round(spare, 1)
+    out["backfill_share_of_spare"] = round(done / wall_s / spare, 3)
     out["p95_ratio_with_without"] = round(busy["latency_ms"]["p95"] / calm["latency_ms"]["p95"], 2)
     out["p50_ratio_with_without"] = round(busy["latency_ms"]["p50"] / calm["latency_ms"]["p50"], 2)
     return out
