@@ -34,7 +34,8 @@ ROOT = Path(__file__).parents[1]
 K8S = ROOT / "deploy" / "k8s"
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboard.json"
-OVERLAYS = ("keda", "hpa", "model-server", "model-server-gpu")
+OVERLAYS = ("keda", "hpa", "model-server", "model-server-gpu", "keda-backfill-worker")
+BACKFILL_OVERLAY = "keda-backfill-worker"
 MODEL_SERVER_OVERLAYS = ("model-server", "model-server-gpu")
 MODEL_SERVER = "listing-image-model-server"
 KUBERNETES_VERSION = "1.30.0"
@@ -281,9 +282,12 @@ def test_only_one_autoscaler_per_overlay(base: list[dict[str, Any]], overlay: tu
     name, objects = overlay
     assert not by_kind(base, "ScaledObject") and not by_kind(base, "HorizontalPodAutoscaler")
     autoscalers = [o["kind"] for o in objects if o["kind"] in {"ScaledObject", "HorizontalPodAutoscaler"}]
-    assert autoscalers == [{"hpa": "HorizontalPodAutoscaler"}.get(name, "ScaledObject")]
+    deployments = [WORKER, f"{WORKER}-backfill"] if name == BACKFILL_OVERLAY else [WORKER]
+    assert autoscalers == [{"hpa": "HorizontalPodAutoscaler"}.get(name, "ScaledObject")] * len(deployments)
+    targets = [o["spec"]["scaleTargetRef"]["name"] for o in by_kind(objects, "ScaledObject")]
+    assert name == "hpa" or targets == deployments  # one autoscaler per Deployment
     # The autoscaler owns the count; a replicas field would reset it on every apply.
-    assert "replicas" not in one(objects, "Deployment", WORKER)["spec"]
+    assert all("replicas" not in one(objects, "Deployment", d)["spec"] for d in deployments)
 
 
 def test_autoscalers_stop_at_the_partition_count(config: dict[str, str]) -> None:
@@ -308,6 +312,42 @@ def test_keda_reads_the_lag_of_the_workers_group_and_topics(config: dict[str, st
         assert meta["bootstrapServers"] == bootstrap(config["PROCESSOR_BROKER_URL"])
         assert int(meta["lagThreshold"]) > 0
         assert meta["allowIdleConsumers"] == "false"  # never a worker without a partition
+
+
+def test_backfill_workers_have_their_own_group_role_and_a_small_cpu_weight(
+    keda_validator: jsonschema.protocols.Validator,
+) -> None:
+    """The keda-backfill-worker overlay: daily workers on the input topic, backfill workers on the backfill
+    topic as the backfill role's group, Burstable with a small CPU request, each scaled on its own lag."""
+    objects = render(K8S / "overlays" / BACKFILL_OVERLAY)
+    config = one(objects, "ConfigMap")["data"]
+    daily_deployment, backfill_deployment = (one(objects, "Deployment", d) for d in (WORKER, f"{WORKER}-backfill"))
+    daily = _settings_of(config)
+    backfill = _settings_of(config, _worker_container(backfill_deployment)["env"])
+    assert (daily.worker_role, daily.idle_cpu) == ("daily", False)
+    assert (backfill.worker_role, backfill.idle_cpu) == ("backfill", True)
+    labels = backfill_deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "backfill-worker"  # not selected by the Service or the PDB
+    for selector in (
+        one(objects, "Service")["spec"]["selector"],
+        one(objects, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+    ):
+        assert not selector.items() <= labels.items()
+    resources = _worker_container(backfill_deployment)["resources"]
+    assert _quantity(resources["requests"]["cpu"]) <= 0.25 * _quantity(resources["limits"]["cpu"])
+    assert _quantity(resources["limits"]["cpu"]) == backfill.decode_threads
+    assert resources == _worker_container(daily_deployment)["resources"] | {"requests": resources["requests"]}
+    by_target = {o["spec"]["scaleTargetRef"]["name"]: o for o in by_kind(objects, "ScaledObject")}
+    for deployment, settings in ((WORKER, daily), (f"{WORKER}-backfill", backfill)):
+        scaled = by_target[deployment]
+        assert not list(keda_validator.iter_errors(scaled))
+        (trigger,) = scaled["spec"]["triggers"]
+        assert (trigger["metadata"]["consumerGroup"], trigger["metadata"]["topic"]) == (
+            settings.group_id,
+            settings.consumed_topic,
+        )
+        assert scaled["spec"]["maxReplicaCount"] == settings.topic_partitions
+    assert by_target[f"{WORKER}-backfill"]["spec"]["minReplicaCount"] == 0
 
 
 def test_hpa_scales_on_the_lag_metric_the_adapter_serves() -> None:
@@ -389,7 +429,7 @@ def test_pods_run_non_root_on_a_read_only_root(
     assert len(dict(_pod_specs(base))) == 3
     overlay_name, objects = overlay
     specs = dict(_pod_specs(objects))
-    assert len(specs) == (4 if overlay_name in MODEL_SERVER_OVERLAYS else 3)
+    assert len(specs) == (4 if overlay_name in (*MODEL_SERVER_OVERLAYS, BACKFILL_OVERLAY) else 3)
     for name, spec in specs.items():
         pod = spec["securityContext"]
         assert pod["runAsNonRoot"] is True and pod["runAsUser"] > 0, name
