@@ -224,7 +224,7 @@ def test_export_triton_writes_a_repository_that_tritons_schema_and_server_accept
     assert (folder / LABELS_FILE).read_text().split() == list(SHIPPED.positions)
     config = parse_config((folder / CONFIG_FILE).read_text())  # Triton's model_config.proto, text format
     assert (config.backend, config.max_batch_size) == ("onnxruntime", 64)
-    assert list(config.input[0].dims) == [144, 144, 3] and config.input[0].data_type == 2  # TYPE_UINT8
+    assert list(config.input[0].dims) == [*SHIPPED.input_size[::-1], 3] and config.input[0].data_type == 2  # TYPE_UINT8
     assert list(config.dynamic_batching.preferred_batch_size) == [8, 16, 32]
     assert config.instance_group[0].kind == 1  # KIND_GPU
     assert read_served(folder)[3].generation == 2

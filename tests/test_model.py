@@ -18,7 +18,7 @@ from processor.ml.evaluate import evaluate
 from processor.ml.report import best_threshold, roc_auc
 from processor.ml.synth import banners
 from processor.ml.train import TrainOptions, train
-from processor.model import Classifier, ModelInfo
+from processor.model import ONNX_FILE, Classifier, ModelInfo
 from processor.settings import DEFAULT_MODEL_DIR
 
 # Measured on this set when the model shipped (README, "The model"), less a margin: a retrained model
@@ -174,7 +174,10 @@ def test_fine_tuning_the_upper_backbone_blocks(tmp_path: Path) -> None:
     options = TrainOptions(
         epochs=1, seed=5, input_size=96, backbone="efficientnet-lite0", tune_from=14, version="0.0.3-test", verbose=0
     )
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / ONNX_FILE).write_bytes(b"an export of an earlier model")
     train(data, tmp_path / "model", options)
+    assert not (tmp_path / "model" / ONNX_FILE).exists()  # would be served in place of the new model.keras
     import keras
 
     tuned = keras.models.load_model(tmp_path / "model" / "model.keras", safe_mode=True)
@@ -202,7 +205,7 @@ def test_fine_tuning_the_upper_backbone_blocks(tmp_path: Path) -> None:
 def test_onnx_runtime_scores_like_keras_and_int8_records_its_agreement(tmp_path: Path) -> None:
     pytest.importorskip("tf2onnx", reason="pip install tf2onnx (train extra)")
     from processor.ml.onnx_export import export_onnx
-    from processor.model import ONNX_FILE, choose_runtime
+    from processor.model import choose_runtime
 
     model = tmp_path / "model"  # the compact CNN: the export works the same for any model, and it is small
     shutil.copytree(DEFAULT_MODEL_DIR.parent / "cnn", model, ignore=shutil.ignore_patterns(ONNX_FILE))

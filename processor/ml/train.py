@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..model import METADATA_FILE, MODEL_FILE, ModelInfo
+from ..model import METADATA_FILE, MODEL_FILE, ONNX_FILE, ModelInfo
 from .architecture import BACKBONES, build_backbone, build_model
 from .dataset import NO_POSITION, Labelled, data_hash, load_arrays, read_labels
 from .report import best_threshold, build_report, write_report
@@ -335,6 +335,7 @@ def write_model_dir(model: Any, p: Prepared, sources: Sequence[Path], out: Path,
         f"validation split: {len(val)} images",
     )
     out.mkdir(parents=True, exist_ok=True)
+    (out / ONNX_FILE).unlink(missing_ok=True)  # an export of an earlier model would be served in its place
     model.save(out / MODEL_FILE)
     metadata = {
         "name": name,
