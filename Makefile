@@ -95,7 +95,7 @@ CALIBRATION_SETS := --data $(MODEL_WORK)/calib --data $(MODEL_WORK)/calib-render
 # vs 0.882, banner 0.794 vs 0.783.
 REAL_PHOTOS ?= data/real-photos/photos
 REAL := $(MODEL_WORK)/real
-REAL_RECIPE := --backbone efficientnet-lite0 --tune-from 9 --input-size 144 --balance-positions --epochs 20 --seed 20
+REAL_RECIPE := --backbone efficientnet-lite0 --tune-from 9 --input-size 176 --balance-positions --epochs 20 --seed 21
 PREVIOUS_MODEL ?= processor/models/synthetic
 corpus: $(STAMP) ## download the real photos of data/real-photos/manifest.csv into REAL_PHOTOS (SHA-256 checked)
 	$(BIN)/processor corpus fetch --photos $(REAL_PHOTOS)
