@@ -95,7 +95,13 @@ def main(
                 fetch_concurrency,
             )
         )
-    report["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    report["machine"] = {
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_at_end": [round(v, 2) for v in os.getloadavg()],  # the host is shared: how busy it was
+    }
     report["profile"] = profile
     if json_path:  # first: a long run's figures survive a failing table
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +138,7 @@ async def _run(
         main_run = await run_pipeline(urls, image_urls, RunConfig(events, 1, batch_size, concurrency), workdir)
         say(f"  {main_run['images_per_s']} images/s")
         sweeps = await _sweeps(urls, image_urls, p, workdir, batch_size, concurrency)
-        paced, fixed_paced, previous_paced, method_paced = await _paced(
+        paced, fixed_paced, one_thread_paced, per_send_paced = await _paced(
             urls, server, names, p, workdir, main_run["images_per_s"], batch_size, concurrency
         )
         batching = await _batching(urls, image_urls, p, workdir, batch_size, concurrency, paced, fixed_paced)
@@ -149,7 +155,7 @@ async def _run(
         "efficiency_vs_decode_inference": round(
             main_run["images_per_s"] / stages["decode_inference_limit_images_per_s"], 3
         ),
-        "latency_at_half_load": paced and _with_previous(paced, previous_paced, method_paced),
+        "latency_at_half_load": paced and _with_previous(paced, one_thread_paced, per_send_paced),
         "batching_policy": batching,
         "legacy_settings": legacy,
         "worker_cpu_ms_per_image": round(1000 * main_run["cpu_cores_used_by_workers"] / main_run["images_per_s"], 2),
@@ -271,8 +277,8 @@ async def _paced(
         sides = (
             ("latency budget", {}, False),
             ("fixed delay", FIXED_DELAY, False),
-            ("previous defaults", PREVIOUS, False),
-            ("previous defaults, a producer per send", PREVIOUS, True),
+            ("one inference thread", ONE_THREAD, False),
+            ("a producer per send", {}, True),
         )
         for name, overrides, per_send in sides:
             config = RunConfig(events, 1, batch_size, concurrency, rate_per_s=rate, overrides=overrides)
@@ -295,38 +301,38 @@ async def _paced(
     return out[0], out[1], out[2], out[3]
 
 
-def _with_previous(paced: dict[str, Any], *previous: dict[str, Any] | None) -> dict[str, Any]:
-    """The half-load run, with the same stream under the previous defaults beside it, measured now and as
-    before (a producer per send: the event's stamp included starting it)."""
+def _with_previous(paced: dict[str, Any], *others: dict[str, Any] | None) -> dict[str, Any]:
+    """The half-load run, with the same stream beside it on one inference thread, and measured as before this
+    round (a producer per send: each event's stamp included starting it)."""
     keys = ("latency_ms", "stage_ms_p95", "batches_closed", "batch_size_histogram", "cpu_cores_used_by_workers")
-    defaults, method = previous
-    if defaults is None or method is None:
+    one_thread, per_send = others
+    if one_thread is None or per_send is None:
         return paced
     return paced | {
-        "previous_defaults": {"overrides": PREVIOUS, **{k: defaults[k] for k in keys}},
-        "previous_defaults_producer_per_send": {"overrides": PREVIOUS, **{k: method[k] for k in keys}},
-        "p95_ratio_default_previous": round(paced["latency_ms"]["p95"] / defaults["latency_ms"]["p95"], 3),
-        "p95_ratio_default_previous_method": round(paced["latency_ms"]["p95"] / method["latency_ms"]["p95"], 3),
+        "one_inference_thread": {"overrides": ONE_THREAD, **{k: one_thread[k] for k in keys}},
+        "producer_per_send": {k: per_send[k] for k in keys},
+        "p95_ratio_default_one_thread": round(paced["latency_ms"]["p95"] / one_thread["latency_ms"]["p95"], 3),
+        "p95_ratio_default_producer_per_send": round(paced["latency_ms"]["p95"] / per_send["latency_ms"]["p95"], 3),
     }
 
 
 FIXED_DELAY = {"batch_latency_budget_ms": 0}  # the batcher before the latency budget: size or delay only
-# The defaults this session changed (issue 23, third round), measured beside today's at half load and in a backlog.
-PREVIOUS: dict[str, Any] = {"inference_threads": 0}
-# The worker as it was before issue 23, as far as settings reach: ONNX Runtime with spinning threads, one per core,
-# asyncio's loop, the fixed batch delay (not reachable by settings: ONNX Runtime's memory patterns, backfill priority).
-LEGACY = FIXED_DELAY | PREVIOUS | {"inference_runtime": "onnx", "inference_spin": True, "event_loop": "asyncio"}
+# Tried in issue 23's third round and measured beside the defaults at half load and in a backlog.
+ONE_THREAD: dict[str, Any] = {"inference_threads": 1}
+# The worker as it was before issue 23, as far as settings reach: ONNX Runtime with spinning threads, asyncio's
+# loop, the fixed batch delay (not reachable by settings: ONNX Runtime's memory patterns, backfill priority).
+LEGACY = FIXED_DELAY | {"inference_runtime": "onnx", "inference_spin": True, "event_loop": "asyncio"}
 
 
 async def _legacy(
     urls: StackUrls, image_urls: list[str], p: dict[str, Any], workdir: Path, batch_size: int, concurrency: int
 ) -> dict[str, Any]:
-    """A backlog with today's defaults, the previous ones and the legacy settings, side by side (default first)."""
+    """A backlog with today's defaults, on one inference thread and with the legacy settings, side by side."""
     n = int(p["sweep"])
     if not n:
         return {}
     runs: dict[str, dict[str, Any]] = {}
-    for name, overrides in (("default", {}), ("previous_defaults", PREVIOUS), ("legacy", LEGACY)):
+    for name, overrides in (("default", {}), ("one_inference_thread", ONE_THREAD), ("legacy", LEGACY)):
         say(f"settings before and after issue 23, backlog of {n}: {name}")
         run = await run_pipeline(
             urls, image_urls, RunConfig(n, 1, batch_size, concurrency, overrides=overrides), workdir
@@ -339,9 +345,9 @@ async def _legacy(
         "legacy_overrides": LEGACY,
         **runs,
         "images_per_s_ratio_default_legacy": round(runs["default"]["images_per_s"] / runs["legacy"]["images_per_s"], 3),
-        "previous_overrides": PREVIOUS,
-        "images_per_s_ratio_default_previous": round(
-            runs["default"]["images_per_s"] / runs["previous_defaults"]["images_per_s"], 3
+        "one_inference_thread_overrides": ONE_THREAD,
+        "images_per_s_ratio_default_one_thread": round(
+            runs["default"]["images_per_s"] / runs["one_inference_thread"]["images_per_s"], 3
         ),
     }
 
@@ -404,6 +410,15 @@ async def _features(
     return {"listing_actor": listing, "backfill": bf, "revalidation": reval}
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (hosts of one kind differ in it from day to day), where Linux says it."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
 def _brief(run: dict[str, Any]) -> dict[str, Any]:
     keys = ("images_per_s", "latency_ms", "batch_size_histogram", "batches_closed", "cpu_cores_used_by_workers")
     return {k: run[k] for k in keys}
@@ -438,19 +453,19 @@ def _print_table(r: dict[str, Any]) -> None:
     if r.get("latency_at_half_load"):
         h = r["latency_at_half_load"]
         sides = (
-            ("previous_defaults", "p95_ratio_default_previous"),
-            ("previous_defaults_producer_per_send", "p95_ratio_default_previous_method"),
+            ("one_inference_thread", "p95_ratio_default_one_thread"),
+            ("producer_per_send", "p95_ratio_default_producer_per_send"),
         )
         for key, ratio in sides:
             if key in h:
-                before = "/".join(str(v) for v in h[key]["latency_ms"].values())
-                rows.append((f"half-load p50/p95/p99 ms, {key}", f"{before} (p95 now / then: {h[ratio]})"))
+                other = "/".join(str(v) for v in h[key]["latency_ms"].values())
+                rows.append((f"half-load p50/p95/p99 ms, {key}", f"{other} (p95 default / it: {h[ratio]})"))
     if "backlog" in bp:
         rows.append(("backlog images/s budget / fixed delay", bp["backlog"]["images_per_s_ratio_budget_fixed"]))
     if r.get("legacy_settings"):
         rows.append(("images/s default / legacy settings", r["legacy_settings"]["images_per_s_ratio_default_legacy"]))
         rows.append(
-            ("images/s default / previous defaults", r["legacy_settings"]["images_per_s_ratio_default_previous"])
+            ("images/s default / one inference thread", r["legacy_settings"]["images_per_s_ratio_default_one_thread"])
         )
     rows.append(("inference alone by runtime images/s", st["inference_by_runtime"]))
     for workers, run in r.get("by_workers", {}).items():

@@ -120,11 +120,10 @@ class Settings(BaseSettings):
         "auto", description="The worker's event loop; auto: uvloop where it is installed, else asyncio's."
     )
     inference_threads: int = Field(
-        1,
+        0,
         ge=0,
         description="Threads of the in-worker runtime (OpenVINO, ONNX Runtime) for one batch; 0: the runtime's "
-        "default (one per core). One leaves the other cores to decoding and the event loop, and spends less CPU "
-        "per image than threads that wait for each other on a busy machine.",
+        "default (one per core). 1 spends less CPU per image on a busy host, but small batches wait longer.",
     )
     inference_spin: bool = Field(
         False,
