@@ -40,7 +40,7 @@ from numpy.typing import NDArray
 from processor.decode import Decoder
 from processor.inference import RemoteClassifier
 from processor.ml import synth
-from processor.model import Classifier
+from processor.model import Classifier, ModelInfo
 from processor.serving.server import ModelServer
 from processor.serving.triton import Endpoints
 from processor.settings import DEFAULT_MODEL_DIR, Settings
@@ -54,6 +54,15 @@ def photos(n: int, size: tuple[int, int]) -> list[NDArray[np.uint8]]:
         img = synth.render(rng, synth.POSITIONS[i % len(synth.POSITIONS)], i % 3 == 0, (640, 480))
         distinct.append(decoder.decode(synth.to_jpeg(img, 85), size).pixels)
     return [distinct[i % len(distinct)] for i in range(n)]
+
+
+def header(info: ModelInfo, images: list[NDArray[np.uint8]]) -> dict[str, Any]:
+    """What every result of this benchmark starts with: the host, the model and how many images."""
+    return {
+        "host": {"machine": platform.machine(), "python": platform.python_version()},
+        "model": f"{info.name} {info.version}",
+        "images": len(images),
+    }
 
 
 def summary(images: int, elapsed_s: float, latencies_s: list[float]) -> dict[str, float]:
@@ -166,9 +175,7 @@ async def sweep(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 await asyncio.to_thread(server.triton.stop)
     return {
-        "host": {"machine": platform.machine(), "python": platform.python_version()},
-        "model": f"{info.name} {info.version}",
-        "images": len(images),
+        **header(info, images),
         "worker_batch_size": args.worker_batch_size,
         "in_flight_per_worker": args.in_flight,
         "queue_delay_ms": args.queue_delay_ms,
@@ -222,9 +229,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             await asyncio.to_thread(server.triton.stop)
     return {
-        "host": {"machine": platform.machine(), "python": platform.python_version()},
-        "model": f"{info.name} {info.version}",
-        "images": len(images),
+        **header(info, images),
         "batch_size": args.batch_size,
         "results": results,
     }
