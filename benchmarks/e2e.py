@@ -205,17 +205,20 @@ class _RssSampler:
     def __init__(self, procs: list[Any]) -> None:
         self.procs = procs
         self.samples: list[float] = []
+        self.times: list[float] = []  # seconds since the first sample, one per sample
 
     async def run(self) -> None:
+        start = time.monotonic()
         while True:
             total = 0
             for proc in self.procs:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     total += psutil.Process(proc.pid).memory_info().rss
             self.samples.append(total / 2**20)
+            self.times.append(time.monotonic() - start)
             await asyncio.sleep(1.0)
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, Any]:
         if not self.samples:
             return {}
         late = self.samples[len(self.samples) // 2 :]  # after warm-up: the trend that matters
@@ -226,7 +229,17 @@ class _RssSampler:
             "max": round(max(self.samples)),
             "samples": len(self.samples),
             "mb_per_min_second_half": round(slope, 2),
-        }
+        } | self._minutes()
+
+    def _minutes(self) -> dict[str, Any]:
+        """RSS at each full minute (by the clock), and, for runs over 20 minutes, the slope over the last 20."""
+        times, samples = np.array(self.times), np.array(self.samples)
+        per_minute = [round(float(samples[np.argmax(times >= 60 * m)])) for m in range(int(times[-1] // 60) + 1)]
+        out: dict[str, Any] = {"per_minute": per_minute}
+        if times[-1] > 20 * 60:
+            last = times >= times[-1] - 20 * 60
+            out["mb_per_min_last_20_min"] = round(float(np.polyfit(times[last], samples[last], 1)[0]) * 60, 2)
+        return out
 
 
 def cpu_seconds(procs: list[Any]) -> float:
