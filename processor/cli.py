@@ -34,7 +34,6 @@ LAZY_COMMANDS = {
     "stack": "processor.dev.cli:stack",
     "synth": "processor.ml.cli:synth",
     "train": "processor.ml.cli:train",
-    "train-overlay": "processor.ml.cli:train_overlay",
 }
 
 SettingsCommand = Callable[..., Any]

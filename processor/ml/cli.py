@@ -306,40 +306,6 @@ def train(
     click.echo(json.dumps(meta["metrics"], indent=2))
 
 
-@click.command("train-overlay")
-@_model_option(required=True, help="The tuned EfficientNet-Lite0 model to add the branch to.")
-@_data_option("labels.csv sets to train the branch on (repeatable).", multiple=True)
-@click.option(
-    "--validation",
-    type=click.Path(path_type=Path, exists=True, file_okay=False),
-    required=True,
-    help="Labelled set for early stopping and the banner threshold (the corpus's calibration split).",
-)
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Model directory to write.")
-@click.option("--scale", default=2, show_default=True, help="The branch sees photos at this many times the base size.")
-@click.option("--epochs", default=12, show_default=True)
-@click.option("--seed", default=1, show_default=True)
-@click.option("--version", "model_version", default=None, help="Model version (default: date and time).")
-def train_overlay(
-    model_dir: Path,
-    data: tuple[Path, ...],
-    validation: Path,
-    out: Path,
-    scale: int,
-    epochs: int,
-    seed: int,
-    model_version: str | None,
-) -> None:
-    """Add a high-resolution overlay branch (small watermarks, stamps, logo plates) to a tuned model."""
-    from .overlay import OverlayOptions
-    from .overlay import train_overlay as run_training
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    options = OverlayOptions(scale=scale, epochs=epochs, seed=seed, version=model_version)
-    meta = run_training(model_dir, list(data), validation, out, options)
-    click.echo(json.dumps(meta["metrics"], indent=2))
-
-
 @click.command("export-onnx")
 @_model_option(required=True, help="Model directory to write model.onnx into.")
 @click.option(

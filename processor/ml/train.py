@@ -20,7 +20,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..model import METADATA_FILE, MODEL_FILE, ONNX_FILE, ModelInfo
-from . import overlay
 from .architecture import BACKBONES, build_backbone, build_model
 from .dataset import NO_POSITION, Labelled, data_hash, load_arrays, read_labels
 from .report import best_threshold, build_report, write_report
@@ -89,11 +88,7 @@ def train(data: Path | Sequence[Path], out: Path, options: TrainOptions | None =
         model = fit_tuned(prepared, opts)
     else:
         model = fit_transfer(prepared, opts)
-    branch = opts.init is not None and overlay.has_branch(ModelInfo.read(opts.init))
-    if branch:  # the labelling loop fine-tunes the shipped model: its positions and base banner head
-        assert opts.init is not None
-        model = overlay.reattach(model, opts.init)
-    return write_model_dir(model, prepared, sources, out, opts, branch_of=opts.init if branch else None)
+    return write_model_dir(model, prepared, sources, out, opts)
 
 
 MAX_CLASS_WEIGHT = 10.0
@@ -121,7 +116,7 @@ def prepare(sources: Sequence[Path], opts: TrainOptions) -> Prepared:
         unknown = {i.position for i in items} - {*info.positions, NO_POSITION}
         if unknown:
             raise ValueError(f"--init {opts.init}: positions {sorted(unknown)} unknown to it")
-        positions, size, initialized_from = info.positions, overlay.base_size(info), f"{info.name} {info.version}"
+        positions, size, initialized_from = info.positions, info.input_size, f"{info.name} {info.version}"
     y_banner = np.array([i.banner for i in items], dtype=np.float32)
     order = list(range(n_train))
     random.Random(opts.seed).shuffle(order)
@@ -235,7 +230,7 @@ def fit_tuned(p: Prepared, opts: TrainOptions) -> Any:
     else:  # fine-tune a tuned model further (e.g. on photos from the labelling loop)
         initial = keras.models.load_model(opts.init / MODEL_FILE, compile=False, safe_mode=True)
         frozen = initial.get_layer("frozen")
-        start = overlay.tuned_weights(initial)
+        start = {layer.name: layer.get_weights() for layer in initial.get_layer("tuned_top").layers if layer.weights}
         learning_rate = 1e-4
     frozen.trainable = False
     inputs = keras.Input((p.size[1], p.size[0], 3), dtype="uint8", name="image")
@@ -322,15 +317,10 @@ def _augmented(x: NDArray[np.uint8], seed: int) -> NDArray[np.uint8]:
     return np.concatenate(list(ds.batch(256).as_numpy_iterator()))
 
 
-def write_model_dir(
-    model: Any, p: Prepared, sources: Sequence[Path], out: Path, opts: TrainOptions, branch_of: Path | None = None
-) -> dict[str, Any]:
-    """Choose the banner threshold on the validation split; write model.keras, metadata.json, the report.
-    ``branch_of``: the model whose overlay branch ``model`` carries (it takes photos at the branch's size)."""
+def write_model_dir(model: Any, p: Prepared, sources: Sequence[Path], out: Path, opts: TrainOptions) -> dict[str, Any]:
+    """Choose the banner threshold on the validation split; write model.keras, metadata.json, the report."""
     val = p.val_idx
-    size = ModelInfo.read(branch_of).input_size if branch_of is not None else p.size
-    x_val = p.x[val] if size == p.size else load_arrays([p.items[i] for i in val], size)
-    pred = model.predict(x_val, batch_size=64, verbose=0)
+    pred = model.predict(p.x[val], batch_size=64, verbose=0)
     banner_scores = np.asarray(pred["banner"], dtype=np.float64).reshape(-1)
     threshold = best_threshold(banner_scores, p.y_banner[val].astype(np.int64))
     name = opts.name or ("listing-image-cnn" if opts.backbone == "cnn" else f"listing-image-{opts.backbone}")
@@ -353,10 +343,8 @@ def write_model_dir(
         **({"tune_from": opts.tune_from} if opts.tune_from is not None else {}),
         "version": version,
         "labels": {"banner": ["no_banner", "banner"], "position": list(p.positions)},
-        "input_size": list(size),
-        "preprocessing": "RGB uint8, resized (stretched) to input_size; the model rescales to [-1, 1]"
-        + (f" and halves the photo for positions ({p.size[0]} px)" if branch_of is not None else ""),
-        **({"overlay_branch": ModelInfo.read(branch_of).raw["overlay_branch"]} if branch_of is not None else {}),
+        "input_size": list(p.size),
+        "preprocessing": "RGB uint8, resized (stretched) to input_size; the model rescales to [-1, 1]",
         "banner_threshold": threshold,
         "training": {
             "data": [str(source) for source in sources],
