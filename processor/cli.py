@@ -28,6 +28,7 @@ LAZY_COMMANDS = {
     "evaluate-real": "processor.ml.cli:evaluate_real",
     "export-onnx": "processor.ml.cli:export_onnx",
     "real-cars": "processor.ml.cli:real_cars",
+    "quantize": "processor.ml.cli:quantize",
     "render": "processor.ml.cli:render",
     "serve-model": "processor.serving.cli:serve_model",
     "export-triton": "processor.serving.cli:export_triton",

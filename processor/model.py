@@ -6,7 +6,8 @@ prediction per image, or raises; it is called from a worker thread.
 Three runtimes run the same model: Keras (any backend; the one for GPU hosts, e.g. JAX), ONNX Runtime
 on the ``model.onnx`` that ``processor export-onnx`` writes beside model.keras (about 2x faster on CPUs,
 and int8 where the model was quantized), and OpenVINO on the same file (in bfloat16 on CPUs that have it,
-about 2x faster again on an AVX-512 BF16 EPYC; real-photo accuracy measured in docs/model/benchmarks.md).
+about 2x faster again on an AVX-512 BF16 EPYC; real-photo accuracy measured in docs/model/benchmarks.md),
+or on ``model-int8.xml`` where ``processor quantize`` wrote one (int8 by NNCF; ~1.3x bf16 there).
 ``runtime="auto"`` takes OpenVINO, else ONNX Runtime, when the file is there and the package is installed.
 """
 
@@ -27,6 +28,7 @@ from .errors import ModelError
 
 MODEL_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
+INT8_FILE = "model-int8.xml"  # with model-int8.bin: model.onnx quantized to int8 by NNCF (processor quantize)
 METADATA_FILE = "metadata.json"
 RUNTIMES = ("auto", "keras", "onnx", "openvino")
 UNSURE = "unsure"  # the position when the top score is below the model's position_floor
@@ -174,12 +176,18 @@ class Classifier:
         self.generation = 0  # the registry's promotion order this model runs under (0: not from the registry)
         self.banner_threshold = self.info.banner_threshold if banner_threshold is None else banner_threshold
         self.runtime = choose_runtime(model_dir, runtime)
+        self.precision = "f32"  # what the runtime computes in (OpenVINO: see below)
         if self.runtime == "onnx":
             self._model: Any = None
             self._call = _onnx_call(model_dir / ONNX_FILE, threads, spin)
         elif self.runtime == "openvino":
             self._model = None
-            self._call = _openvino_call(model_dir / ONNX_FILE, threads, precision)
+            int8 = precision == "int8" or (precision == "auto" and (model_dir / INT8_FILE).exists())
+            if int8 and not (model_dir / INT8_FILE).exists():
+                raise ModelError(f"{model_dir}: precision int8 needs {INT8_FILE} (processor quantize)")
+            self.precision = "int8" if int8 else precision
+            path = model_dir / (INT8_FILE if int8 else ONNX_FILE)
+            self._call = _openvino_call(path, threads, "auto" if int8 else precision)
         else:
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ info logs
             import keras

@@ -113,8 +113,10 @@ class Settings(BaseSettings):
         description="auto: OpenVINO, else ONNX Runtime, where the model directory has model.onnx (CPU hosts) and "
         "KERAS_BACKEND is unset or tensorflow, else Keras (GPU hosts: KERAS_BACKEND=jax).",
     )
-    inference_precision: Literal["auto", "f32", "bf16"] = Field(
-        "auto", description="OpenVINO's inference precision; auto: bf16 on CPUs with native bf16, else f32."
+    inference_precision: Literal["auto", "f32", "bf16", "int8"] = Field(
+        "auto",
+        description="OpenVINO's inference precision; auto: int8 where the model directory has model-int8.xml "
+        "(processor quantize), else bf16 on CPUs with native bf16, else f32; f32 or bf16: the float model.",
     )
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
         "auto", description="The worker's event loop; auto: uvloop where it is installed, else asyncio's."

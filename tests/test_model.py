@@ -257,3 +257,25 @@ def test_openvino_scores_like_onnx_runtime() -> None:
     fast.warm_up(32)
     for a, b in zip(reference, fast.predict(pixels), strict=True):  # bf16 moves scores a little
         assert abs(a.banner_score - b.banner_score) < 0.1
+
+
+def test_quantize_writes_an_int8_model_that_openvino_runs_by_default(tmp_path: Path) -> None:
+    pytest.importorskip("nncf", reason="pip install nncf (train extra)")
+    from processor.errors import ModelError
+    from processor.ml.quantize import quantize
+
+    model = tmp_path / "model"  # the compact CNN: small, and it has model.onnx
+    shutil.copytree(DEFAULT_MODEL_DIR.parent / "cnn", model)
+    with pytest.raises(ModelError, match="processor quantize"):
+        Classifier(model, runtime="openvino", precision="int8")
+    data = tmp_path / "calibration"
+    synth.write_dataset(data, 24, seed=9)
+    record = quantize(model, [data])
+    assert record["checked_on"]["images"] == 24
+    agreement = record["agreement_with_float"]
+    assert agreement["position_same"] >= 0.75 and 0 < agreement["max_score_difference"] < 0.5  # int8, not a copy
+    assert ModelInfo.read(model).raw["openvino_int8"] == record
+    assert Classifier(model, runtime="openvino").precision == "int8"  # auto takes the int8 model
+    assert Classifier(model, runtime="openvino", precision="f32").precision == "f32"
+    size = ModelInfo.read(model).input_size
+    assert len(Classifier(model).predict([np.zeros((size[1], size[0], 3), np.uint8)] * 3)) == 3

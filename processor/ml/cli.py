@@ -324,6 +324,23 @@ def export_onnx(model_dir: Path, calibration: tuple[Path, ...], int8: bool, imag
     click.echo(json.dumps(run_export(model_dir, calibration, int8=int8, images=images), indent=2))
 
 
+@click.command()
+@_model_option(required=True, help="Model directory with model.onnx to write model-int8.xml into.")
+@click.option(
+    "--calibration",
+    type=click.Path(path_type=Path, exists=True),
+    multiple=True,
+    required=True,
+    help="Labelled calibration photos (repeatable): the int8 ranges and the check against the float model.",
+)
+@click.option("--images", default=512, show_default=True, help="Calibration photos to use at most.")
+def quantize(model_dir: Path, calibration: tuple[Path, ...], images: int) -> None:
+    """Write model-int8.xml for OpenVINO (int8 by NNCF), checked against the float model."""
+    from .quantize import quantize as run_quantize
+
+    click.echo(json.dumps(run_quantize(model_dir, calibration, images=images), indent=2))
+
+
 @click.command("evaluate-real")
 @click.option(
     "--model",

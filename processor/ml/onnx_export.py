@@ -66,11 +66,14 @@ def export_onnx(
 
 
 def compare(model_dir: Path, pixels: NDArray[np.uint8]) -> dict[str, float]:
-    """How closely the ONNX model follows the Keras one: same banner decision, same top position, and
-    the largest score difference."""
-    keras_model, onnx_model = Classifier(model_dir, runtime="keras"), Classifier(model_dir, runtime="onnx")
-    a, b = _scores(keras_model, pixels), _scores(onnx_model, pixels)
-    threshold = keras_model.banner_threshold
+    """How closely the ONNX model follows the Keras one (``agreement``)."""
+    return agreement(Classifier(model_dir, runtime="keras"), Classifier(model_dir, runtime="onnx"), pixels)
+
+
+def agreement(reference: Classifier, other: Classifier, pixels: NDArray[np.uint8]) -> dict[str, float]:
+    """Same banner decision, same top position, and the largest score difference, over ``pixels``."""
+    a, b = _scores(reference, pixels), _scores(other, pixels)
+    threshold = reference.banner_threshold
     return {
         "banner_same": round(float(np.mean((a[0] >= threshold) == (b[0] >= threshold))), 4),
         "position_same": round(float(np.mean(a[1].argmax(1) == b[1].argmax(1))), 4),
