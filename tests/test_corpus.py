@@ -284,3 +284,34 @@ def test_held_out_sources_leave_every_split_for_other_sources(tmp_path: Path) ->
     sources.write_text("dealer/three\n")
     refused = runner.invoke(main, [*args, "--hold-out-sources", str(sources)])
     assert refused.exit_code != 0 and "dealer/three" in refused.output
+
+
+def test_the_real_report_counts_false_alarms_apart_on_photos_of_a_car(tmp_path: Path) -> None:
+    import shutil
+
+    from processor.ml.evaluate import predict_items
+    from processor.ml.realeval import read_split, real_report
+    from processor.model import Classifier
+    from processor.settings import DEFAULT_MODEL_DIR
+
+    split = tmp_path / "test"
+    split.mkdir()
+    rows = []
+    for k in range(12):
+        (split / f"{k}.jpg").write_bytes(photo(k))
+        rows.append(f"{k}.jpg,{int(k % 4 == 0)},{'other' if k % 3 == 0 else 'side'},{k},car-{k // 6}")
+    (split / "labels.csv").write_text("file,banner,position,image_id,car_id\n" + "\n".join(rows) + "\n")
+    model = tmp_path / "cnn"  # small and quick, with its threshold moved to the middle of its scores here
+    shutil.copytree(DEFAULT_MODEL_DIR.parent / "cnn", model)
+    items, _ = read_split(split)
+    scores = [p.banner_score for p in predict_items(Classifier(model), items)]
+    meta = json.loads((model / "metadata.json").read_text())
+    meta["banner_threshold"] = float(np.median(scores))
+    (model / "metadata.json").write_text(json.dumps(meta))
+    called = [s >= meta["banner_threshold"] for s in scores]
+    report = real_report(model, split)["banner"]
+    clean = [k for k in range(12) if k % 4]
+    clean_cars = [k for k in clean if k % 3]
+    assert report["false_alarms"] == round(sum(called[k] for k in clean) / len(clean), 4)
+    assert report["false_alarms_on_car_photos"] == round(sum(called[k] for k in clean_cars) / len(clean_cars), 4)
+    assert report["photos_with_overlay"] == 3

@@ -365,7 +365,8 @@ def evaluate_real(model_dirs: tuple[Path, ...], data: Path, json_out: Path | Non
             f"{r['model']['name']} {r['model']['version']} on {r['photos']} photos of {r['cars']} cars: "
             f"positions {p['accuracy']:.3f}, exterior {p['exterior_accuracy']}, car photos called other "
             f"{p['car_photos_called_other']}, ECE {p['calibration_error']}; overlays found {b['overlays_found']}, "
-            f"false alarms {b['false_alarms']}; exterior heroes {h['exterior_hero']}/{h['listings']} "
+            f"false alarms {b['false_alarms']} (on car photos {b['false_alarms_on_car_photos']}); "
+            f"exterior heroes {h['exterior_hero']}/{h['listings']} "
             f"(banner-free too: {h['exterior_banner_free_hero']})"
         )
         recalls = ", ".join(f"{k} {v['recall']:.2f}" for k, v in p["per_class"].items() if v.get("support"))

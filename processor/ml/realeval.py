@@ -130,7 +130,13 @@ def real_report(model_dir: Path, folder: Path) -> dict[str, Any]:
             "threshold": classifier.banner_threshold,
             "photos_with_overlay": int(banner_truth.sum()),
             "overlays_found": round(float(called[banner_truth == 1].mean()), 4) if banner_truth.any() else None,
-            "false_alarms": round(float(called[banner_truth == 0].mean()), 4) if (banner_truth == 0).any() else None,
+            "false_alarms": _share(called[banner_truth == 0]),
+            # the same on photos of a car only: flyers, screenshots and showroom signs left out
+            "false_alarms_on_car_photos": _share(called[(banner_truth == 0) & (np.array(truth) != "other")]),
         },
         "heroes": heroes(items, cars, predictions, classifier),
     }
+
+
+def _share(flags: np.ndarray) -> float | None:
+    return round(float(flags.mean()), 4) if flags.size else None
