@@ -14,6 +14,7 @@ import csv
 import functools
 import importlib.util
 import io
+import multiprocessing
 import os
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -275,7 +276,10 @@ def write_dataset(
     starts = range(0, count, CHUNK)
     counts = [min(CHUNK, count - s) for s in starts]
     seeds = [seed * 100_003 + s for s in starts]
-    with ProcessPoolExecutor(max_workers=max(1, min(len(starts), os.cpu_count() or 1))) as pool:
+    workers = max(1, min(len(starts), os.cpu_count() or 1))
+    # forkserver, not fork: a fork of a process whose runtime threads run (OpenVINO's, after a model was
+    # compiled in it) can crash in the child
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
         chunks = pool.map(
             _write_chunk, repeat(out), starts, counts, seeds, repeat(banner_share), repeat(photos), repeat(positions)
         )
