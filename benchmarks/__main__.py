@@ -155,7 +155,7 @@ async def _run(
         "efficiency_vs_decode_inference": round(
             main_run["images_per_s"] / stages["decode_inference_limit_images_per_s"], 3
         ),
-        "latency_at_half_load": paced and _with_previous(paced, one_thread_paced, per_send_paced),
+        "latency_at_half_load": paced and _with_sides(paced, one_thread_paced, per_send_paced),
         "batching_policy": batching,
         "legacy_settings": legacy,
         "worker_cpu_ms_per_image": round(1000 * main_run["cpu_cores_used_by_workers"] / main_run["images_per_s"], 2),
@@ -301,7 +301,7 @@ async def _paced(
     return out[0], out[1], out[2], out[3]
 
 
-def _with_previous(paced: dict[str, Any], *others: dict[str, Any] | None) -> dict[str, Any]:
+def _with_sides(paced: dict[str, Any], *others: dict[str, Any] | None) -> dict[str, Any]:
     """The half-load run, with the same stream beside it on one inference thread, and measured as before this
     round (a producer per send: each event's stamp included starting it)."""
     keys = ("latency_ms", "stage_ms_p95", "batches_closed", "batch_size_histogram", "cpu_cores_used_by_workers")

@@ -7,7 +7,7 @@ Three runtimes run the same model: Keras (any backend; the one for GPU hosts, e.
 on the ``model.onnx`` that ``processor export-onnx`` writes beside model.keras (about 2x faster on CPUs,
 and int8 where the model was quantized), and OpenVINO on the same file (in bfloat16 on CPUs that have it,
 about 2x faster again on an AVX-512 BF16 EPYC; real-photo accuracy measured in docs/model/benchmarks.md),
-or on ``model-int8.xml`` where ``processor quantize`` wrote one (int8 by NNCF; ~1.3x bf16 there).
+or on ``model-int8.xml`` where ``processor quantize`` wrote one (int8 by NNCF; 1.1-1.3x bf16 there).
 ``runtime="auto"`` takes OpenVINO, else ONNX Runtime, when the file is there and the package is installed.
 """
 
@@ -182,9 +182,10 @@ class Classifier:
             self._call = _onnx_call(model_dir / ONNX_FILE, threads, spin)
         elif self.runtime == "openvino":
             self._model = None
-            int8 = precision == "int8" or (precision == "auto" and (model_dir / INT8_FILE).exists())
-            if int8 and not (model_dir / INT8_FILE).exists():
+            has_int8 = (model_dir / INT8_FILE).exists()
+            if precision == "int8" and not has_int8:
                 raise ModelError(f"{model_dir}: precision int8 needs {INT8_FILE} (processor quantize)")
+            int8 = has_int8 and precision in ("auto", "int8")
             self.precision = "int8" if int8 else precision
             path = model_dir / (INT8_FILE if int8 else ONNX_FILE)
             self._call = _openvino_call(path, threads, "auto" if int8 else precision)

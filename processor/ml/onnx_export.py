@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..model import METADATA_FILE, MODEL_FILE, ONNX_FILE, Classifier, ModelInfo
-from .dataset import data_hash, load_arrays, read_labels
+from .dataset import Labelled, data_hash, load_arrays, read_labels
 
 OPSET = 17
 BATCH = 32
@@ -33,13 +33,11 @@ def export_onnx(
     if int8 and not calibration:
         raise ValueError("int8 needs calibration images (--calibration DIR)")
     info = ModelInfo.read(model_dir)
-    items = [item for folder in calibration for item in read_labels(folder)]
-    rng = np.random.default_rng(seed)
+    items = sample(calibration, images, seed)
     if items:
-        chosen = sorted(rng.choice(len(items), size=min(images, len(items)), replace=False))
-        items = [items[i] for i in chosen]
         pixels = load_arrays(items, info.input_size)
     else:
+        rng = np.random.default_rng(seed)
         pixels = rng.integers(0, 256, (64, info.input_size[1], info.input_size[0], 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
         plain = Path(tmp) / "plain.onnx"
@@ -63,6 +61,13 @@ def export_onnx(
     meta = {**info.raw, "onnx": record}
     (model_dir / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return record
+
+
+def sample(calibration: Sequence[Path], images: int, seed: int) -> list[Labelled]:
+    """Up to ``images`` labelled photos of the calibration folders, drawn at random (in their order)."""
+    items = [item for folder in calibration for item in read_labels(folder)]
+    chosen = sorted(np.random.default_rng(seed).choice(len(items), size=min(images, len(items)), replace=False))
+    return [items[i] for i in chosen]
 
 
 def compare(model_dir: Path, pixels: NDArray[np.uint8]) -> dict[str, float]:

@@ -15,11 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..model import INT8_FILE, METADATA_FILE, ONNX_FILE, Classifier, ModelInfo
-from .dataset import data_hash, load_arrays, read_labels
-from .onnx_export import agreement
+from .dataset import data_hash, load_arrays
+from .onnx_export import agreement, sample
 
 
 def quantize(model_dir: Path, calibration: Sequence[Path], images: int = 512, seed: int = 1) -> dict[str, Any]:
@@ -31,14 +29,12 @@ def quantize(model_dir: Path, calibration: Sequence[Path], images: int = 512, se
     if not (model_dir / ONNX_FILE).exists():
         raise FileNotFoundError(f"{model_dir}: no {ONNX_FILE}; run processor export-onnx first")
     info = ModelInfo.read(model_dir)
-    items = [item for folder in calibration for item in read_labels(folder)]
+    items = sample(calibration, images, seed)
     if not items:
         raise ValueError("quantize needs labelled calibration photos (--calibration DIR)")
-    chosen = sorted(np.random.default_rng(seed).choice(len(items), size=min(images, len(items)), replace=False))
-    items = [items[i] for i in chosen]
     pixels = load_arrays(items, info.input_size)
-    (model_dir / INT8_FILE).unlink(missing_ok=True)  # the float model is the reference below
-    float_model = Classifier(model_dir, runtime="openvino", precision="bf16")
+    (model_dir / INT8_FILE).unlink(missing_ok=True)  # so that auto loads the float model, the reference below
+    float_model = Classifier(model_dir, runtime="openvino")
     quantized = nncf.quantize(
         ov.Core().read_model(str(model_dir / ONNX_FILE)),
         nncf.Dataset([pixels[i : i + 1] for i in range(len(pixels))]),
