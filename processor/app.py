@@ -482,6 +482,7 @@ def run_worker(settings: Settings) -> None:
             threads=settings.inference_threads,
             spin=settings.inference_spin,
             precision=settings.inference_precision,
+            one_thread_upto=settings.inference_one_thread_upto,
         )
     health.model_loaded = True
     metrics.MODEL_INFO.labels(classifier.info.name, classifier.info.version).set(1)

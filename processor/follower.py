@@ -57,7 +57,11 @@ class ModelFollower:
             s = self._settings
             model = await asyncio.to_thread(
                 functools.partial(
-                    Classifier, threads=s.inference_threads, spin=s.inference_spin, precision=s.inference_precision
+                    Classifier,
+                    threads=s.inference_threads,
+                    spin=s.inference_spin,
+                    precision=s.inference_precision,
+                    one_thread_upto=s.inference_one_thread_upto,
                 ),
                 wanted.model_dir,
                 s.banner_threshold,

@@ -128,9 +128,11 @@ def choose_runtime(model_dir: Path, runtime: str = "auto") -> str:
     return "keras"
 
 
-def _openvino_call(path: Path, threads: int = 0, precision: str = "auto") -> Any:
+def _openvino_call(path: Path, threads: int = 0, precision: str = "auto", one_thread_upto: int = 0) -> Any:
     """A forward pass through OpenVINO's CPU plugin, outputs by name. ``precision`` auto is the plugin's
-    default: bfloat16 on CPUs with native support (AVX-512 BF16, AMX), else float32."""
+    default: bfloat16 on CPUs with native support (AVX-512 BF16, AMX), else float32. Batches of at most
+    ``one_thread_upto`` images run on a second compilation with one thread: on a small batch the threads of
+    the first mostly wait for each other (2 cores: 60 % more CPU per image at 1-4 images for 1-3 ms less)."""
     import openvino as ov
 
     config: dict[str, Any] = {
@@ -144,17 +146,21 @@ def _openvino_call(path: Path, threads: int = 0, precision: str = "auto") -> Any
         config["INFERENCE_NUM_THREADS"] = threads
     if precision != "auto":
         config["INFERENCE_PRECISION_HINT"] = precision
-    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    core = ov.Core()
+    compiled = core.compile_model(str(path), "CPU", config)
     names = [output.any_name for output in compiled.outputs]
-    request = compiled.create_infer_request()
+    request = small = compiled.create_infer_request()
+    if one_thread_upto and compiled.get_property("INFERENCE_NUM_THREADS") > 1:
+        small = core.compile_model(str(path), "CPU", config | {"INFERENCE_NUM_THREADS": 1}).create_infer_request()
 
     def call(batch: NDArray[np.uint8]) -> dict[str, Any]:
         n = len(batch)
         padded = 1 << (n - 1).bit_length()
         if padded != n:
             batch = np.concatenate([batch, np.zeros((padded - n, *batch.shape[1:]), batch.dtype)])
-        request.infer({0: batch})
-        return {name: np.array(request.get_output_tensor(i).data[:n]) for i, name in enumerate(names)}  # copies
+        runs = small if padded <= one_thread_upto else request
+        runs.infer({0: batch})
+        return {name: np.array(runs.get_output_tensor(i).data[:n]) for i, name in enumerate(names)}  # copies
 
     return call
 
@@ -171,6 +177,7 @@ class Classifier:
         threads: int = 0,
         spin: bool = False,
         precision: str = "auto",
+        one_thread_upto: int = 0,
     ) -> None:
         self.info = ModelInfo.read(model_dir)
         self.generation = 0  # the registry's promotion order this model runs under (0: not from the registry)
@@ -188,7 +195,7 @@ class Classifier:
             int8 = has_int8 and precision in ("auto", "int8")
             self.precision = "int8" if int8 else precision
             path = model_dir / (INT8_FILE if int8 else ONNX_FILE)
-            self._call = _openvino_call(path, threads, "auto" if int8 else precision)
+            self._call = _openvino_call(path, threads, "auto" if int8 else precision, one_thread_upto)
         else:
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ info logs
             import keras

@@ -259,6 +259,21 @@ def test_openvino_scores_like_onnx_runtime() -> None:
         assert abs(a.banner_score - b.banner_score) < 0.1
 
 
+def test_openvino_small_batches_on_one_thread_score_each_image_as_the_full_runtime() -> None:
+    pytest.importorskip("openvino", reason="pip install openvino")
+    images = [
+        np.asarray(synth.render_sample(random.Random(i), banner=i % 2 == 0, size=(200, 150)).image) for i in range(8)
+    ]
+    full = Classifier(DEFAULT_MODEL_DIR, runtime="openvino", precision="f32", threads=2)
+    split = Classifier(DEFAULT_MODEL_DIR, runtime="openvino", precision="f32", threads=2, one_thread_upto=4)
+    pixels = [np.asarray(Image.fromarray(img).resize(full.input_size)) for img in images]
+    for n in (1, 3, 4, 5, 8):  # 1-4 run on the one-thread compilation, 5-8 on the full one
+        for a, b in zip(full.predict(pixels[:n]), split.predict(pixels[:n]), strict=True):
+            assert abs(a.banner_score - b.banner_score) < 1e-4
+            assert max(abs(a.position_scores[k] - b.position_scores[k]) for k in a.position_scores) < 1e-4
+    assert len({round(p.banner_score, 3) for p in split.predict(pixels[:4])}) > 1  # not one score repeated
+
+
 def test_quantize_writes_an_int8_model_that_openvino_runs_by_default(tmp_path: Path) -> None:
     pytest.importorskip("nncf", reason="pip install nncf (train extra)")
     from processor.errors import ModelError
