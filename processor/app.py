@@ -475,15 +475,7 @@ def run_worker(settings: Settings) -> None:
         classifier = remote = RemoteClassifier(settings)
         health.model_server = lambda: remote.available
     else:
-        classifier = Classifier(
-            settings.model_dir,
-            settings.banner_threshold,
-            settings.inference_runtime,
-            threads=settings.inference_threads,
-            spin=settings.inference_spin,
-            precision=settings.inference_precision,
-            one_thread_upto=settings.inference_one_thread_upto,
-        )
+        classifier = Classifier.for_worker(settings.model_dir, settings)
     health.model_loaded = True
     metrics.MODEL_INFO.labels(classifier.info.name, classifier.info.version).set(1)
     app, drain = create_app(settings, classifier, health)

@@ -4,7 +4,6 @@ model promote``) between events, without a restart; each event keeps the model i
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 
 import asyncpg
@@ -55,18 +54,7 @@ class ModelFollower:
         log.info("model %s %s promoted: loading %s", wanted.name, wanted.version, wanted.model_dir)
         try:
             s = self._settings
-            model = await asyncio.to_thread(
-                functools.partial(
-                    Classifier,
-                    threads=s.inference_threads,
-                    spin=s.inference_spin,
-                    precision=s.inference_precision,
-                    one_thread_upto=s.inference_one_thread_upto,
-                ),
-                wanted.model_dir,
-                s.banner_threshold,
-                s.inference_runtime,
-            )
+            model = await asyncio.to_thread(Classifier.for_worker, wanted.model_dir, s)
             await asyncio.to_thread(model.warm_up, s.batch_size)
         except Exception as exc:  # a broken directory must not stop the worker: keep the running model
             self._refused = (wanted.name, wanted.version, wanted.generation)  # a new promotion retries it

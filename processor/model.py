@@ -19,12 +19,15 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from .errors import ModelError
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 MODEL_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
@@ -206,6 +209,19 @@ class Classifier:
         blank = np.zeros((self.info.input_size[1], self.info.input_size[0], 3), np.uint8)
         for size in (1, 2, 3):  # trace once, then once more with a relaxed batch dimension
             self.predict([blank] * size)
+
+    @classmethod
+    def for_worker(cls, model_dir: Path, settings: Settings) -> Classifier:
+        """``model_dir`` as a worker runs it: the threshold, runtime and inference settings of ``settings``."""
+        return cls(
+            model_dir,
+            settings.banner_threshold,
+            settings.inference_runtime,
+            threads=settings.inference_threads,
+            spin=settings.inference_spin,
+            precision=settings.inference_precision,
+            one_thread_upto=settings.inference_one_thread_upto,
+        )
 
     @property
     def input_size(self) -> tuple[int, int]:
