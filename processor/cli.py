@@ -31,6 +31,7 @@ LAZY_COMMANDS = {
     "quantize": "processor.ml.cli:quantize",
     "render": "processor.ml.cli:render",
     "serve-model": "processor.serving.cli:serve_model",
+    "soup": "processor.ml.cli:soup",
     "export-triton": "processor.serving.cli:export_triton",
     "stack": "processor.dev.cli:stack",
     "synth": "processor.ml.cli:synth",

@@ -341,6 +341,26 @@ def quantize(model_dir: Path, calibration: tuple[Path, ...], images: int) -> Non
     click.echo(json.dumps(run_quantize(model_dir, calibration, images=images), indent=2))
 
 
+@click.command()
+@click.option(
+    "--model",
+    "model_dirs",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    multiple=True,
+    required=True,
+    help="Model directory of one recipe (repeat: two or more).",
+)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Model directory to write.")
+@click.option("--version", default=None, help="Model version (default: date and time).")
+def soup(model_dirs: tuple[Path, ...], out: Path, version: str | None) -> None:
+    """Average the weights of models trained by one recipe (a model soup); then calibrate and export it."""
+    from .soup import soup as run_soup
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    meta = run_soup(model_dirs, out, version)
+    click.echo(f"wrote {out}: {meta['name']} {meta['version']}, the mean of {len(model_dirs)} models")
+
+
 @click.command("evaluate-real")
 @click.option(
     "--model",
