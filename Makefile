@@ -100,7 +100,7 @@ PREVIOUS_MODEL ?= processor/models/synthetic
 corpus: $(STAMP) ## download the real photos of data/real-photos/manifest.csv into REAL_PHOTOS (SHA-256 checked)
 	$(BIN)/processor corpus fetch --photos $(REAL_PHOTOS)
 
-model: corpus ## retrain the default model from the real-photo corpus in MODEL_WORK and evaluate it (~6 min on 2 cores)
+model: corpus ## retrain the default model from the real-photo corpus in MODEL_WORK and evaluate it (~15 min on 2 cores)
 	$(BIN)/processor corpus splits --photos $(REAL_PHOTOS) --out $(REAL)
 	$(BIN)/processor corpus stamp --split $(REAL)/train --out $(REAL)/train-stamped --seed 1 --subtle-share 0.5
 	$(BIN)/processor corpus stamp --split $(REAL)/test --out $(REAL)/test-stamped --unseen --seed 2

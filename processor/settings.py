@@ -130,10 +130,10 @@ class Settings(BaseSettings):
     inference_one_thread_upto: int = Field(
         0,
         ge=0,
-        description="OpenVINO runs batches of at most this many images on one thread (a second compilation of "
-        "the model): on small batches a second thread costs ~60 % more CPU per image for 1-3 ms less. 4 took a "
-        "daily worker at a quarter load from 0.91 to 0.77 cores, for a worse p95 beside a backfill in some runs; "
-        "0: every batch on inference_threads.",
+        description="OpenVINO runs batches of at most this many images on one thread (their batch sizes "
+        "compile with one thread): on small batches a second thread costs ~60 % more CPU per image for 1-3 ms "
+        "less. 4 took a daily worker at a quarter load from 0.91 to 0.77 cores, for a worse p95 beside a "
+        "backfill in some runs; 0: every batch on inference_threads.",
     )
     inference_spin: bool = Field(
         False,

@@ -223,8 +223,14 @@ def _soup_of_two_runs(first: Path, second: Path, tmp_path: Path) -> None:
     classifier = Classifier(tmp_path / "soup")
     assert classifier.info.version == "0.0.4-test" and classifier.input_size == (96, 96)
     assert len(classifier.predict([np.zeros((96, 96, 3), np.uint8)] * 2)) == 2
+    soup([first, second], tmp_path / "wise", weights=[1, 3])  # WiSE-FT: a quarter of the first
+    wise = load(tmp_path / "wise")
+    for x, y, m in zip(a.get_weights(), b.get_weights(), wise.get_weights(), strict=True):
+        np.testing.assert_allclose(m, 0.25 * x.astype(np.float64) + 0.75 * y, rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="at least two"):
         soup([first], tmp_path / "one")
+    with pytest.raises(ValueError, match="one non-negative weight per model"):
+        soup([first, second], tmp_path / "bad", weights=[1.0])
     other = tmp_path / "other"
     shutil.copytree(second, other)
     meta_path = other / "metadata.json"

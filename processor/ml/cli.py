@@ -352,12 +352,13 @@ def quantize(model_dir: Path, calibration: tuple[Path, ...], images: int) -> Non
 )
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Model directory to write.")
 @click.option("--version", default=None, help="Model version (default: date and time).")
-def soup(model_dirs: tuple[Path, ...], out: Path, version: str | None) -> None:
+@click.option("--weight", "weights", type=float, multiple=True, help="One per --model, in order (default: equal).")
+def soup(model_dirs: tuple[Path, ...], out: Path, version: str | None, weights: tuple[float, ...]) -> None:
     """Average the weights of models trained by one recipe (a model soup); then calibrate and export it."""
     from .soup import soup as run_soup
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    meta = run_soup(model_dirs, out, version)
+    meta = run_soup(model_dirs, out, version, weights or None)
     click.echo(f"wrote {out}: {meta['name']} {meta['version']}, the mean of {len(model_dirs)} models")
 
 

@@ -2,7 +2,10 @@
 
 A *model soup* (Wortsman et al., 2022): models fine-tuned from the same pretrained weights with different
 seeds or data land in one basin of the loss, so the mean of their weights is a model as fast as each of
-them and usually better than any (for a linear head on shared features, the mean of the heads' scores).
+them and often better than any. Weighted, it is WiSE-FT (Wortsman et al., 2022): the shipped model and the
+same model fine-tuned on new photos (``processor train --init``), mixed, keep more of the first's robustness.
+Runs with different seeds start their heads from different random weights, and their mean was underconfident
+here; a model and its own fine-tuned continuation mix smoothly (docs/model/retrain.md).
 Only models of one recipe mix: the same backbone, tuned blocks, input size and labels, and the same frozen
 (pretrained) weights; anything else is refused, since the mean of unrelated weights is noise. The soup keeps
 the first model's banner threshold: choose its own on calibration photos (``processor calibrate --write``),
@@ -24,12 +27,19 @@ from ..model import METADATA_FILE, MODEL_FILE, ONNX_FILE, ModelInfo
 SAME_RECIPE = ("name", "backbone", "tune_from", "input_size", "labels")  # metadata every ingredient shares
 
 
-def soup(model_dirs: Sequence[Path], out: Path, version: str | None = None) -> dict[str, Any]:
-    """Write the uniform mean of ``model_dirs``' weights as a model directory ``out``; return its metadata."""
+def soup(
+    model_dirs: Sequence[Path], out: Path, version: str | None = None, weights: Sequence[float] | None = None
+) -> dict[str, Any]:
+    """Write the mean of ``model_dirs``' weights (uniform, or weighted by ``weights``) as a model directory
+    ``out``; return its metadata."""
     import keras
 
     if len(model_dirs) < 2:
         raise ValueError("a soup needs at least two model directories")
+    share = np.ones(len(model_dirs)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if share.shape != (len(model_dirs),) or (share < 0).any() or share.sum() <= 0:
+        raise ValueError(f"weights {list(share)}: one non-negative weight per model, not all zero")
+    share = share / share.sum()
     infos = [ModelInfo.read(d) for d in model_dirs]
     for key in SAME_RECIPE:
         values = {json.dumps(info.raw.get(key)) for info in infos}
@@ -37,7 +47,10 @@ def soup(model_dirs: Sequence[Path], out: Path, version: str | None = None) -> d
             raise ValueError(f"the models differ in {key} ({', '.join(sorted(values))}): only one recipe mixes")
     models = [keras.models.load_model(d / MODEL_FILE, compile=False, safe_mode=True) for d in model_dirs]
     _check_same_start(models, model_dirs)
-    mean = [np.mean(arrays, axis=0, dtype=np.float64).astype(arrays[0].dtype) for arrays in _weights(models)]
+    mean = [
+        np.tensordot(share, np.stack(arrays).astype(np.float64), 1).astype(arrays[0].dtype)
+        for arrays in _weights(models)
+    ]
     souped = models[0]
     souped.set_weights(mean)
     out.mkdir(parents=True, exist_ok=True)
@@ -52,7 +65,7 @@ def soup(model_dirs: Sequence[Path], out: Path, version: str | None = None) -> d
                 {"version": info.version, "dir": str(d), "data_hash": info.raw.get("training", {}).get("data_hash")}
                 for info, d in zip(infos, model_dirs, strict=True)
             ],
-            "weights": "uniform mean",
+            "weights": [round(float(w), 4) for w in share],
             "banner_threshold": "the first model's, until processor calibrate --write",
             "made_at": datetime.now(UTC).isoformat(),
         },
