@@ -38,6 +38,12 @@ def _model_option(required: bool, help: str) -> Callable[[F], F]:
     return click.option("--model", "model_dir", type=path, required=required, default=None, help=help)
 
 
+def _model_dirs_option(help: str) -> Callable[[F], F]:
+    """``--model`` repeatable and required: several model directories, in order."""
+    path = click.Path(path_type=Path, exists=True, file_okay=False)
+    return click.option("--model", "model_dirs", type=path, multiple=True, required=True, help=help)
+
+
 def _generated_set_options(command: F) -> F:
     """--out, --count, --seed and --banner-share: what every generated labelled set takes."""
     options = [
@@ -342,14 +348,7 @@ def quantize(model_dir: Path, calibration: tuple[Path, ...], images: int) -> Non
 
 
 @click.command()
-@click.option(
-    "--model",
-    "model_dirs",
-    type=click.Path(path_type=Path, exists=True, file_okay=False),
-    multiple=True,
-    required=True,
-    help="Model directory of one recipe (repeat: two or more).",
-)
+@_model_dirs_option("Model directory of one recipe (repeat: two or more).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Model directory to write.")
 @click.option("--version", default=None, help="Model version (default: date and time).")
 @click.option("--weight", "weights", type=float, multiple=True, help="One per --model, in order (default: equal).")
@@ -363,14 +362,7 @@ def soup(model_dirs: tuple[Path, ...], out: Path, version: str | None, weights: 
 
 
 @click.command("evaluate-real")
-@click.option(
-    "--model",
-    "model_dirs",
-    type=click.Path(path_type=Path, exists=True, file_okay=False),
-    multiple=True,
-    required=True,
-    help="Model directory (repeatable: models side by side on the same photos).",
-)
+@_model_dirs_option("Model directory (repeatable: models side by side on the same photos).")
 @_data_option("A split folder from processor corpus splits (labels.csv with car_id).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the reports here.")
 def evaluate_real(model_dirs: tuple[Path, ...], data: Path, json_out: Path | None) -> None:
