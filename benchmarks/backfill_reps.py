@@ -32,13 +32,12 @@ async def _runs(urls: StackUrls, photos: dict[str, bytes], workdir: Path, opts: 
         for rep in range(opts["reps"]):
             upto = opts["upto"][rep % len(opts["upto"])]
             shape = tuple(w | {"inference_one_thread_upto": upto} for w in features.BACKFILL_SHAPES["idle_worker"])
-            (workdir / str(rep)).mkdir()
             run = await features.backfill(
                 urls,
                 server,
                 names,
                 RunConfig(1000, per_worker=shape),
-                workdir / str(rep),
+                workdir,  # each run has topics, group and table of its own (isolated_settings)
                 (max_rate / 4, max_rate),
                 daily_s,
                 int(2 * max_rate * daily_s),  # the whole machine could not drain it in the window

@@ -14,9 +14,11 @@ from statistics import median
 import click
 import numpy as np
 
+from processor.model import openvino_fixed_batch
 from processor.settings import DEFAULT_MODEL_DIR
 
-CONFIG = {"PERFORMANCE_HINT": "LATENCY", "CPU_RUNTIME_CACHE_CAPACITY": 16}
+LATENCY = {"PERFORMANCE_HINT": "LATENCY"}  # the worker's configuration
+DYNAMIC = LATENCY | {"CPU_RUNTIME_CACHE_CAPACITY": 16}  # as the worker had it: an executor kept per input shape
 
 
 def _rate(request: object, batch: np.ndarray, seconds: float) -> float:
@@ -38,14 +40,12 @@ def main(model_dir: Path, sizes: str, rounds: int, seconds: float, json_out: Pat
 
     core = ov.Core()
     source = core.read_model(str(model_dir / "model.onnx"))
-    dynamic = core.compile_model(source, "CPU", CONFIG).create_infer_request()
+    dynamic = core.compile_model(source, "CPU", DYNAMIC).create_infer_request()
     results = {}
     for size in (int(s) for s in sizes.split(",")):
-        model, shape = source.clone(), source.inputs[0].get_partial_shape()
-        shape[0] = size
-        model.reshape(shape)
-        static = core.compile_model(model, "CPU", CONFIG).create_infer_request()
-        w, h = shape[2].get_length(), shape[1].get_length()
+        static = openvino_fixed_batch(core, source, size, LATENCY).create_infer_request()
+        shape = source.inputs[0].get_partial_shape()
+        h, w = shape[1].get_length(), shape[2].get_length()
         batch = np.random.default_rng(size).integers(0, 255, (size, h, w, 3), dtype=np.uint8)
         rates: dict[str, list[float]] = {"static": [], "dynamic": []}
         for r in range(rounds):

@@ -131,13 +131,21 @@ def choose_runtime(model_dir: Path, runtime: str = "auto") -> str:
     return "keras"
 
 
+def openvino_fixed_batch(core: Any, source: Any, size: int, config: dict[str, Any]) -> Any:
+    """``source`` (an OpenVINO model with a dynamic batch) compiled for batches of exactly ``size``."""
+    model, shape = source.clone(), source.inputs[0].get_partial_shape()
+    shape[0] = size
+    model.reshape(shape)
+    return core.compile_model(model, "CPU", config)
+
+
 def _openvino_call(path: Path, threads: int = 0, precision: str = "auto", one_thread_upto: int = 0) -> Any:
     """A forward pass through OpenVINO's CPU plugin, outputs by name. ``precision`` auto is the plugin's
     default: bfloat16 on CPUs with native support (AVX-512 BF16, AMX), else float32.
 
     Batches are padded to a power of two, and each padded size runs on a compilation of its own with that
-    batch size fixed: the plugin picks its kernels for the shape, 1.2-1.3 times the images/s of one
-    compilation with a dynamic batch at every size from 1 to 64 (alternated rounds, 2-core Xeon with AMX),
+    batch size fixed: the plugin picks its kernels for the shape, 1.26-1.35 times the images/s of one
+    compilation with a dynamic batch at every size from 1 to 32 (alternated rounds, 2-core Xeon with AMX),
     for the same memory as the dynamic one's per-shape executors (~40 MB a size at 1-8, ~90 at 32). Sizes
     compile on first use (0.2-0.6 s; ``Classifier.warm_up`` does it at start-up). Sizes of at most
     ``one_thread_upto`` images compile with one thread: on a small batch the threads of a two-thread
@@ -156,11 +164,8 @@ def _openvino_call(path: Path, threads: int = 0, precision: str = "auto", one_th
 
     def request_for(size: int) -> Any:
         if size not in requests:
-            model, shape = source.clone(), source.inputs[0].get_partial_shape()
-            shape[0] = size
-            model.reshape(shape)
             one_thread = {"INFERENCE_NUM_THREADS": 1} if size <= one_thread_upto else {}
-            requests[size] = core.compile_model(model, "CPU", config | one_thread).create_infer_request()
+            requests[size] = openvino_fixed_batch(core, source, size, config | one_thread).create_infer_request()
         return requests[size]
 
     def call(batch: NDArray[np.uint8]) -> dict[str, Any]:

@@ -90,7 +90,5 @@ def _check_same_start(models: Sequence[Any], model_dirs: Sequence[Path]) -> None
     """Refuse models whose frozen weights differ: they did not start from the same pretrained weights."""
     frozen = [[np.asarray(v) for v in m.non_trainable_weights] for m in models]
     for other, where in zip(frozen[1:], model_dirs[1:], strict=True):
-        if len(other) != len(frozen[0]) or not all(
-            a.shape == b.shape and np.array_equal(a, b) for a, b in zip(frozen[0], other, strict=True)
-        ):
+        if len(other) != len(frozen[0]) or not all(map(np.array_equal, frozen[0], other)):
             raise ValueError(f"{where}: its frozen weights differ from {model_dirs[0]}'s: not the same start")
