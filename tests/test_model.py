@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 from processor.ml import synth
-from processor.ml.evaluate import evaluate
-from processor.ml.report import best_threshold, roc_auc
+from processor.ml.dataset import read_labels
+from processor.ml.evaluate import evaluate, predict_items
+from processor.ml.report import best_threshold, roc_auc, threshold_for_false_alarms
 from processor.ml.synth import banners
 from processor.ml.train import TrainOptions, train
 from processor.model import ONNX_FILE, Classifier, ModelInfo
@@ -95,12 +96,35 @@ def test_calibrate_command_moves_a_bad_threshold_and_writes_it(tmp_path: Path) -
     command += ["--data", str(data), "--data", str(generated), "--write"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "100 images: threshold 0.999 -> " in done.stdout, done.stdout
+    assert "100 images (accuracy): threshold 0.999 -> " in done.stdout, done.stdout
     written = json.loads((model / "metadata.json").read_text())
     assert written["banner_threshold"] < 0.999
     assert written["threshold_chosen_on"]["data"] == [str(data), str(generated)]
     report = evaluate(model, data)
     assert report["banner"]["threshold"] == written["banner_threshold"] and report["banner"]["accuracy"] >= 0.85
+
+    done = subprocess.run([*command, "--false-alarms", "0.05"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    budgeted = json.loads((model / "metadata.json").read_text())
+    assert budgeted["threshold_chosen_on"]["rule"] == "false_alarms<=0.05"
+    clean = [item for folder in (data, generated) for item in read_labels(folder) if not item.banner]
+    scores = np.array([p.banner_score for p in predict_items(Classifier(model), clean)])
+    assert np.mean(scores >= budgeted["banner_threshold"]) <= 0.05
+
+
+def test_false_alarm_budget_threshold_is_the_lowest_within_it() -> None:
+    rng = np.random.default_rng(3)
+    scores = np.concatenate([rng.uniform(0, 1, 200), rng.uniform(0.5, 1, 50)])
+    labels = np.array([0] * 200 + [1] * 50)
+    for budget in (0.0, 0.03, 0.05, 0.2):
+        t = threshold_for_false_alarms(scores, labels, budget)
+        assert np.mean(scores[:200] >= t) <= budget
+        assert np.mean(scores[:200] >= t - 0.001) > budget  # a step lower breaks the budget
+    assert threshold_for_false_alarms(np.array([0.2, 0.9]), np.array([0, 1]), 0.5) == pytest.approx(0.201)
+    with pytest.raises(ValueError, match="banner-free"):
+        threshold_for_false_alarms(np.array([0.9]), np.array([1]), 0.05)
+    with pytest.raises(ValueError, match="share"):
+        threshold_for_false_alarms(scores, labels, 1.5)
 
 
 def test_evaluate_command_prints_json_and_plots(folder_set: Path, tmp_path: Path) -> None:

@@ -158,6 +158,13 @@ def evaluate(model_dir: Path | None, data: Path, as_json: bool, plot: Path | Non
 )
 @click.option("--write", is_flag=True, help="Store the new threshold in the model's metadata.json.")
 @click.option(
+    "--false-alarms",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=None,
+    help="Choose the lowest threshold that calls at most this share of the banner-free images bannered "
+    "(e.g. 0.05), instead of the middle of the near-best accuracy range.",
+)
+@click.option(
     "--position-floor",
     "floor_target",
     type=float,
@@ -165,14 +172,18 @@ def evaluate(model_dir: Path | None, data: Path, as_json: bool, plot: Path | Non
     help="Also choose the position floor (below it: unsure) so that kept positions are right this share of "
     "the time, on the images of --data that have a position (e.g. 0.9).",
 )
-def calibrate(model_dir: Path, data: tuple[Path, ...], write: bool, floor_target: float | None) -> None:
-    """Choose the banner threshold on labelled photographs (the middle of the near-best accuracy range)."""
+def calibrate(
+    model_dir: Path, data: tuple[Path, ...], write: bool, false_alarms: float | None, floor_target: float | None
+) -> None:
+    """Choose the banner threshold on labelled photographs: within a false-alarm budget, or the middle of the
+    near-best accuracy range."""
     from .calibrate import calibrate as run_calibration
 
-    result = run_calibration(model_dir, data, write)
-    t, a = result["threshold"], result["accuracy"]
+    result = run_calibration(model_dir, data, write, false_alarms)
+    t, a, f = result["threshold"], result["accuracy"], result["false_alarms"]
     click.echo(
-        f"{result['images']} images: threshold {t['old']} -> {t['new']}, accuracy {a['old']:.4f} -> {a['new']:.4f}"
+        f"{result['images']} images ({result['rule']}): threshold {t['old']} -> {t['new']}, "
+        f"accuracy {a['old']:.4f} -> {a['new']:.4f}, false alarms {f['old']:.4f} -> {f['new']:.4f}"
         + ("" if write else " (not written; --write stores it)")
     )
     if floor_target is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,22 @@ def best_threshold(scores: NDArray[np.float64], labels: NDArray[np.int64]) -> fl
     top = float(accuracy.max())
     tolerance = float(np.sqrt(top * (1 - top) / max(1, len(labels))))
     return round(float(np.median(candidates[accuracy >= top - tolerance - 1e-9])), 3)
+
+
+def threshold_for_false_alarms(scores: NDArray[np.float64], labels: NDArray[np.int64], budget: float) -> float:
+    """The lowest threshold (three decimals) that calls at most ``budget`` of the banner-free images bannered.
+
+    An operating point set as a false-alarm rate carries over to other photographs, where the accuracy
+    rule's flat range lets it wander from run to run (figures: docs/model/index.md)."""
+    if not 0 <= budget < 1:
+        raise ValueError(f"false-alarm budget {budget}: a share from 0 to below 1")
+    clean = np.sort(scores[labels == 0])[::-1]
+    if not len(clean):
+        raise ValueError("no banner-free images to count false alarms on")
+    allowed = int(np.floor(budget * len(clean) + 1e-9))  # false alarms the budget admits
+    if allowed >= len(clean):
+        return 0.0
+    return min(1.0, math.floor(float(clean[allowed]) * 1000 + 1) / 1000)  # just above the first one not admitted
 
 
 def roc_auc(scores: NDArray[np.float64], labels: NDArray[np.int64]) -> float | None:
