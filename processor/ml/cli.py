@@ -288,6 +288,20 @@ def real_cars(out: Path, roots: tuple[Path, ...], no_car: tuple[Path, ...]) -> N
     help="Validate on this labelled set (e.g. the corpus's calibration split) instead of a random eighth.",
 )
 @click.option("--balance-positions", is_flag=True, help="Weigh every position class alike (inverse frequency).")
+@click.option(
+    "--augmented-copies",
+    type=click.IntRange(1, 8),
+    default=1,
+    show_default=True,
+    help="--tune-from: randomly flipped and colour-jittered copies of each training photo to train on.",
+)
+@click.option(
+    "--label-smoothing",
+    type=click.FloatRange(0, 0.5),
+    default=0.0,
+    show_default=True,
+    help="Spread this share of each position label over all classes (e.g. 0.1).",
+)
 def train(
     data: tuple[Path, ...],
     out: Path,
@@ -301,6 +315,8 @@ def train(
     tune_from: int | None,
     validation: Path | None,
     balance_positions: bool,
+    augmented_copies: int,
+    label_smoothing: float,
 ) -> None:
     """Train a model directory from labelled images."""
     from .train import TrainOptions
@@ -318,6 +334,8 @@ def train(
         tune_from=tune_from,
         validation=validation,
         balance_positions=balance_positions,
+        augmented_copies=augmented_copies,
+        label_smoothing=label_smoothing,
     )
     meta = run_training(data, out, options)
     click.echo(json.dumps(meta["metrics"], indent=2))

@@ -47,6 +47,8 @@ class TrainOptions:
     tune_from: int | None = None  # efficientnet-lite0: train its blocks from this index on, not only heads
     validation: Path | None = None  # validate (early stopping, banner threshold) on this set, not a random eighth
     balance_positions: bool = False  # weigh each position class alike (inverse frequency, capped)
+    augmented_copies: int = 1  # tuned backbone: flipped and colour-jittered copies of each training photo
+    label_smoothing: float = 0.0  # position head: this share of each label spread over all classes
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +161,7 @@ def fit_cnn(p: Prepared, opts: TrainOptions) -> Any:
     else:
         model = keras.models.load_model(opts.init / MODEL_FILE, compile=False, safe_mode=True)
         learning_rate = 5e-4
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), **COMPILE)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), **_compile_args(opts))
     model.fit(
         _dataset(p, p.train_idx, opts, training=True),
         validation_data=_dataset(p, p.val_idx, opts, training=False),
@@ -193,7 +195,7 @@ def fit_transfer(p: Prepared, opts: TrainOptions) -> Any:
         },
         name="heads",
     )
-    heads.compile(optimizer=keras.optimizers.Adam(1e-3), **COMPILE)
+    heads.compile(optimizer=keras.optimizers.Adam(1e-3), **_compile_args(opts))
     _fit_on_features(
         heads,
         p,
@@ -241,12 +243,14 @@ def fit_tuned(p: Prepared, opts: TrainOptions) -> Any:
         return np.asarray(extractor.predict(x, batch_size=64, verbose=opts.verbose), dtype=np.float32)
 
     feats = features(p.x)
-    augmented = features(_augmented(p.x[p.train_idx], opts.seed))
+    augmented = np.concatenate(
+        [features(_augmented(p.x[p.train_idx], opts.seed + copy)) for copy in range(opts.augmented_copies)]
+    )
     top = _tuned_top(feats.shape[1:], opts.tune_from, len(p.positions))
     for layer in top.layers:
         if layer.name in start:
             layer.set_weights(start[layer.name])
-    top.compile(optimizer=keras.optimizers.Adam(learning_rate), **COMPILE)
+    top.compile(optimizer=keras.optimizers.Adam(learning_rate), **_compile_args(opts))
     callbacks = [
         keras.callbacks.EarlyStopping(patience=3, restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(patience=1, factor=0.3),
@@ -265,14 +269,14 @@ def _fit_on_features(
     copies: NDArray[np.float32],
     callbacks: list[Any],
 ) -> None:
-    """Fit on the training split's features plus one more (mirrored or augmented) copy of each; validate
-    on the validation split's."""
+    """Fit on the training split's features plus their (mirrored or augmented) copies, ``copies`` holding
+    whole copies of the split one after another; validate on the validation split's."""
     tr, val = p.train_idx, p.val_idx
-    twice = np.concatenate([tr, tr])
+    repeated = np.tile(tr, 1 + len(copies) // len(tr))
     model.fit(
         np.concatenate([feats[tr], copies]),
-        {"banner": p.y_banner[twice], "position": p.y_position[twice]},
-        sample_weight={head: w[twice] for head, w in p.weights.items()},
+        {"banner": p.y_banner[repeated], "position": p.y_position[repeated]},
+        sample_weight={head: w[repeated] for head, w in p.weights.items()},
         validation_data=(feats[val], {"banner": p.y_banner[val], "position": p.y_position[val]}),
         epochs=opts.epochs,
         batch_size=64,
@@ -280,6 +284,21 @@ def _fit_on_features(
         shuffle=True,
         callbacks=callbacks,
     )
+
+
+def _compile_args(opts: TrainOptions) -> dict[str, Any]:
+    """COMPILE, with the position loss's labels smoothed where ``opts.label_smoothing`` asks for it."""
+    if not opts.label_smoothing:
+        return COMPILE
+    import keras
+
+    smoothing = opts.label_smoothing
+
+    def smoothed_position_loss(y_true: Any, y_pred: Any) -> Any:
+        one_hot = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), y_pred.shape[-1])
+        return keras.losses.categorical_crossentropy(one_hot, y_pred, label_smoothing=smoothing)
+
+    return COMPILE | {"loss": COMPILE["loss"] | {"position": smoothed_position_loss}}
 
 
 def _tuned_top(shape: tuple[int, ...], tune_from: int, positions: int) -> Any:
@@ -350,6 +369,8 @@ def write_model_dir(model: Any, p: Prepared, sources: Sequence[Path], out: Path,
             "data": [str(source) for source in sources],
             "validation": str(opts.validation) if opts.validation is not None else "a random eighth of the data",
             "balance_positions": opts.balance_positions,
+            "augmented_copies": opts.augmented_copies,
+            "label_smoothing": opts.label_smoothing,
             "initialized_from": p.initialized_from,
             "data_hash": data_hash(p.items),
             "images": len(p.items),
