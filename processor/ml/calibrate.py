@@ -26,13 +26,11 @@ def calibrate(
     items = [item for folder in data for item in read_labels(folder)]
     scores = np.array([p.banner_score for p in predict_items(classifier, items)])
     labels = np.array([i.banner for i in items])
-    chosen = (
-        best_threshold(scores, labels)
-        if false_alarms is None
-        else threshold_for_false_alarms(scores, labels, false_alarms)
-    )
+    if false_alarms is None:
+        rule, chosen = "accuracy", best_threshold(scores, labels)
+    else:
+        rule, chosen = f"false_alarms<={false_alarms}", threshold_for_false_alarms(scores, labels, false_alarms)
     thresholds = {"old": classifier.banner_threshold, "new": chosen}
-    rule = "accuracy" if false_alarms is None else f"false_alarms<={false_alarms}"
     names = [str(folder) for folder in data]
     if write:
         meta = {
