@@ -408,9 +408,9 @@ async def test_the_admin_sees_positions_by_labeller_searches_discards_in_bulk_an
         assert "2 image(s) discarded." in await admin.inner_text("p.notice")
         assert "q=L-2" in admin.url  # back to the same search
         assert await admin.locator("table.images td.state").all_inner_texts() == ["discarded", "discarded"]
-        assert await admin.locator("table.images input[name=image_id]").count() == 0
+        assert await admin.locator("table.images input[name=image_id]:checked").count() == 0
         async with admin.expect_navigation():
-            await admin.click("#discard")  # nothing ticked (no boxes left): refused, nothing changes
+            await admin.click("#discard")  # nothing ticked: refused, nothing changes
         assert "Tick 1-500 images" in await admin.inner_text("p.error")
         # export from the page: the discarded final image is not in it
         await admin.goto("/admin")
@@ -430,6 +430,15 @@ async def test_the_admin_sees_positions_by_labeller_searches_discards_in_bulk_an
         await (await download_info.value).save_as(tmp_path / "with-images.zip")
         files, rows = zip_rows(tmp_path / "with-images.zip")
         assert len([f for f in files if f.startswith("train/images/")]) == 2 and len(rows) == 2
+        # a label given under old rules: the discarded final image goes back to review, its answers with it
+        await admin.goto("/admin/images?q=img-c")
+        await admin.check("tr[data-image=img-c] input[name=image_id]")
+        async with admin.expect_navigation():
+            await admin.click("#to-review")
+        assert "1 image(s) sent to review." in await admin.inner_text("p.notice")
+        assert await admin.locator("tr[data-image=img-c] td.state").inner_text() == "review"
+        await admin.goto("/admin/review")
+        assert "img-c" in await admin.content()
         # a labeller reaches none of it, and the admin's forms need the CSRF token
         labeller = await open_page(browser, app.base_url)
         await sign_in(labeller, "lab0")
@@ -437,6 +446,7 @@ async def test_the_admin_sees_positions_by_labeller_searches_discards_in_bulk_an
         for path, form in (
             ("/admin/export", {"holdout_percent": "20"}),
             ("/admin/images/discard", {"image_id": "img-a"}),
+            ("/admin/images/review", {"image_id": "img-a"}),
         ):
             response = await labeller.request.post(path, form={"csrf": token or "", **form})
             assert response.status == 403, path
@@ -447,7 +457,12 @@ async def test_the_admin_sees_positions_by_labeller_searches_discards_in_bulk_an
         await app.runner.cleanup()
     assert await db.pool.fetchval("SELECT status FROM label_tasks WHERE image_id = 'img-a'") == "final"
     states = await db.pool.fetch("SELECT image_id, decided_by FROM label_tasks WHERE status = 'discarded'")
-    assert sorted((r["image_id"], r["decided_by"]) for r in states) == [("img-c", admin_id), ("img-d", admin_id)]
+    assert sorted((r["image_id"], r["decided_by"]) for r in states) == [("img-d", admin_id)]
+    back = await db.pool.fetchrow(
+        "SELECT status, banner, position, decided_by FROM label_tasks WHERE image_id = 'img-c'"
+    )
+    assert tuple(back) == ("review", None, None, None)
+    assert await db.pool.fetchval("SELECT count(*) FROM label_answers WHERE image_id = 'img-c'") > 0
 
 
 async def test_the_labelling_speed_benchmark_counts_keys_and_round_trips(label_db: LabelDb, chromium: str) -> None:

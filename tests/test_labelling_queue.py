@@ -303,8 +303,9 @@ async def test_the_suggestion_is_hidden_on_the_random_sample_and_a_share_of_draw
     assert code == 0 and "shown" in out and "100.0% (2 of 2)" in out and "hidden on a draw" in out, out
 
 
-async def test_search_takes_the_text_literally_and_a_bulk_discard_counts_what_changed(label_db: LabelDb) -> None:
-    from processor.labelling.search import ImageQuery, discard_many, find_images
+async def test_search_is_literal_and_bulk_discard_and_review_count_what_changed(label_db: LabelDb) -> None:
+    from processor.labelling.search import ImageQuery, discard_many, find_images, review_many
+    from processor.labelling.tasks import review_queue
 
     for image_id in ("a%b", "axb", "other"):
         await label_db.classify(image_id, f"http://127.0.0.1:9/{image_id}.jpg", banner_score=0.5, listing_id="L_1")
@@ -317,3 +318,8 @@ async def test_search_takes_the_text_literally_and_a_bulk_discard_counts_what_ch
     assert await discard_many(label_db.pool, admin, ["a%b", "axb", "missing"]) == 2
     assert await discard_many(label_db.pool, admin, ["a%b"]) == 0  # discarded already
     assert (await find_images(label_db.pool, ImageQuery(state="discarded"))).total == 2
+    # back to review (a rule changed): only decided images move; open ones stay where they are
+    assert await review_many(label_db.pool, ["a%b", "other", "missing"]) == 1
+    assert (await find_images(label_db.pool, ImageQuery(state="review"))).total == 1
+    assert [r["image_id"] for r in await review_queue(label_db.pool)] == ["a%b"]
+    assert await review_many(label_db.pool, ["a%b"]) == 0  # in review already

@@ -44,7 +44,12 @@ takes its viewing angle; a showroom with many cars and no single subject is othe
 a car on a screen or a brochure is other; a motorcycle, a bus or a truck cab is other.
 From an open front door: dashboard when the steering wheel and the dash fill most of the
 photo, interior when the seats do. A number plate swapped for a dealer's logo plate in the
-photo is a banner; a blurred number plate is not. A view out through the windscreen with no
+photo is a banner, and so is a show plate with the dealer's or the model's name; a number plate
+whose characters were blurred, pixelated or retouched away (it still looks like a plate) is not,
+a box, bar or brush stroke drawn over it is. Letters on a showroom wall are part of the scene;
+the same logo added in a corner of the photo is a banner. A head-on photo with the bonnet open
+and the engine bay as the subject is engine. A light pickup or a box-bodied light truck is a
+car and takes its angle; a cargo truck is other. A view out through the windscreen with no
 part of the car as the subject, and "photo not available" placeholders: unsure (the admin
 discards them).
 

@@ -74,5 +74,16 @@ async def discard_many(pool: asyncpg.Pool, admin_id: int, image_ids: list[str]) 
     return int(done.rsplit(" ", 1)[-1])
 
 
+async def review_many(pool: asyncpg.Pool, image_ids: list[str]) -> int:
+    """Send decided images (final, resolved or discarded) back to the review queue, their label cleared, e.g.
+    after the rules changed; the answers stay for the admin to see. Returns how many changed."""
+    done = await pool.execute(
+        "UPDATE label_tasks SET status = 'review', banner = NULL, position = NULL, decided_by = NULL, "
+        "decided_at = now() WHERE image_id = ANY($1::text[]) AND status IN ('final', 'resolved', 'discarded')",
+        image_ids[:MAX_DISCARD],
+    )
+    return int(done.rsplit(" ", 1)[-1])
+
+
 async def usernames(pool: asyncpg.Pool) -> list[str]:
     return [r["username"] for r in await pool.fetch("SELECT username FROM label_users ORDER BY username")]

@@ -1,4 +1,4 @@
-"""The admin's search over every queued image, and discarding several at once."""
+"""The admin's search over every queued image, and discarding (or sending back to review) several at once."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from .search import MAX_DISCARD, MAX_TEXT_CHARS, STATES, ImageQuery, discard_many, find_images, usernames
+from .search import MAX_DISCARD, MAX_TEXT_CHARS, STATES, ImageQuery, discard_many, find_images, review_many, usernames
 from .views_label import MAX_ID_CHARS
 from .web import POOL, render, session_of
 
@@ -37,7 +37,7 @@ async def images_page(request: web.Request) -> web.StreamResponse:
     people = await usernames(pool)
     query = _query(dict(request.query), people)
     found = await find_images(pool, query)
-    done = request.query.get("discarded", "")
+    notices = [f"{int(n)} image(s) {what}." for what in DONE if (n := request.query.get(what, "")).isdigit()]
     return render(
         request,
         "images.html",
@@ -45,22 +45,34 @@ async def images_page(request: web.Request) -> web.StreamResponse:
         found=found,
         states=STATES,
         people=people,
-        notice=f"{int(done)} image(s) discarded." if done.isdigit() else None,
+        notice=notices[0] if notices else None,
         error=None,
         max_discard=MAX_DISCARD,
     )
 
 
+DONE = ("discarded", "sent to review")
+
+
 @routes.post("/admin/images/discard")
 async def discard(request: web.Request) -> web.StreamResponse:
     """Discard the ticked images; back to the same search."""
+    return await _bulk(request, "discarded")
+
+
+@routes.post("/admin/images/review")
+async def send_to_review(request: web.Request) -> web.StreamResponse:
+    """Send the ticked decided images back to the review queue (a label given under old rules); back to the search."""
+    return await _bulk(request, "sent to review")
+
+
+async def _bulk(request: web.Request, what: str) -> web.StreamResponse:
     pool = request.app[POOL]
     form = await request.post()
     query = _query({k: str(form.get(k, "")) for k in ("q", "state", "labeller")}, await usernames(pool))
     chosen = [v for v in form.getall("image_id", []) if isinstance(v, str) and 0 < len(v) <= MAX_ID_CHARS]
     if not chosen or len(chosen) > MAX_DISCARD:
         found = await find_images(pool, query)
-        error = f"Tick 1-{MAX_DISCARD} images to discard."
         return render(
             request,
             "images.html",
@@ -70,8 +82,11 @@ async def discard(request: web.Request) -> web.StreamResponse:
             states=STATES,
             people=await usernames(pool),
             notice=None,
-            error=error,
+            error=f"Tick 1-{MAX_DISCARD} images.",
             max_discard=MAX_DISCARD,
         )
-    count = await discard_many(pool, session_of(request).user.id, chosen)
-    raise web.HTTPSeeOther(_back(query, discarded=count))
+    if what == "discarded":
+        count = await discard_many(pool, session_of(request).user.id, chosen)
+    else:
+        count = await review_many(pool, chosen)
+    raise web.HTTPSeeOther(_back(query, **{what: count}))
