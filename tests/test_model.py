@@ -298,6 +298,8 @@ def test_distilling_a_teacher_into_a_smaller_input_size(tmp_path: Path, monkeypa
     (wrong / "labels.csv").write_text("\n".join([lines[0]] + [line.rsplit(",", 1)[0] + ",side" for line in lines[1:]]))
     with pytest.raises(ValueError, match="differ"):
         train(wrong, tmp_path / "bad", student)
+    with pytest.raises(ValueError, match="--teacher needs --tune-from"):  # the compact CNN has no soft targets
+        train(data, tmp_path / "bad", replace(student, backbone="cnn", tune_from=None))
 
 
 def _soup_of_two_runs(first: Path, second: Path, tmp_path: Path) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlencode
 
+import asyncpg
 from aiohttp import web
 
 from .search import MAX_DISCARD, MAX_TEXT_CHARS, STATES, ImageQuery, discard_many, find_images, review_many, usernames
@@ -12,6 +14,7 @@ from .web import POOL, render, session_of
 
 routes = web.RouteTableDef()
 PAGE = 100
+DONE = ("discarded", "sent to review")  # what a bulk action did, as the query key that brings back its count
 
 
 def _query(values: dict[str, str], people: list[str]) -> ImageQuery:
@@ -51,22 +54,23 @@ async def images_page(request: web.Request) -> web.StreamResponse:
     )
 
 
-DONE = ("discarded", "sent to review")
-
-
 @routes.post("/admin/images/discard")
 async def discard(request: web.Request) -> web.StreamResponse:
     """Discard the ticked images; back to the same search."""
-    return await _bulk(request, "discarded")
+    admin_id = session_of(request).user.id
+    return await _bulk(request, "discarded", lambda pool, ids: discard_many(pool, admin_id, ids))
 
 
 @routes.post("/admin/images/review")
 async def send_to_review(request: web.Request) -> web.StreamResponse:
     """Send the ticked decided images back to the review queue (a label given under old rules); back to the search."""
-    return await _bulk(request, "sent to review")
+    return await _bulk(request, "sent to review", review_many)
 
 
-async def _bulk(request: web.Request, what: str) -> web.StreamResponse:
+async def _bulk(
+    request: web.Request, what: str, apply: Callable[[asyncpg.Pool, list[str]], Awaitable[int]]
+) -> web.StreamResponse:
+    """Apply a bulk action to the ticked images and go back to the same search with how many changed."""
     pool = request.app[POOL]
     form = await request.post()
     query = _query({k: str(form.get(k, "")) for k in ("q", "state", "labeller")}, await usernames(pool))
@@ -85,8 +89,4 @@ async def _bulk(request: web.Request, what: str) -> web.StreamResponse:
             error=f"Tick 1-{MAX_DISCARD} images.",
             max_discard=MAX_DISCARD,
         )
-    if what == "discarded":
-        count = await discard_many(pool, session_of(request).user.id, chosen)
-    else:
-        count = await review_many(pool, chosen)
-    raise web.HTTPSeeOther(_back(query, **{what: count}))
+    raise web.HTTPSeeOther(_back(query, **{what: await apply(pool, chosen)}))

@@ -83,6 +83,8 @@ def train(data: Path | Sequence[Path], out: Path, options: TrainOptions | None =
         raise ValueError(f"unknown backbone {opts.backbone!r}; choose from {BACKBONES}")
     if opts.tune_from is not None and opts.backbone != "efficientnet-lite0":
         raise ValueError("tune_from needs --backbone efficientnet-lite0")
+    if opts.teacher is not None and (opts.tune_from is None or opts.label_smoothing):
+        raise ValueError("--teacher needs --tune-from, and its answers take the place of --label-smoothing")
     keras.utils.set_random_seed(opts.seed)
     sources = [data] if isinstance(data, Path) else list(data)
     prepared = prepare(sources, opts)
@@ -253,8 +255,7 @@ def fit_tuned(p: Prepared, opts: TrainOptions) -> Any:
         if layer.name in start:
             layer.set_weights(start[layer.name])
     targets = _targets(p, opts)
-    compile_args = _compile_args(opts) if opts.teacher is None else DISTIL_COMPILE
-    top.compile(optimizer=keras.optimizers.Adam(learning_rate), **compile_args)
+    top.compile(optimizer=keras.optimizers.Adam(learning_rate), **_compile_args(opts))
     callbacks = [
         keras.callbacks.EarlyStopping(patience=3, restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(patience=1, factor=0.3),
@@ -320,7 +321,10 @@ def _targets(p: Prepared, opts: TrainOptions) -> dict[str, NDArray[Any]] | None:
 
 
 def _compile_args(opts: TrainOptions) -> dict[str, Any]:
-    """COMPILE, with the position loss's labels smoothed where ``opts.label_smoothing`` asks for it."""
+    """COMPILE; with a teacher, losses for its soft targets (DISTIL_COMPILE); with ``opts.label_smoothing``,
+    the position loss's labels smoothed."""
+    if opts.teacher is not None:
+        return DISTIL_COMPILE
     if not opts.label_smoothing:
         return COMPILE
     import keras
